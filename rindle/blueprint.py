@@ -1,0 +1,197 @@
+"""The tus 1.0.0 endpoints: OPTIONS, POST (creation), HEAD and PATCH."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+
+import redis
+from botocore.exceptions import BotoCoreError, ClientError
+from flask import Blueprint, Response, current_app, jsonify, request, url_for
+
+from rindle import protocol
+from rindle.errors import Fenced, LeaseHeld, TailMissing, TusError
+from rindle.extension import Services
+from rindle.storage import tail_path
+from rindle.store import COMPLETED, ENDED, Upload
+
+log = logging.getLogger("rindle")
+
+blueprint = Blueprint("rindle", __name__)
+
+
+def services() -> Services:
+    return current_app.extensions["rindle"]
+
+
+def tus_headers(response: Response) -> Response:
+    response.headers["Tus-Resumable"] = protocol.TUS_VERSION
+    return response
+
+
+def error_response(err: TusError) -> Response:
+    response = jsonify(error=err.code, message=err.message)
+    response.status_code = err.status
+    response.headers.update(err.headers)
+    if request.method in ("PATCH", "POST") and not request.stream.is_exhausted:
+        # An unread body must not be drained by the server: close instead.
+        response.headers["Connection"] = "close"
+    return tus_headers(response)
+
+
+@blueprint.errorhandler(TusError)
+def _tus_error(err: TusError) -> Response:
+    return error_response(err)
+
+
+@blueprint.errorhandler(redis.RedisError)
+def _redis_down(err: redis.RedisError) -> Response:
+    log.error("redis unavailable: %s", err)
+    return error_response(
+        TusError(503, "redis_unavailable", "bookkeeping store unavailable", {"Retry-After": "5"})
+    )
+
+
+@blueprint.errorhandler(BotoCoreError)
+@blueprint.errorhandler(ClientError)
+def _s3_down(err: Exception) -> Response:
+    log.error("S3 request failed: %s", err)
+    return error_response(
+        TusError(503, "storage_unavailable", "object storage failed", {"Retry-After": "5"})
+    )
+
+
+@blueprint.before_request
+def _check_version() -> None:
+    if request.method == "OPTIONS":
+        return
+    version = request.headers.get("Tus-Resumable")
+    if version not in protocol.SUPPORTED_VERSIONS:
+        raise TusError(
+            412,
+            "unsupported_version",
+            "Tus-Resumable 1.0.0 is required",
+            {"Tus-Version": ",".join(protocol.SUPPORTED_VERSIONS)},
+        )
+
+
+@blueprint.route("/", methods=["OPTIONS"])
+@blueprint.route("/<upload_id>", methods=["OPTIONS"])
+def options(upload_id: str | None = None) -> Response:
+    response = Response(status=204)
+    response.headers["Tus-Version"] = ",".join(protocol.SUPPORTED_VERSIONS)
+    response.headers["Tus-Extension"] = ",".join(protocol.EXTENSIONS)
+    response.headers["Tus-Max-Size"] = str(services().settings.max_size)
+    return tus_headers(response)
+
+
+@blueprint.route("/", methods=["POST"])
+def create() -> Response:
+    svc = services()
+    settings = svc.settings
+    if "Upload-Defer-Length" in request.headers:
+        raise TusError(400, "defer_length_unsupported", "Upload-Defer-Length is not supported")
+    length = protocol.parse_non_negative(request.headers.get("Upload-Length"), "Upload-Length")
+    if length > settings.max_size:
+        raise TusError(413, "upload_too_large", f"Upload-Length exceeds {settings.max_size}")
+    metadata = protocol.parse_metadata(request.headers.get("Upload-Metadata"))
+    part_size = protocol.part_size_for(length, settings.part_size)
+
+    upload_id = secrets.token_urlsafe(24)  # 192 random bits, URL-safe
+    key = settings.s3_prefix + upload_id
+    if length == 0:
+        # Nothing to receive: the (empty) object exists before the client hears of it.
+        svc.storage.put_object(key, b"", 0)
+        svc.store.create(
+            upload_id, 0, part_size, key, protocol.format_metadata(metadata), state=COMPLETED
+        )
+    else:
+        svc.store.create(upload_id, length, part_size, key, protocol.format_metadata(metadata))
+
+    response = Response(status=201)
+    response.headers["Location"] = url_for(".upload", upload_id=upload_id, _external=True)
+    return tus_headers(response)
+
+
+def load(upload_id: str) -> Upload:
+    upload = services().store.get(upload_id)
+    if upload is None:
+        raise TusError(404, "not_found", "no such upload")
+    if upload.state in ENDED:
+        raise TusError(410, "gone", f"the upload is {upload.state}")
+    return upload
+
+
+@blueprint.route("/<upload_id>", methods=["HEAD"], endpoint="upload")
+def head(upload_id: str) -> Response:
+    upload = load(upload_id)
+    response = Response(status=200)
+    response.headers["Upload-Offset"] = str(upload.offset)
+    response.headers["Upload-Length"] = str(upload.length)
+    if upload.metadata:
+        response.headers["Upload-Metadata"] = upload.metadata
+    response.headers["Cache-Control"] = "no-store"
+    return tus_headers(response)
+
+
+@blueprint.route("/<upload_id>", methods=["PATCH"])
+def patch(upload_id: str) -> Response:
+    svc = services()
+    # Everything that can be refused is refused before the body is read.
+    content_type = request.headers.get("Content-Type", "").split(";")[0].strip().lower()
+    if content_type != protocol.PATCH_CONTENT_TYPE:
+        raise TusError(
+            415, "unsupported_media_type", f"Content-Type must be {protocol.PATCH_CONTENT_TYPE}"
+        )
+    offset = protocol.parse_non_negative(request.headers.get("Upload-Offset"), "Upload-Offset")
+    upload = load(upload_id)
+    if offset != upload.offset:
+        raise TusError(
+            409,
+            "offset_mismatch",
+            "Upload-Offset does not match the upload's",
+            {"Upload-Offset": str(upload.offset)},
+        )
+    if request.content_length is not None and offset + request.content_length > upload.length:
+        raise TusError(413, "exceeds_upload_length", "the body goes beyond Upload-Length")
+    if upload.offset == upload.length:
+        return patched(upload.offset)  # nothing left to take (e.g. a retried last PATCH)
+
+    try:
+        result = svc.writer.write(upload_id, offset, request.stream)
+    except LeaseHeld:
+        raise TusError(
+            423, "upload_locked", "another request is writing this upload", {"Retry-After": "1"}
+        ) from None
+    except Fenced as exc:
+        raise TusError(409, "conflict", str(exc)) from None
+    except TailMissing as exc:
+        log.error(
+            "tus_tail_missing: upload=%s node=%s tail_node=%s expected=%d found=%s path=%s",
+            upload_id,
+            svc.settings.node_id,
+            upload.node or "?",
+            exc.expected,
+            "none" if exc.found is None else exc.found,
+            tail_path(upload_id, svc.settings.tmp_dir),
+        )
+        raise TusError(
+            500,
+            "tus_tail_missing",
+            "this node does not hold the buffered bytes of this upload; "
+            "resumes must reach the node that received them",
+        ) from None
+    if result.overflow:
+        raise TusError(
+            413,
+            "exceeds_upload_length",
+            "bytes beyond Upload-Length were refused; the rest was kept",
+            {"Upload-Offset": str(result.offset)},
+        )
+    return patched(result.offset)
+
+
+def patched(offset: int) -> Response:
+    response = Response(status=204)
+    response.headers["Upload-Offset"] = str(offset)
+    return tus_headers(response)

@@ -1,0 +1,80 @@
+"""Settings read once from the environment (12-factor) into ``app.config``."""
+
+from __future__ import annotations
+
+import os
+import socket
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+MIB = 1024 * 1024
+MIN_PART_SIZE = 5 * MIB  # S3's floor for every part but the last
+MAX_PART_SIZE = 5 * 1024 * MIB  # S3's ceiling for one part
+MAX_PARTS = 10_000
+MAX_OBJECT_SIZE = 5 * 1024 * 1024 * MIB  # S3's largest object: 5 TiB
+
+
+class ConfigError(ValueError):
+    """A setting in the environment is missing or malformed."""
+
+
+def default_tmp_dir(environ: Mapping[str, str] | None = None) -> str:
+    """The root under which tails live: RINDLE_TMP_DIR, else the system temp dir."""
+    env = os.environ if environ is None else environ
+    return env.get("RINDLE_TMP_DIR") or tempfile.gettempdir()
+
+
+def _int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
+    if value < 0:
+        raise ConfigError(f"{name} must not be negative, got {value}")
+    return value
+
+
+@dataclass(frozen=True)
+class Settings:
+    redis_url: str
+    s3_bucket: str
+    s3_prefix: str
+    tmp_dir: str
+    part_size: int
+    max_size: int
+    expiration: int
+    queue: str
+    node_id: str
+    trusted_proxies: int
+    lease_seconds: int
+    read_chunk: int
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if environ is None else environ
+        part_size = _int(env, "RINDLE_TUS_PART_SIZE", 8 * MIB)
+        if not MIN_PART_SIZE <= part_size <= MAX_PART_SIZE:
+            raise ConfigError(
+                f"RINDLE_TUS_PART_SIZE must be between {MIN_PART_SIZE} and {MAX_PART_SIZE}"
+            )
+        max_size = _int(env, "RINDLE_TUS_MAX_SIZE", MAX_OBJECT_SIZE)
+        if max_size > MAX_OBJECT_SIZE:
+            raise ConfigError(f"RINDLE_TUS_MAX_SIZE cannot exceed S3's {MAX_OBJECT_SIZE}")
+        return cls(
+            redis_url=env.get("REDIS_URL") or "redis://127.0.0.1:6379/0",
+            s3_bucket=env.get("RINDLE_S3_BUCKET") or "rindle",
+            s3_prefix=env.get("RINDLE_S3_PREFIX", "uploads/"),
+            tmp_dir=default_tmp_dir(env),
+            part_size=part_size,
+            max_size=max_size,
+            expiration=_int(env, "RINDLE_TUS_EXPIRATION", 24 * 3600),
+            queue=env.get("RINDLE_QUEUE") or "rindle",
+            node_id=env.get("RINDLE_NODE_ID") or socket.gethostname(),
+            trusted_proxies=_int(env, "RINDLE_TRUSTED_PROXIES", 0),
+            lease_seconds=max(5, _int(env, "RINDLE_LEASE_SECONDS", 60)),
+            read_chunk=max(64 * 1024, _int(env, "RINDLE_READ_CHUNK", 1 * MIB)),
+        )

@@ -1,0 +1,73 @@
+"""tus 1.0.0 header parsing and rules: pure functions, no I/O."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import math
+import re
+
+from rindle.config import MAX_PART_SIZE, MAX_PARTS, MIN_PART_SIZE
+from rindle.errors import TusError
+
+TUS_VERSION = "1.0.0"
+SUPPORTED_VERSIONS = (TUS_VERSION,)
+EXTENSIONS = ("creation",)
+PATCH_CONTENT_TYPE = "application/offset+octet-stream"
+
+_DIGITS = re.compile(r"[0-9]+")
+_B64 = re.compile(r"[A-Za-z0-9+/]*={0,2}")
+
+
+def parse_non_negative(value: str | None, header: str) -> int:
+    """An integer header of digits only (no sign, no spaces): 400 otherwise."""
+    if value is None:
+        raise TusError(400, "missing_header", f"{header} is required")
+    if not _DIGITS.fullmatch(value) or len(value) > 19:
+        raise TusError(400, "invalid_header", f"{header} must be a non-negative integer")
+    return int(value)
+
+
+def parse_metadata(value: str | None) -> dict[str, bytes | None]:
+    """Upload-Metadata: comma-separated ``key base64value`` pairs; 400 when malformed.
+
+    Keys are unique, non-empty, without spaces or commas; a value may be absent.
+    """
+    if value is None or value.strip() == "":
+        return {}
+    result: dict[str, bytes | None] = {}
+    for pair in value.split(","):
+        parts = pair.strip().split(" ")
+        key = parts[0]
+        if not key or len(parts) > 2 or not key.isascii() or not key.isprintable():
+            raise TusError(400, "invalid_metadata", f"malformed Upload-Metadata pair {pair!r}")
+        if key in result:
+            raise TusError(400, "invalid_metadata", f"duplicate Upload-Metadata key {key!r}")
+        if len(parts) == 1 or parts[1] == "":
+            result[key] = None
+            continue
+        encoded = parts[1]
+        if not _B64.fullmatch(encoded) or len(encoded) % 4:
+            raise TusError(400, "invalid_metadata", f"value of {key!r} is not base64")
+        try:
+            result[key] = base64.b64decode(encoded, validate=True)
+        except binascii.Error:
+            raise TusError(400, "invalid_metadata", f"value of {key!r} is not base64") from None
+    return result
+
+
+def format_metadata(metadata: dict[str, bytes | None]) -> str:
+    """The canonical Upload-Metadata header for parsed metadata."""
+    return ",".join(
+        key if value is None else f"{key} {base64.b64encode(value).decode('ascii')}"
+        for key, value in metadata.items()
+    )
+
+
+def part_size_for(length: int, configured: int) -> int:
+    """Fixed part size of an upload: the configured size, raised so that the upload
+    needs at most 10,000 parts, never below S3's 5 MiB floor."""
+    size = max(configured, MIN_PART_SIZE, math.ceil(length / MAX_PARTS))
+    if size > MAX_PART_SIZE:
+        raise TusError(413, "upload_too_large", "the upload is larger than S3 can store")
+    return size

@@ -1,0 +1,94 @@
+"""S3 adapter: multipart uploads and objects. Knows nothing of Flask or Redis."""
+
+from __future__ import annotations
+
+import os
+from typing import BinaryIO
+
+import boto3
+from botocore.client import BaseClient
+from botocore.config import Config
+from botocore.exceptions import ClientError
+
+
+def make_s3_client(max_pool_connections: int = 32) -> BaseClient:
+    """A boto3 S3 client that works with S3-compatible stores.
+
+    Checksums only when an operation requires them (boto3 >= 1.36 otherwise sends CRC
+    trailers that R2, B2 and older MinIO reject), a pool sized for the request threads,
+    and path-style addressing when a custom endpoint is set.
+    """
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    config = Config(
+        request_checksum_calculation="when_required",
+        response_checksum_validation="when_required",
+        max_pool_connections=max_pool_connections,
+        connect_timeout=5,
+        read_timeout=60,
+        retries={"mode": "standard", "max_attempts": 3},
+        s3={"addressing_style": "path"} if endpoint else None,
+    )
+    return boto3.session.Session().client("s3", config=config)
+
+
+def error_code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+class S3Storage:
+    def __init__(self, client: BaseClient, bucket: str) -> None:
+        self.client = client
+        self.bucket = bucket
+
+    def create_multipart(self, key: str, content_type: str | None = None) -> str:
+        extra = {"ContentType": content_type} if content_type else {}
+        response = self.client.create_multipart_upload(Bucket=self.bucket, Key=key, **extra)
+        return str(response["UploadId"])
+
+    def upload_part(self, key: str, upload_id: str, number: int, body: BinaryIO, size: int) -> str:
+        response = self.client.upload_part(
+            Bucket=self.bucket,
+            Key=key,
+            UploadId=upload_id,
+            PartNumber=number,
+            Body=body,
+            ContentLength=size,
+        )
+        return str(response["ETag"])
+
+    def complete_multipart(self, key: str, upload_id: str, parts: list[tuple[int, str]]) -> None:
+        self.client.complete_multipart_upload(
+            Bucket=self.bucket,
+            Key=key,
+            UploadId=upload_id,
+            MultipartUpload={"Parts": [{"PartNumber": n, "ETag": etag} for n, etag in parts]},
+        )
+
+    def abort_multipart(self, key: str, upload_id: str) -> bool:
+        """Abort; False when S3 no longer knows the upload (already aborted or completed)."""
+        try:
+            self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+        except ClientError as exc:
+            if error_code(exc) in ("NoSuchUpload", "404"):
+                return False
+            raise
+        return True
+
+    def put_object(
+        self, key: str, body: BinaryIO | bytes, size: int, content_type: str | None = None
+    ) -> None:
+        extra = {"ContentType": content_type} if content_type else {}
+        self.client.put_object(Bucket=self.bucket, Key=key, Body=body, ContentLength=size, **extra)
+
+    def head_size(self, key: str) -> int | None:
+        """The object's size, or None when it does not exist."""
+        try:
+            response = self.client.head_object(Bucket=self.bucket, Key=key)
+        except ClientError as exc:
+            if error_code(exc) in ("404", "NoSuchKey", "NotFound"):
+                return None
+            raise
+        return int(response["ContentLength"])
+
+    def delete_object(self, key: str) -> None:
+        self.client.delete_object(Bucket=self.bucket, Key=key)

@@ -1,0 +1,175 @@
+"""The PATCH body writer: streams a request body into S3 parts and the node-local tail.
+
+Ordering (DESIGN.md, invariants of a PATCH): a full part is uploaded to S3, then
+committed in Redis (fenced by the writer token and the previous offset), then dropped
+from the tail. A body that ends early keeps what arrived: the tail is synced, then its
+bytes are acknowledged. The last bytes of an upload are shipped (last part, or one
+PutObject) before the offset reaches the length, so "offset == length" always means
+"every byte is in S3".
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import BinaryIO
+
+from werkzeug.exceptions import HTTPException
+
+from rindle.config import Settings
+from rindle.errors import TusError
+from rindle.storage import S3Storage, Tail
+from rindle.store import WRITABLE, SessionStore, Upload
+
+log = logging.getLogger("rindle")
+
+# What a body read raises when the client goes away or sends a broken body: werkzeug's
+# ClientDisconnected (an HTTPException), gunicorn's NoMoreData and friends (IOError or
+# ValueError subclasses), socket timeouts (OSError).
+READ_ERRORS = (OSError, ValueError, HTTPException)
+
+
+@dataclass
+class WriteResult:
+    offset: int
+    overflow: bool  # the client sent bytes beyond Upload-Length
+
+
+class Writer:
+    def __init__(
+        self,
+        store: SessionStore,
+        storage: S3Storage,
+        settings: Settings,
+        enqueue_completion: Callable[[str], None],
+    ) -> None:
+        self.store = store
+        self.storage = storage
+        self.settings = settings
+        self.enqueue_completion = enqueue_completion
+
+    def write(self, upload_id: str, client_offset: int, body: BinaryIO) -> WriteResult:
+        """Append ``body`` at ``client_offset``. Raises LeaseHeld, TailMissing, Fenced,
+        TusError, or storage errors (nothing of the failed step is committed)."""
+        token = secrets.token_urlsafe(16)
+        self.store.acquire(upload_id, token)
+        try:
+            # Re-read under the lease: this is the state we build on.
+            upload = self.store.get(upload_id)
+            if upload is None or upload.state not in WRITABLE:
+                raise TusError(409, "upload_not_writable", "the upload cannot take bytes now")
+            if upload.offset != client_offset:
+                raise TusError(
+                    409,
+                    "offset_mismatch",
+                    "Upload-Offset does not match",
+                    {"Upload-Offset": str(upload.offset)},
+                )
+            tail = Tail.open(upload_id, upload.buffered, root=self.settings.tmp_dir)
+            try:
+                return _Patch(self, upload, token, tail).run(body)
+            finally:
+                tail.close()
+        finally:
+            self.store.release(upload_id, token)
+
+
+class _Patch:
+    """One PATCH request holding the lease and the tail of one upload."""
+
+    def __init__(self, writer: Writer, upload: Upload, token: str, tail: Tail) -> None:
+        self.w = writer
+        self.upload = upload
+        self.token = token
+        self.tail = tail
+        self.offset = upload.offset  # as committed in Redis
+        self.committed = upload.committed  # bytes in committed parts
+        self.s3_upload_id = upload.s3_upload_id
+        self.lease_renew_every = writer.settings.lease_seconds / 3
+
+    def run(self, body: BinaryIO) -> WriteResult:
+        upload, tail, part_size = self.upload, self.tail, self.upload.part_size
+        room = upload.length - upload.offset  # bytes this upload can still take
+        received = 0
+        renew_at = time.monotonic() + self.lease_renew_every
+        ended_early = False
+        while received < room:
+            want = min(self.w.settings.read_chunk, part_size - tail.size, room - received)
+            try:
+                data = body.read(want)
+            except READ_ERRORS as exc:
+                log.info("upload %s: body ended early (%s)", upload.id, exc)
+                ended_early = True
+                break
+            if not data:
+                break
+            tail.write(data)
+            received += len(data)
+            if tail.size == part_size and received < room:
+                self._ship_part()
+            if time.monotonic() >= renew_at:
+                self.w.store.renew(upload.id, self.token)
+                renew_at = time.monotonic() + self.lease_renew_every
+
+        overflow = False
+        if received == room and not ended_early:
+            with contextlib.suppress(READ_ERRORS):
+                overflow = bool(body.read(1))
+        if self.committed + tail.size == upload.length:
+            self._ship_last()
+        elif self.committed + tail.size != self.offset:
+            tail.sync()  # the bytes must be on disk before Redis acknowledges them
+            new_offset = self.committed + tail.size
+            self.w.store.commit_offset(
+                upload.id, self.token, self.offset, new_offset, self.w.settings.node_id
+            )
+            self.offset = new_offset
+        return WriteResult(offset=self.offset, overflow=overflow)
+
+    def _ship_part(self) -> None:
+        """Upload the full tail as the next part, commit it, then drop it from the tail."""
+        upload, store = self.upload, self.w.store
+        if not self.s3_upload_id:
+            self.s3_upload_id = self.w.storage.create_multipart(upload.key)
+            # Saved at once, so that an abort can always find it.
+            store.save_s3_upload_id(upload.id, self.token, self.s3_upload_id)
+        number = self.committed // upload.part_size + 1
+        size = self.tail.size
+        with self.tail.reader() as body:
+            etag = self.w.storage.upload_part(upload.key, self.s3_upload_id, number, body, size)
+        new_offset = self.committed + size
+        store.commit_part(
+            upload.id,
+            self.token,
+            self.offset,
+            number,
+            etag,
+            size,
+            new_offset,
+            self.w.settings.node_id,
+        )
+        self.committed = self.offset = new_offset
+        self.tail.clear()
+
+    def _ship_last(self) -> None:
+        """Ship the remaining bytes, then move to assembling and enqueue completion."""
+        upload, storage, size = self.upload, self.w.storage, self.tail.size
+        last_part = None
+        with self.tail.reader() as body:
+            if self.s3_upload_id:
+                number = self.committed // upload.part_size + 1
+                etag = storage.upload_part(upload.key, self.s3_upload_id, number, body, size)
+                last_part = (number, etag, size)
+            else:
+                storage.put_object(upload.key, body, size)
+        self.w.store.finish_receiving(upload.id, self.token, self.offset, upload.length, last_part)
+        self.offset = upload.length
+        self.tail.remove()
+        try:
+            self.w.enqueue_completion(upload.id)
+        except Exception:  # the upload is safe in S3; the maintenance sweep re-enqueues
+            log.exception("upload %s: could not enqueue completion", upload.id)

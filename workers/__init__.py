@@ -1,0 +1,1 @@
+"""RQ job functions (``workers.jobs``); run them with ``rq worker rindle``."""

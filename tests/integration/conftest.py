@@ -1,0 +1,103 @@
+"""In-process app (Flask test client) against a real redis-server and SeaweedFS."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterator
+
+import pytest
+import redis
+from flask import Flask
+from flask.testing import FlaskClient
+from rq import SimpleWorker
+
+import workers.jobs
+from app import create_app
+from rindle import Settings
+
+PART = 5 * 1024 * 1024
+TUS = {"Tus-Resumable": "1.0.0"}
+
+
+@pytest.fixture
+def app(redis_url: str, s3_env: dict[str, str], tmp_path, monkeypatch) -> Iterator[Flask]:
+    env = {
+        **s3_env,
+        "REDIS_URL": redis_url,
+        "RINDLE_TMP_DIR": str(tmp_path / "node"),
+        "RINDLE_TUS_PART_SIZE": str(PART),
+        "RINDLE_TUS_MAX_SIZE": str(1024 * 1024 * 1024),
+    }
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    workers.jobs._services.cache_clear()  # the jobs read the environment once
+    app = create_app(Settings.from_env())
+    app.config["TESTING"] = True
+    yield app
+    workers.jobs._services.cache_clear()
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    return app.test_client()
+
+
+@pytest.fixture
+def rq_burst(app: Flask):
+    """Run the queued jobs in-process with a real RQ worker, like `rq worker --burst`."""
+
+    def run() -> None:
+        queue = app.extensions["rindle"].queue
+        SimpleWorker([queue], connection=queue.connection).work(burst=True)
+
+    return run
+
+
+class Tus:
+    """Small raw-protocol helpers over the Flask test client."""
+
+    def __init__(self, client: FlaskClient) -> None:
+        self.client = client
+
+    def create(self, length: int, **headers: str) -> str:
+        r = self.client.post("/files/", headers={**TUS, "Upload-Length": str(length), **headers})
+        assert r.status_code == 201, r.get_data(as_text=True)
+        return r.headers["Location"].split("/files/", 1)[1]
+
+    def patch(self, upload_id: str, offset: int, data: bytes, **headers: str):
+        return self.client.patch(
+            f"/files/{upload_id}",
+            data=data,
+            headers={
+                **TUS,
+                "Upload-Offset": str(offset),
+                "Content-Type": "application/offset+octet-stream",
+                **headers,
+            },
+        )
+
+    def head(self, upload_id: str):
+        return self.client.head(f"/files/{upload_id}", headers=TUS)
+
+
+@pytest.fixture
+def tus(client: FlaskClient) -> Tus:
+    return Tus(client)
+
+
+@pytest.fixture
+def rdb(redis_url: str) -> redis.Redis:
+    return redis.Redis.from_url(redis_url, decode_responses=True)
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def object_bytes(s3_client, bucket: str, key: str) -> bytes:
+    return s3_client.get_object(Bucket=bucket, Key=key)["Body"].read()
+
+
+def random_bytes(n: int) -> bytes:
+    return os.urandom(n)

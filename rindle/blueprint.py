@@ -36,7 +36,8 @@ def error_response(err: TusError) -> Response:
     response.status_code = err.status
     response.headers.update(err.headers)
     if request.content_length or "chunked" in request.headers.get("Transfer-Encoding", ""):
-        # The body may be unread: close rather than let the server drain it.
+        # The body may be unread: ask the server to close rather than drain it (gunicorn
+        # decides by itself: it drains a capped amount, then closes).
         response.headers["Connection"] = "close"
     return tus_headers(response)
 

@@ -1,0 +1,111 @@
+"""Exact protocol cases over raw sockets against gunicorn: what requests cannot express."""
+
+from __future__ import annotations
+
+import socket
+from urllib.parse import urlsplit
+
+import pytest
+import requests
+
+from tests.e2e.conftest import TUS, Uploads, payload
+
+pytestmark = pytest.mark.e2e
+
+
+def create(stack, length: int) -> str:
+    r = requests.post(stack.files_url, headers={**TUS, "Upload-Length": str(length)}, timeout=10)
+    assert r.status_code == 201
+    return r.headers["Location"]
+
+
+def connect(url: str) -> tuple[socket.socket, str]:
+    parts = urlsplit(url)
+    sock = socket.create_connection((parts.hostname, parts.port), timeout=10)
+    return sock, parts.path
+
+
+def read_response(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    length = int(headers.get("content-length", "0"))
+    while len(body) < length:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        body += chunk
+    return int(lines[0].split()[1]), headers, body
+
+
+def test_wrong_offset_is_refused_before_the_body_is_sent(module_stack, uploads: Uploads):
+    url = create(module_stack, 100 * 1024 * 1024)
+    uploads.track(url)
+    sock, path = connect(url)
+    with sock:
+        sock.sendall(
+            f"PATCH {path} HTTP/1.1\r\nHost: x\r\nTus-Resumable: 1.0.0\r\n"
+            "Content-Type: application/offset+octet-stream\r\nUpload-Offset: 5\r\n"
+            f"Content-Length: {100 * 1024 * 1024}\r\n\r\n".encode()
+        )
+        status, headers, body = read_response(sock)  # not one body byte was sent
+    assert status == 409
+    assert b"offset_mismatch" in body
+    assert uploads.offset(url) == 0
+
+
+def test_chunked_body_beyond_the_length_keeps_what_fits_then_413(module_stack, uploads: Uploads):
+    data = payload(6 * 1024 * 1024 + 10, seed=7)
+    url = create(module_stack, len(data))
+    sock, path = connect(url)
+    with sock:
+        sock.sendall(
+            f"PATCH {path} HTTP/1.1\r\nHost: x\r\nTus-Resumable: 1.0.0\r\n"
+            "Content-Type: application/offset+octet-stream\r\nUpload-Offset: 0\r\n"
+            "Transfer-Encoding: chunked\r\n\r\n".encode()
+        )
+        for start in range(0, len(data) + 100, 1024 * 1024):
+            chunk = (data + b"EXTRA" * 20)[start : start + 1024 * 1024]
+            sock.sendall(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
+        sock.sendall(b"0\r\n\r\n")
+        status, headers, body = read_response(sock)
+    assert status == 413
+    assert b"exceeds_upload_length" in body
+    assert headers["upload-offset"] == str(len(data))
+    uploads.assert_stored(url, data)
+
+
+def test_client_gone_mid_body_keeps_what_arrived(module_stack, uploads: Uploads):
+    data = payload(7 * 1024 * 1024 + 3, seed=3)
+    url = create(module_stack, len(data))
+    sent = 6 * 1024 * 1024 + 1234  # one full part and some tail
+    sock, path = connect(url)
+    sock.sendall(
+        f"PATCH {path} HTTP/1.1\r\nHost: x\r\nTus-Resumable: 1.0.0\r\n"
+        "Content-Type: application/offset+octet-stream\r\nUpload-Offset: 0\r\n"
+        f"Content-Length: {len(data)}\r\n\r\n".encode() + data[:sent]
+    )
+    sock.shutdown(socket.SHUT_WR)
+    sock.close()
+
+    from tests.e2e.conftest import poll
+
+    poll(lambda: uploads.offset(url) == sent or None, 30, "for the kept offset")
+    r = requests.patch(
+        url,
+        data=data[sent:],
+        headers={**TUS, "Upload-Offset": str(sent),
+                 "Content-Type": "application/offset+octet-stream"},
+        timeout=30,
+    )
+    assert r.status_code == 204
+    uploads.assert_stored(url, data)

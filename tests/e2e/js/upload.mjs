@@ -9,7 +9,7 @@
 // in the URL storage (findPreviousUploads) and resumes it (resumeFromPreviousUpload).
 //
 // On success, prints one JSON line on stdout:
-//   {"uploadUrl": ..., "size": ..., "patches": [{"offset": o, "length": n}, ...],
+//   {"uploadUrl": ..., "size": ..., "patches": [{"offset": o, "status": s, "length": n}, ...],
 //    "abortedAfter": n|null, "resumedUrl": ...|null, "resumedFrom": o|null}
 // On failure, prints the error on stderr and exits 1.
 
@@ -55,16 +55,15 @@ function options(extra) {
     removeFingerprintOnSuccess: true,
     onBeforeRequest(req) {
       if (req.getMethod() === 'PATCH') {
-        patches.push({
-          offset: Number(req.getHeader('Upload-Offset')),
-          length: null, // known once the response arrives
-        });
+        // status and length stay null when no response came (an aborted request)
+        patches.push({ offset: Number(req.getHeader('Upload-Offset')), status: null, length: null });
       }
     },
     onAfterResponse(req, res) {
-      if (req.getMethod() === 'PATCH' && res.getStatus() === 204 && patches.length > 0) {
+      if (req.getMethod() === 'PATCH' && patches.length > 0) {
         const last = patches[patches.length - 1];
-        last.length = Number(res.getHeader('Upload-Offset')) - last.offset;
+        last.status = res.getStatus();
+        if (last.status === 204) last.length = Number(res.getHeader('Upload-Offset')) - last.offset;
       }
     },
     ...extra,
@@ -117,11 +116,17 @@ async function main() {
   if (previous.length !== 1) {
     throw new Error(`expected 1 previous upload in the URL storage, found ${previous.length}`);
   }
-  const firstPatchAfterResume = patches.length;
+  const firstPatchAfterResume = patches.length; // patches[i >= this] belong to the resume
   const resumed = await uploadOnce((u) => u.resumeFromPreviousUpload(previous[0]));
   const resumedFrom =
     patches.length > firstPatchAfterResume ? patches[firstPatchAfterResume].offset : null;
-  return { uploadUrl: firstUrl, abortedAfter, resumedUrl: resumed.url, resumedFrom };
+  return {
+    uploadUrl: firstUrl,
+    abortedAfter,
+    resumedUrl: resumed.url,
+    resumedFrom,
+    firstPatchAfterResume,
+  };
 }
 
 main().then(

@@ -1,0 +1,252 @@
+"""End-to-end helpers: one app stack per test module, and what a user checks after an upload.
+
+``module_stack`` is the ``stack`` of tests/conftest.py (gunicorn ``app:app`` + ``rq worker
+--with-scheduler``, 5 MiB parts) built once per module: the upload matrices run dozens of
+uploads and a stack per test would cost a second and a half each. It gets its own bucket
+(deleted with its content at the end) and its own tmp dir; the session's Redis is shared
+and is not flushed while the module runs. Each test cleans up what it made through
+``uploads`` (the objects in S3 and the upload's keys in Redis).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+import pytest
+import redis
+import requests
+
+from devstack.services import RedisServer, SeaweedS3
+from rindle import tail_path
+from tests.conftest import _HERMETIC_PREFIXES, _STACKS, PART_SIZE, S3_PREFIX, Stack
+
+MIB = 1024 * 1024
+TUS = {"Tus-Resumable": "1.0.0"}
+COMPLETION_TIMEOUT = 120.0  # seconds for the completion job to make the object
+T = TypeVar("T")
+
+
+@pytest.fixture(scope="module")
+def module_stack(
+    redis_server: RedisServer, s3_server: SeaweedS3, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Stack]:
+    """The app and an rq worker, shared by the tests of one module (5 MiB parts)."""
+    bucket = f"e2e-{uuid.uuid4().hex}"
+    s3_server.create_bucket(bucket)
+    root = tmp_path_factory.mktemp("e2e-stack")
+    (root / "tmp").mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(_HERMETIC_PREFIXES)}
+    env.update(
+        {
+            "REDIS_URL": redis_server.url,
+            **s3_server.env(bucket=bucket),
+            "RINDLE_S3_PREFIX": S3_PREFIX,
+            "RINDLE_TMP_DIR": str(root / "tmp"),
+            "RINDLE_TUS_PART_SIZE": str(PART_SIZE),
+            "RINDLE_NODE_ID": "e2e-node",
+            "PYTHONUNBUFFERED": "1",
+            "AWS_EC2_METADATA_DISABLED": "true",
+            "AWS_CONFIG_FILE": os.devnull,
+            "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+        }
+    )
+    client = redis.Redis.from_url(redis_server.url, decode_responses=True)
+    stack = Stack(env, root / "logs", client, s3_server.client())
+    try:
+        stack.start()
+        yield stack
+    finally:
+        stack.stop()
+        client.close()
+        s3_server.delete_bucket(bucket)
+
+
+@pytest.fixture(autouse=True)
+def _attach_module_stack_logs(request: pytest.FixtureRequest) -> None:
+    """Let tests/conftest.py attach the stack's logs to a failing test's report."""
+    if "module_stack" in request.fixturenames:
+        request.node.stash[_STACKS] = [request.getfixturevalue("module_stack")]
+
+
+def payload(size: int, seed: int = 0) -> bytes:
+    """Incompressible, reproducible bytes."""
+    return hashlib.shake_256(f"rindle-e2e/{seed}/{size}".encode()).digest(size) if size else b""
+
+
+def upload_id_of(url: str) -> str:
+    return urlsplit(url).path.rstrip("/").rsplit("/", 1)[1]
+
+
+def upload_key(upload_id: str) -> str:
+    return f"rindle:upload:{{{upload_id}}}"
+
+
+def with_deadline(fn: Callable[[], T], timeout: float, what: str) -> T:
+    """Run ``fn`` in a thread; fail the test if it takes longer than ``timeout`` seconds.
+
+    tuspy sets no socket timeout: a server that stops answering would hang the test.
+    """
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["value"] = fn()
+        except BaseException as exc:
+            box["error"] = exc
+
+    thread = threading.Thread(target=target, name=what, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        pytest.fail(f"{what} did not finish within {timeout:.0f}s")
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
+def poll(check: Callable[[], T | None], timeout: float, what: str, interval: float = 0.02) -> T:
+    """Call ``check`` until it returns something other than None; fail at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value is not None:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:.0f}s waiting {what}")
+        time.sleep(interval)
+
+
+class Uploads:
+    """What a user checks once an upload is done, and the cleanup of what a test made."""
+
+    def __init__(self, stack: Stack) -> None:
+        self.stack = stack
+        self.made: list[str] = []
+
+    def track(self, url: str) -> str:
+        """Remember an upload for cleanup; returns its id."""
+        upload_id = upload_id_of(url)
+        self.made.append(upload_id)
+        return upload_id
+
+    def key(self, upload_id: str) -> str:
+        return self.stack.prefix + upload_id
+
+    def head(self, url: str) -> requests.Response:
+        return requests.head(url, headers=TUS, timeout=10)
+
+    def offset(self, url: str) -> int:
+        response = self.head(url)
+        assert response.status_code == 200, response.status_code
+        return int(response.headers["Upload-Offset"])
+
+    def wait_completed(self, upload_id: str, timeout: float = COMPLETION_TIMEOUT) -> None:
+        """Poll until the completion job has marked the upload completed (fail on failed)."""
+
+        def state() -> str | None:
+            value = self.stack.redis.hget(upload_key(upload_id), "state")
+            if value == "failed":
+                pytest.fail(f"upload {upload_id}: the completion job marked it failed")
+            return value if value == "completed" else None
+
+        poll(state, timeout, f"for the completion job of upload {upload_id}")
+
+    def part_sizes(self, key: str) -> list[int] | None:
+        """Sizes of the parts of a multipart object; None for a single-PUT object.
+
+        A multipart object's ETag ends in "-<number of parts>"; HEAD with PartNumber gives
+        each part's size. (SeaweedFS answers PartNumber HEADs on single-PUT objects with its
+        internal 4 MiB chunks, hence the ETag check first.)
+        """
+        s3, bucket = self.stack.s3, self.stack.bucket
+        etag = s3.head_object(Bucket=bucket, Key=key)["ETag"].strip('"')
+        if "-" not in etag:
+            return None
+        count = int(etag.rsplit("-", 1)[1])
+        sizes = []
+        for number in range(1, count + 1):
+            head = s3.head_object(Bucket=bucket, Key=key, PartNumber=number)
+            assert head.get("PartsCount") == count
+            sizes.append(int(head["ContentLength"]))
+        return sizes
+
+    def sha256(self, key: str) -> tuple[str, int]:
+        body = self.stack.s3.get_object(Bucket=self.stack.bucket, Key=key)["Body"]
+        digest, size = hashlib.sha256(), 0
+        for chunk in iter(lambda: body.read(MIB), b""):
+            digest.update(chunk)
+            size += len(chunk)
+        return digest.hexdigest(), size
+
+    def assert_stored(self, url: str, data: bytes | Path) -> None:
+        """The upload is complete and its object in S3 holds exactly ``data``.
+
+        Also: tus HEAD says offset == length; every part but the last has the upload's part
+        size; no multipart upload is left open under the key; the node's tail is gone.
+        """
+        if isinstance(data, Path):
+            expected_size = data.stat().st_size
+            with open(data, "rb") as f:
+                expected_sha = hashlib.file_digest(f, "sha256").hexdigest()
+        else:
+            expected_size, expected_sha = len(data), hashlib.sha256(data).hexdigest()
+        upload_id = self.track(url) if upload_id_of(url) not in self.made else upload_id_of(url)
+        self.wait_completed(upload_id)
+
+        response = self.head(url)
+        assert response.status_code == 200
+        assert response.headers["Upload-Length"] == str(expected_size)
+        assert response.headers["Upload-Offset"] == str(expected_size)
+
+        record = self.stack.redis.hgetall(upload_key(upload_id))
+        key = self.key(upload_id)
+        assert record["key"] == key
+        part_size = int(record["part_size"])
+        assert part_size == PART_SIZE
+
+        sha, size = self.sha256(key)
+        assert size == expected_size
+        assert sha == expected_sha, f"s3://{self.stack.bucket}/{key} differs from the source"
+
+        sizes = self.part_sizes(key)
+        recorded = self.stack.redis.hgetall(f"{upload_key(upload_id)}:parts")
+        if sizes is None:  # one PutObject: only when everything fits in one part
+            assert expected_size <= part_size
+            assert not recorded
+        else:
+            assert all(s == part_size for s in sizes[:-1]), sizes
+            assert 0 < sizes[-1] <= part_size, sizes
+            assert len(sizes) == math.ceil(expected_size / part_size), sizes
+            # the bookkeeping agrees: part n -> "<size> <etag>"
+            assert [int(recorded[str(n)].split()[0]) for n in range(1, len(sizes) + 1)] == sizes
+            assert len(recorded) == len(sizes)
+
+        open_uploads = self.stack.s3.list_multipart_uploads(Bucket=self.stack.bucket, Prefix=key)
+        assert not open_uploads.get("Uploads"), "a multipart upload was left open"
+        assert not os.path.exists(tail_path(upload_id, str(self.stack.tmp_dir)))
+
+    def cleanup(self) -> None:
+        for upload_id in self.made:
+            self.stack.s3.delete_object(Bucket=self.stack.bucket, Key=self.key(upload_id))
+            self.stack.redis.delete(
+                upload_key(upload_id),
+                f"{upload_key(upload_id)}:parts",
+                f"{upload_key(upload_id)}:writer",
+            )
+
+
+@pytest.fixture
+def uploads(module_stack: Stack) -> Iterator[Uploads]:
+    """Checks for finished uploads; deletes each tracked upload's object and keys afterwards."""
+    helper = Uploads(module_stack)
+    yield helper
+    helper.cleanup()

@@ -241,9 +241,14 @@ def run(port: int, data_dir: Path) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m devstack.run", description=__doc__.split("\n")[0]
+        prog="python -m devstack.run", description="Start the whole rindle stack for development."
     )
-    parser.add_argument("--port", type=int, default=int(os.environ.get("PORT") or 5000))
+    parser.add_argument(
+        "--port",
+        type=int,
+        default=int(os.environ.get("PORT") or 5000),
+        help="the app's port on 127.0.0.1 (default: $PORT or 5000)",
+    )
     parser.add_argument(
         "--data-dir",
         type=Path,

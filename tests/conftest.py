@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -153,6 +153,25 @@ def rindle_env(redis_url: str, s3_env: dict[str, str], tmp_path: Path) -> dict[s
         "RINDLE_TUS_PART_SIZE": str(PART_SIZE),
         "RINDLE_NODE_ID": "test-node",
     }
+
+
+def stack_env(settings: Mapping[str, str], **overrides: str | int | None) -> dict[str, str]:
+    """The environment for the app's processes: this process's environment without any
+    RINDLE_/AWS_/REDIS_ variable, then ``settings``, then ``overrides`` (None unsets)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(_HERMETIC_PREFIXES)}
+    env.update(
+        PYTHONUNBUFFERED="1",
+        AWS_EC2_METADATA_DISABLED="true",
+        AWS_CONFIG_FILE=os.devnull,  # a developer's ~/.aws must not change what S3 sees
+        AWS_SHARED_CREDENTIALS_FILE=os.devnull,
+    )
+    env.update(settings)
+    for key, value in overrides.items():
+        if value is None:
+            env.pop(key, None)
+        else:
+            env[key] = str(value)
+    return env
 
 
 class Stack:
@@ -290,21 +309,10 @@ def make_stack(
         n = len(stacks)
         tmp_dir = tmp_path / f"node{n}-tmp"
         tmp_dir.mkdir()
-        env = {k: v for k, v in os.environ.items() if not k.startswith(_HERMETIC_PREFIXES)}
-        env.update(
-            rindle_env,
-            RINDLE_TMP_DIR=str(tmp_dir),
-            RINDLE_NODE_ID=f"node{n}",
-            PYTHONUNBUFFERED="1",
-            AWS_EC2_METADATA_DISABLED="true",
-            AWS_CONFIG_FILE=os.devnull,
-            AWS_SHARED_CREDENTIALS_FILE=os.devnull,
+        env = stack_env(
+            {**rindle_env, "RINDLE_TMP_DIR": str(tmp_dir), "RINDLE_NODE_ID": f"node{n}"},
+            **overrides,
         )
-        for key, value in overrides.items():
-            if value is None:
-                env.pop(key, None)
-            else:
-                env[key] = str(value)
         client = redis.Redis.from_url(env["REDIS_URL"], decode_responses=True)
         stack = Stack(env, tmp_path / f"node{n}-logs", client, s3_server.client())
         stacks.append(stack)

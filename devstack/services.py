@@ -9,8 +9,8 @@ Used by ``python -m devstack.run`` (the dev stack) and by ``tests/conftest.py``:
 
 Every child runs in its own process group. ``stop()`` signals the leader, waits, then kills
 the whole group; an atexit handler stops whatever is still running, and on Linux the
-children get SIGKILL if the Python process that started them dies (``setpriv --pdeathsig``;
-the "parent" is the starting *thread*, so start services from the main thread).
+children started from the main thread get SIGKILL if the Python process that started them
+dies (``setpriv --pdeathsig``).
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -130,7 +131,9 @@ class ManagedProcess:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
             self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
         argv = self.argv
-        if _SETPRIV:
+        # Die with this process. Linux ties the signal to the *thread* that forks, so only
+        # when started from the main thread (a helper thread's exit would kill the child).
+        if _SETPRIV and threading.current_thread() is threading.main_thread():
             argv = [_SETPRIV, "--pdeathsig", "KILL", "--", *argv]
         self.popen = subprocess.Popen(
             argv,
@@ -267,8 +270,8 @@ class RedisServer:
         binary = shutil.which("redis-server")
         if binary is None:
             raise ServiceUnavailable(
-                "redis-server is not on PATH (Debian/Ubuntu: apt-get install redis-server; "
-                "macOS: brew install redis), or point REDIS_URL at a Redis"
+                "redis-server is not on PATH "
+                "(Debian/Ubuntu: apt-get install redis-server; macOS: brew install redis)"
             )
         import redis  # the client is a dependency of the app; imported late for the CLI
 

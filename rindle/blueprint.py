@@ -1,19 +1,33 @@
-"""The tus 1.0.0 endpoints: OPTIONS, POST (creation), HEAD and PATCH."""
+"""The tus 1.0.0 endpoints: OPTIONS, POST (creation), HEAD, PATCH and DELETE
+(termination); answers carry Upload-Expires (expiration)."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import secrets
+import time
 
 import redis
 from botocore.exceptions import BotoCoreError, ClientError
 from flask import Blueprint, Response, current_app, jsonify, request, url_for
+from werkzeug.http import http_date
 
 from rindle import protocol
 from rindle.errors import Fenced, LeaseHeld, TailMissing, TusError
 from rindle.extension import Services
 from rindle.storage import tail_path
-from rindle.store import COMPLETED, ENDED, Upload
+from rindle.store import (
+    ASSEMBLING,
+    COMPLETED,
+    CREATED,
+    ENDED,
+    RECEIVING,
+    TERMINATED,
+    WRITABLE,
+    Upload,
+)
 
 log = logging.getLogger("rindle")
 
@@ -66,6 +80,7 @@ def _s3_down(err: Exception) -> Response:
 
 @blueprint.before_request
 def _check_version() -> None:
+    services().start_tail_reaper()  # once per process, after gunicorn forked it
     if request.method == "OPTIONS":
         return
     version = request.headers.get("Tus-Resumable")
@@ -105,15 +120,25 @@ def create() -> Response:
     if length == 0:
         # Nothing to receive: the (empty) object exists before the client hears of it.
         svc.storage.put_object(key, b"", 0)
-        svc.store.create(
-            upload_id, 0, part_size, key, protocol.format_metadata(metadata), state=COMPLETED
-        )
-    else:
-        svc.store.create(upload_id, length, part_size, key, protocol.format_metadata(metadata))
+    upload = svc.store.create(
+        upload_id,
+        length,
+        part_size,
+        key,
+        protocol.format_metadata(metadata),
+        state=COMPLETED if length == 0 else CREATED,
+    )
 
     response = Response(status=201)
     response.headers["Location"] = url_for(".upload", upload_id=upload_id, _external=True)
-    return tus_headers(response)
+    return with_expiry(tus_headers(response), upload)
+
+
+def with_expiry(response: Response, upload: Upload) -> Response:
+    """Upload-Expires, while the upload still takes bytes."""
+    if upload.state in WRITABLE:
+        response.headers["Upload-Expires"] = http_date(upload.expires_at)
+    return response
 
 
 def load(upload_id: str) -> Upload:
@@ -122,6 +147,8 @@ def load(upload_id: str) -> Upload:
         raise TusError(404, "not_found", "no such upload")
     if upload.state in ENDED:
         raise TusError(410, "gone", f"the upload is {upload.state}")
+    if upload.state in WRITABLE and upload.expires_at <= time.time():
+        raise TusError(410, "gone", "the upload expired")  # the sweep will mark it
     return upload
 
 
@@ -134,7 +161,7 @@ def head(upload_id: str) -> Response:
     if upload.metadata:
         response.headers["Upload-Metadata"] = upload.metadata
     response.headers["Cache-Control"] = "no-store"
-    return tus_headers(response)
+    return with_expiry(tus_headers(response), upload)
 
 
 @blueprint.route("/<upload_id>", methods=["PATCH"])
@@ -158,7 +185,7 @@ def patch(upload_id: str) -> Response:
     if request.content_length is not None and offset + request.content_length > upload.length:
         raise TusError(413, "exceeds_upload_length", "the body goes beyond Upload-Length")
     if upload.offset == upload.length:
-        return patched(upload.offset)  # nothing left to take (e.g. a retried last PATCH)
+        return patched(upload)  # nothing left to take (e.g. a retried last PATCH)
 
     try:
         result = svc.writer.write(upload_id, offset, request.stream)
@@ -167,6 +194,7 @@ def patch(upload_id: str) -> Response:
             423, "upload_locked", "another request is writing this upload", {"Retry-After": "1"}
         ) from None
     except Fenced as exc:
+        load(upload_id)  # 410 when a DELETE or the expiry sweep ended it meanwhile
         raise TusError(409, "conflict", str(exc)) from None
     except TailMissing as exc:
         log.error(
@@ -189,12 +217,29 @@ def patch(upload_id: str) -> Response:
             413,
             "exceeds_upload_length",
             "bytes beyond Upload-Length were refused; the rest was kept",
-            {"Upload-Offset": str(result.offset)},
+            {"Upload-Offset": str(result.upload.offset)},
         )
-    return patched(result.offset)
+    return patched(result.upload)
 
 
-def patched(offset: int) -> Response:
+def patched(upload: Upload) -> Response:
     response = Response(status=204)
-    response.headers["Upload-Offset"] = str(offset)
-    return tus_headers(response)
+    response.headers["Upload-Offset"] = str(upload.offset)
+    return with_expiry(tus_headers(response), upload)
+
+
+@blueprint.route("/<upload_id>", methods=["DELETE"])
+def terminate(upload_id: str) -> Response:
+    """Termination: a tombstone (410 from now on), a running writer stops at its next
+    check-in, this node's tail goes, and an RQ job aborts the multipart upload."""
+    svc = services()
+    load(upload_id)
+    if not svc.store.set_state(upload_id, TERMINATED, (CREATED, RECEIVING, ASSEMBLING, COMPLETED)):
+        raise TusError(410, "gone", "the upload has already ended")
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tail_path(upload_id, svc.settings.tmp_dir))
+    try:
+        svc.jobs.clean_up(upload_id)
+    except redis.RedisError:  # terminated already; the orphan sweep aborts it later
+        log.exception("upload %s: could not enqueue its clean-up", upload_id)
+    return tus_headers(Response(status=204))

@@ -52,6 +52,8 @@ class Settings:
     trusted_proxies: int
     lease_seconds: int
     read_chunk: int
+    orphan_grace: int
+    reap_interval: int
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -77,4 +79,6 @@ class Settings:
             trusted_proxies=_int(env, "RINDLE_TRUSTED_PROXIES", 0),
             lease_seconds=max(5, _int(env, "RINDLE_LEASE_SECONDS", 60)),
             read_chunk=max(64 * 1024, _int(env, "RINDLE_READ_CHUNK", 1 * MIB)),
+            orphan_grace=_int(env, "RINDLE_ORPHAN_GRACE", 3600),
+            reap_interval=_int(env, "RINDLE_REAP_INTERVAL", 600),
         )

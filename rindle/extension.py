@@ -2,24 +2,22 @@
 
 from __future__ import annotations
 
+import logging
+import threading
 from functools import cached_property
 
 import redis
 from flask import Flask
-from rq import Queue, Retry
+from rq import Queue
 
 from rindle.config import Settings
+from rindle.jobqueue import JobQueue
+from rindle.maintenance import Maintenance
 from rindle.storage import S3Storage, make_s3_client
 from rindle.store import SessionStore
 from rindle.writer import Writer
 
-COMPLETE_JOB = "workers.jobs.complete_upload"
-# Completion retries: S3 hiccups are short, an outage may not be.
-COMPLETE_RETRY_INTERVALS = [2, 10, 30, 120, 600]
-
-
-def completion_job_id(upload_id: str) -> str:
-    return f"rindle-complete-{upload_id}"
+log = logging.getLogger("rindle")
 
 
 class Services:
@@ -29,6 +27,7 @@ class Services:
     def __init__(self, settings: Settings, s3_pool: int = 32) -> None:
         self.settings = settings
         self.s3_pool = s3_pool
+        self._reaper: threading.Thread | None = None
 
     @cached_property
     def redis(self) -> redis.Redis:
@@ -41,9 +40,10 @@ class Services:
         )
 
     @cached_property
-    def queue(self) -> Queue:
+    def jobs(self) -> JobQueue:
         # rq stores pickled payloads: it needs a client that does not decode.
-        return Queue(self.settings.queue, connection=redis.Redis.from_url(self.settings.redis_url))
+        connection = redis.Redis.from_url(self.settings.redis_url)
+        return JobQueue(Queue(self.settings.queue, connection=connection))
 
     @cached_property
     def store(self) -> SessionStore:
@@ -55,23 +55,39 @@ class Services:
 
     @cached_property
     def writer(self) -> Writer:
-        return Writer(self.store, self.storage, self.settings, self.enqueue_completion)
+        return Writer(self.store, self.storage, self.settings, self.jobs.complete)
 
-    def enqueue_completion(self, upload_id: str) -> None:
-        """One job per upload (a fixed id); the job itself is idempotent."""
-        self.queue.enqueue(
-            COMPLETE_JOB,
-            upload_id,
-            job_id=completion_job_id(upload_id),
-            retry=Retry(max=len(COMPLETE_RETRY_INTERVALS), interval=COMPLETE_RETRY_INTERVALS),
-            job_timeout=3600,
-            failure_ttl=30 * 24 * 3600,
+    @cached_property
+    def maintenance(self) -> Maintenance:
+        return Maintenance(self.store, self.storage, self.settings, self.jobs)
+
+    def start_tail_reaper(self) -> None:
+        """Reap this node's tails every RINDLE_REAP_INTERVAL seconds, from the web process
+        (tails are node-local: a worker elsewhere cannot see them). Every web process
+        starts one; a per-node lock in Redis lets one of them run per interval."""
+        interval = self.settings.reap_interval
+        if interval <= 0 or self._reaper is not None:
+            return
+        self._reaper = threading.Thread(
+            target=self._reap_forever, args=(interval,), name="rindle-tail-reaper", daemon=True
         )
+        self._reaper.start()
+
+    def _reap_forever(self, interval: int) -> None:
+        lock = f"rindle:reaper:{self.settings.node_id}:{self.settings.tmp_dir}"
+        stop = threading.Event()
+        while not stop.wait(interval):
+            try:
+                if self.redis.set(lock, "1", nx=True, ex=max(1, interval - 1)):
+                    counts = self.maintenance.reap_tails()
+                    log.info("tail reaper: %s", counts)
+            except Exception:  # keep reaping next time; never take the web process down
+                log.exception("tail reaper failed")
 
 
 def init_app(app: Flask, settings: Settings | None = None, url_prefix: str = "/files") -> Services:
     """Register rindle on ``app``: settings in ``app.config["RINDLE"]``, blueprint at
-    ``url_prefix``. Returns the shared services (Redis, S3, the queue)."""
+    ``url_prefix``, ``flask rindle ...`` commands. Returns the shared services."""
     from rindle.blueprint import blueprint
 
     settings = settings or app.config.get("RINDLE") or Settings.from_env()

@@ -12,7 +12,7 @@ from rindle.errors import TusError
 
 TUS_VERSION = "1.0.0"
 SUPPORTED_VERSIONS = (TUS_VERSION,)
-EXTENSIONS = ("creation",)
+EXTENSIONS = ("creation", "expiration", "termination")
 PATCH_CONTENT_TYPE = "application/offset+octet-stream"
 
 _DIGITS = re.compile(r"[0-9]+")

@@ -26,6 +26,8 @@ ENDED = (TERMINATED, EXPIRED, FAILED)
 
 # How long keys of a finished upload stay around as a tombstone (410, not 404).
 TOMBSTONE_SECONDS = 7 * 24 * 3600
+# Sorted set: upload id -> expires_at, for the expiry sweep.
+EXPIRY_INDEX = "rindle:expiry"
 
 
 def upload_key(upload_id: str) -> str:
@@ -119,8 +121,10 @@ class SessionStore:
         k = upload_key(upload_id)
         with self.r.pipeline(transaction=True) as pipe:
             pipe.hset(k, mapping=fields)
-            pipe.expire(k, self._key_ttl())
+            pipe.expire(k, TOMBSTONE_SECONDS if state == COMPLETED else self._key_ttl())
             pipe.execute()
+        if state != COMPLETED:
+            self.index_expiry(upload_id, now + self.expiration)
         return Upload.from_hash(upload_id, {k2: str(v) for k2, v in fields.items()})
 
     def get(self, upload_id: str) -> Upload | None:
@@ -203,51 +207,23 @@ class SessionStore:
         upload_id: str,
         token: str,
         expected_offset: int,
-        number: int,
-        etag: str,
-        size: int,
         new_offset: int,
+        part: tuple[int, str, int],
         node: str,
     ) -> None:
-        """Record an uploaded part; the offset moves to ``new_offset``, the part's end."""
-
-        def apply(pipe: Pipeline) -> None:
-            k = upload_key(upload_id)
-            pipe.hset(parts_key(upload_id), str(number), f"{size} {etag}")
-            pipe.expire(parts_key(upload_id), self._key_ttl())
-            pipe.hincrby(k, "committed", size)
-            pipe.hset(
-                k,
-                mapping={
-                    "offset": new_offset,
-                    "state": RECEIVING,
-                    "node": node,
-                    **self._activity(),
-                },
-            )
-            pipe.expire(k, self._key_ttl())
-
-        self._fenced(upload_id, token, expected_offset, apply)
+        """Record an uploaded (number, etag, size) part; the offset moves to the part's
+        end, ``new_offset`` (the committed bytes, as the tail is now empty)."""
+        self._progress(
+            upload_id, token, expected_offset, new_offset, {"state": RECEIVING, "node": node}, part
+        )
 
     def commit_offset(
         self, upload_id: str, token: str, expected_offset: int, new_offset: int, node: str
     ) -> None:
         """Acknowledge bytes now held (synced) in this node's tail."""
-
-        def apply(pipe: Pipeline) -> None:
-            k = upload_key(upload_id)
-            pipe.hset(
-                k,
-                mapping={
-                    "offset": new_offset,
-                    "state": RECEIVING,
-                    "node": node,
-                    **self._activity(),
-                },
-            )
-            pipe.expire(k, self._key_ttl())
-
-        self._fenced(upload_id, token, expected_offset, apply)
+        self._progress(
+            upload_id, token, expected_offset, new_offset, {"state": RECEIVING, "node": node}
+        )
 
     def finish_receiving(
         self,
@@ -258,38 +234,80 @@ class SessionStore:
         last_part: tuple[int, str, int] | None,
     ) -> None:
         """All bytes are in S3: offset = length, state assembling, in one transaction."""
+        self._progress(upload_id, token, expected_offset, length, {"state": ASSEMBLING}, last_part)
+
+    def _progress(
+        self,
+        upload_id: str,
+        token: str,
+        expected_offset: int,
+        new_offset: int,
+        fields: dict[str, str],
+        part: tuple[int, str, int] | None = None,
+    ) -> None:
+        """One fenced step forward; activity pushes the upload's expiry back."""
+        expires_at = time.time() + self.expiration
+        k, pk = upload_key(upload_id), parts_key(upload_id)
 
         def apply(pipe: Pipeline) -> None:
-            k = upload_key(upload_id)
-            if last_part is not None:
-                number, etag, size = last_part
-                pipe.hset(parts_key(upload_id), str(number), f"{size} {etag}")
-                pipe.expire(parts_key(upload_id), self._key_ttl())
+            if part is not None:
+                number, etag, size = part
+                pipe.hset(pk, str(number), f"{size} {etag}")  # O(1), whatever the count
+                pipe.expire(pk, self._key_ttl())
                 pipe.hincrby(k, "committed", size)
-            pipe.hset(k, mapping={"offset": length, "state": ASSEMBLING, **self._activity()})
+            pipe.hset(k, mapping={**fields, "offset": new_offset, "expires_at": expires_at})
             pipe.expire(k, self._key_ttl())
 
         self._fenced(upload_id, token, expected_offset, apply)
+        self.index_expiry(upload_id, expires_at)
 
-    def _activity(self) -> dict[str, float]:
-        return {"expires_at": time.time() + self.expiration}
+    def index_expiry(self, upload_id: str, expires_at: float) -> None:
+        # Outside the transaction: the index lives in another cluster slot, and a stale
+        # score only makes the sweep look at an upload early (it re-checks).
+        self.r.zadd(EXPIRY_INDEX, {upload_id: expires_at})
 
-    # -- assembly (RQ jobs) -----------------------------------------------------------
+    def due_for_sweep(self, now: float, limit: int = 1000) -> list[str]:
+        """Ids whose recorded expiry has passed, oldest first."""
+        return list(self.r.zrangebyscore(EXPIRY_INDEX, "-inf", now, start=0, num=limit))
 
-    def set_state(self, upload_id: str, state: str, expect: tuple[str, ...]) -> bool:
-        """Move to ``state`` if the upload is in one of ``expect``; keys become tombstones."""
+    def unindex(self, upload_id: str) -> None:
+        self.r.zrem(EXPIRY_INDEX, upload_id)
+
+    def ids(self) -> list[str]:
+        """Every upload id Redis knows (SCAN: fine for the CLI, not for a request)."""
+        prefix = len("rindle:upload:{")
+        return sorted(
+            key[prefix:-1]
+            for key in self.r.scan_iter(match="rindle:upload:{*}", count=1000)
+            if key.endswith("}")
+        )
+
+    # -- state changes outside a writer: completion, termination, expiry ----------------
+
+    def set_state(
+        self, upload_id: str, state: str, expect: tuple[str, ...], before: float | None = None
+    ) -> bool:
+        """Move to ``state`` if the upload is in one of ``expect`` (and, with ``before``,
+        its expiry has passed by then). Ending or completing makes the keys tombstones."""
         k = upload_key(upload_id)
         with self.r.pipeline(transaction=True) as pipe:
             while True:
                 try:
                     pipe.watch(k)
-                    if pipe.hget(k, "state") not in expect:
+                    current, expires_at = pipe.hmget(k, "state", "expires_at")
+                    if current not in expect:
+                        return False
+                    if before is not None and float(expires_at) > before:
                         return False
                     pipe.multi()
                     pipe.hset(k, "state", state)
-                    pipe.expire(k, TOMBSTONE_SECONDS)
-                    pipe.expire(parts_key(upload_id), TOMBSTONE_SECONDS)
+                    if state in (*ENDED, COMPLETED):
+                        pipe.expire(k, TOMBSTONE_SECONDS)
+                        pipe.expire(parts_key(upload_id), TOMBSTONE_SECONDS)
                     pipe.execute()
-                    return True
+                    break
                 except redis.WatchError:
                     continue
+        if state in (*ENDED, COMPLETED):
+            self.unindex(upload_id)
+        return True

@@ -31,11 +31,13 @@ log = logging.getLogger("rindle")
 # ClientDisconnected (an HTTPException), gunicorn's NoMoreData and friends (IOError or
 # ValueError subclasses), socket timeouts (OSError).
 READ_ERRORS = (OSError, ValueError, HTTPException)
+# How often a running writer checks in with Redis (renews its lease, sees a DELETE).
+CHECK_IN_SECONDS = 1.0
 
 
 @dataclass
 class WriteResult:
-    offset: int
+    upload: Upload  # as committed when the request let go
     overflow: bool  # the client sent bytes beyond Upload-Length
 
 
@@ -71,9 +73,12 @@ class Writer:
                 )
             tail = Tail.open(upload_id, upload.buffered, root=self.settings.tmp_dir)
             try:
-                return _Patch(self, upload, token, tail).run(body)
+                overflow = _Patch(self, upload, token, tail).run(body)
             finally:
                 tail.close()
+            after = self.store.get(upload_id)
+            assert after is not None
+            return WriteResult(after, overflow)
         finally:
             self.store.release(upload_id, token)
 
@@ -89,13 +94,13 @@ class _Patch:
         self.offset = upload.offset  # as committed in Redis
         self.committed = upload.committed  # bytes in committed parts
         self.s3_upload_id = upload.s3_upload_id
-        self.lease_renew_every = writer.settings.lease_seconds / 3
 
-    def run(self, body: BinaryIO) -> WriteResult:
+    def run(self, body: BinaryIO) -> bool:
+        """Stream the body; True when the client sent bytes beyond Upload-Length."""
         upload, tail, part_size = self.upload, self.tail, self.upload.part_size
         room = upload.length - upload.offset  # bytes this upload can still take
         received = 0
-        renew_at = time.monotonic() + self.lease_renew_every
+        check_in_at = time.monotonic() + CHECK_IN_SECONDS
         ended_early = False
         while received < room:
             want = min(self.w.settings.read_chunk, part_size - tail.size, room - received)
@@ -111,9 +116,10 @@ class _Patch:
             received += len(data)
             if tail.size == part_size and received < room:
                 self._ship_part()
-            if time.monotonic() >= renew_at:
+            if time.monotonic() >= check_in_at:
+                # Renews the lease; Fenced when it was lost or the upload ended (DELETE).
                 self.w.store.renew(upload.id, self.token)
-                renew_at = time.monotonic() + self.lease_renew_every
+                check_in_at = time.monotonic() + CHECK_IN_SECONDS
 
         overflow = False
         if received == room and not ended_early:
@@ -128,7 +134,7 @@ class _Patch:
                 upload.id, self.token, self.offset, new_offset, self.w.settings.node_id
             )
             self.offset = new_offset
-        return WriteResult(offset=self.offset, overflow=overflow)
+        return overflow
 
     def _ship_part(self) -> None:
         """Upload the full tail as the next part, commit it, then drop it from the tail."""
@@ -146,10 +152,8 @@ class _Patch:
             upload.id,
             self.token,
             self.offset,
-            number,
-            etag,
-            size,
             new_offset,
+            (number, etag, size),
             self.w.settings.node_id,
         )
         self.committed = self.offset = new_offset

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from datetime import datetime
 from typing import BinaryIO
 
 import boto3
@@ -89,6 +91,13 @@ class S3Storage:
                 return None
             raise
         return int(response["ContentLength"])
+
+    def list_multipart_uploads(self, prefix: str) -> Iterator[tuple[str, str, datetime]]:
+        """Open multipart uploads under ``prefix``: (key, upload id, initiated)."""
+        paginator = self.client.get_paginator("list_multipart_uploads")
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+            for upload in page.get("Uploads", []):
+                yield upload["Key"], upload["UploadId"], upload["Initiated"]
 
     def delete_object(self, key: str) -> None:
         self.client.delete_object(Bucket=self.bucket, Key=key)

@@ -23,6 +23,42 @@ def tail_path(session_id: str, root: str | None = None) -> str:
     return os.path.join(root or default_tmp_dir(), "tus", f"{name}.tail")
 
 
+def upload_id_from_tail(path: str, root: str | None = None) -> str | None:
+    """The upload id whose tail is at ``path``, or None if no id maps there.
+
+    The name is decoded, then re-encoded through ``tail_path``: only a file that
+    ``tail_path`` itself would name counts as a tail.
+    """
+    name = os.path.basename(path)
+    if not name.endswith(".tail"):
+        return None
+    encoded = name[: -len(".tail")]
+    try:
+        upload_id = base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)).decode("utf-8")
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if tail_path(upload_id, root) != os.path.join(root or default_tmp_dir(), "tus", name):
+        return None
+    return upload_id
+
+
+def try_remove_idle_tail(path: str) -> bool:
+    """Delete a tail unless a writer holds it (its flock); True when deleted."""
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    else:
+        os.unlink(path)
+        return True
+    finally:
+        os.close(fd)
+
+
 class Tail:
     """An open tail file, held under an exclusive flock for one writer on this node."""
 

@@ -31,11 +31,11 @@ def app(redis_url: str, s3_env: dict[str, str], tmp_path, monkeypatch) -> Iterat
     }
     for name, value in env.items():
         monkeypatch.setenv(name, value)
-    workers.jobs._services.cache_clear()  # the jobs read the environment once
+    workers.jobs.maintenance.cache_clear()  # the jobs read the environment once
     app = create_app(Settings.from_env())
     app.config["TESTING"] = True
     yield app
-    workers.jobs._services.cache_clear()
+    workers.jobs.maintenance.cache_clear()
 
 
 @pytest.fixture
@@ -48,7 +48,7 @@ def rq_burst(app: Flask):
     """Run the queued jobs in-process with a real RQ worker, like `rq worker --burst`."""
 
     def run() -> None:
-        queue = app.extensions["rindle"].queue
+        queue = app.extensions["rindle"].jobs.queue
         SimpleWorker([queue], connection=queue.connection).work(burst=True)
 
     return run

@@ -54,9 +54,8 @@ def test_part_commit_touches_only_its_own_field(store, redis_url):
     store.acquire("u", "t")
     offset = 0
     for number in range(1, 4):
-        store.commit_part(
-            "u", "t", offset, number, f'"etag{number}"', 5 << 20, offset + (5 << 20), "node"
-        )
+        part = (number, f'"etag{number}"', 5 << 20)
+        store.commit_part("u", "t", offset, offset + (5 << 20), part, "node")
         offset += 5 << 20
     assert store.parts("u") == [(n, f'"etag{n}"', 5 << 20) for n in range(1, 4)]
     upload = store.get("u")

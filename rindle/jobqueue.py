@@ -1,0 +1,43 @@
+"""Enqueueing rindle's RQ jobs. The job functions live in ``workers.jobs``; they are named
+by string so that the library never imports the workers."""
+
+from __future__ import annotations
+
+from rq import Queue, Retry
+
+COMPLETE_JOB = "workers.jobs.complete_upload"
+CLEANUP_JOB = "workers.jobs.clean_up_upload"
+# S3 hiccups are short, an outage may not be; the sweeps pick up what still fails.
+RETRY_INTERVALS = [2, 10, 30, 120, 600]
+
+
+def completion_job_id(upload_id: str) -> str:
+    return f"rindle-complete-{upload_id}"
+
+
+def cleanup_job_id(upload_id: str) -> str:
+    return f"rindle-cleanup-{upload_id}"
+
+
+class JobQueue:
+    def __init__(self, queue: Queue) -> None:
+        self.queue = queue
+
+    def _enqueue(self, func: str, upload_id: str, job_id: str) -> None:
+        # A fixed job id: one job per upload and purpose; the jobs are idempotent.
+        self.queue.enqueue(
+            func,
+            upload_id,
+            job_id=job_id,
+            retry=Retry(max=len(RETRY_INTERVALS), interval=RETRY_INTERVALS),
+            job_timeout=3600,
+            failure_ttl=30 * 24 * 3600,
+        )
+
+    def complete(self, upload_id: str) -> None:
+        """Assemble the object of an upload in ``assembling``."""
+        self._enqueue(COMPLETE_JOB, upload_id, completion_job_id(upload_id))
+
+    def clean_up(self, upload_id: str) -> None:
+        """Abort the multipart upload (and delete the object) of an ended upload."""
+        self._enqueue(CLEANUP_JOB, upload_id, cleanup_job_id(upload_id))

@@ -1,0 +1,147 @@
+"""Ending uploads and cleaning up after them, so that nothing leaks: no multipart upload
+left open in S3, no tail left on a disk, no Redis key without an expiry.
+
+Every operation is idempotent and safe to run on several workers at once: state changes
+are WATCH/MULTI transitions that only one caller wins, aborts of an already-aborted
+upload count as done, and a tail is only deleted when no writer holds its lock.
+Used by the RQ jobs (``workers.jobs``), the CLI and the web process's tail reaper.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections import Counter
+from dataclasses import dataclass
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from rindle.config import Settings
+from rindle.jobqueue import JobQueue
+from rindle.storage import S3Storage, try_remove_idle_tail, upload_id_from_tail
+from rindle.store import (
+    ASSEMBLING,
+    COMPLETED,
+    EXPIRED,
+    TERMINATED,
+    WRITABLE,
+    SessionStore,
+    Upload,
+)
+
+log = logging.getLogger("rindle.maintenance")
+
+OPEN_STATES = (*WRITABLE, ASSEMBLING)  # states that still need their multipart upload
+
+
+@dataclass
+class Maintenance:
+    store: SessionStore
+    storage: S3Storage
+    settings: Settings
+    jobs: JobQueue
+
+    def clean_up(self, upload_id: str) -> str:
+        """After termination or expiry: abort the multipart upload; a terminated upload's
+        object (if it was already assembled) is deleted too. Raises on S3 errors (retry)."""
+        upload = self.store.get(upload_id)
+        if upload is None:
+            return "unknown"
+        if upload.state in OPEN_STATES or upload.state == COMPLETED:
+            return f"skipped ({upload.state})"
+        aborted = bool(upload.s3_upload_id) and self.storage.abort_multipart(
+            upload.key, upload.s3_upload_id
+        )
+        if upload.state == TERMINATED:
+            self.storage.delete_object(upload.key)
+        return "aborted" if aborted else "nothing to abort"
+
+    def sweep_expired(self, now: float | None = None, dry_run: bool = False) -> dict[str, int]:
+        """Mark uploads past their expiry as expired and abort their multipart uploads;
+        re-enqueue completion of uploads stuck in assembling."""
+        now = time.time() if now is None else now
+        counts: Counter[str] = Counter(expired=0, aborted=0, requeued=0, errors=0)
+        for upload_id in self.store.due_for_sweep(now):
+            upload = self.store.get(upload_id)
+            if upload is None or upload.expires_at > now:
+                continue  # gone, or active again since it was indexed
+            if upload.state in WRITABLE:
+                if dry_run:
+                    counts["expired"] += 1
+                elif self.store.set_state(upload_id, EXPIRED, WRITABLE, before=now):
+                    counts["expired"] += 1
+                    counts[self._abort_quietly(upload)] += 1
+            elif upload.state == ASSEMBLING:
+                # The completion job never finished: try again, and look again later.
+                if not dry_run:
+                    self.jobs.complete(upload_id)
+                    self.store.index_expiry(upload_id, now + self.settings.expiration)
+                counts["requeued"] += 1
+            elif not dry_run:
+                self.store.unindex(upload_id)
+        return dict(counts)
+
+    def _abort_quietly(self, upload: Upload) -> str:
+        if not upload.s3_upload_id:
+            return "nothing to abort"
+        try:
+            self.storage.abort_multipart(upload.key, upload.s3_upload_id)
+        except (BotoCoreError, ClientError) as exc:
+            # The orphan sweep aborts it later: nothing references it any more.
+            log.warning("upload %s: abort failed, left to the orphan sweep: %s", upload.id, exc)
+            return "errors"
+        return "aborted"
+
+    def reap_tails(
+        self, root: str | None = None, now: float | None = None, dry_run: bool = False
+    ) -> dict[str, int]:
+        """Delete this node's tails whose upload is ended, unknown or past its expiry.
+
+        A live upload's tail is never touched, nor a tail a writer holds right now.
+        """
+        root = root or self.settings.tmp_dir
+        now = time.time() if now is None else now
+        counts: Counter[str] = Counter(deleted=0, kept=0, busy=0)
+        try:
+            entries = list(os.scandir(os.path.join(root, "tus")))
+        except FileNotFoundError:
+            return dict(counts)
+        for entry in entries:
+            upload_id = upload_id_from_tail(entry.path, root)
+            if upload_id is None:
+                # Not a name tail_path makes: only remove it once it is old.
+                if entry.stat().st_mtime > now - self.settings.expiration:
+                    counts["kept"] += 1
+                    continue
+            else:
+                upload = self.store.get(upload_id)
+                if upload and upload.state in WRITABLE and upload.expires_at > now:
+                    counts["kept"] += 1
+                    continue
+            if dry_run or try_remove_idle_tail(entry.path):
+                counts["deleted"] += 1
+            else:
+                counts["busy"] += 1
+        return dict(counts)
+
+    def abort_orphans(
+        self, grace: int, now: float | None = None, dry_run: bool = False
+    ) -> dict[str, int]:
+        """Abort multipart uploads under the prefix that no open upload references and
+        that are older than ``grace`` seconds (a writer saves a new one's id at once)."""
+        now = time.time() if now is None else now
+        prefix = self.settings.s3_prefix
+        counts: Counter[str] = Counter(aborted=0, kept=0, young=0)
+        for key, s3_upload_id, initiated in self.storage.list_multipart_uploads(prefix):
+            if initiated.timestamp() > now - grace:
+                counts["young"] += 1
+                continue
+            upload = self.store.get(key[len(prefix) :])
+            if upload and upload.s3_upload_id == s3_upload_id and upload.state in OPEN_STATES:
+                counts["kept"] += 1
+                continue
+            if not dry_run:
+                self.storage.abort_multipart(key, s3_upload_id)
+            counts["aborted"] += 1
+        return dict(counts)

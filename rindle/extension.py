@@ -89,10 +89,12 @@ def init_app(app: Flask, settings: Settings | None = None, url_prefix: str = "/f
     """Register rindle on ``app``: settings in ``app.config["RINDLE"]``, blueprint at
     ``url_prefix``, ``flask rindle ...`` commands. Returns the shared services."""
     from rindle.blueprint import blueprint
+    from rindle.cli import cli
 
     settings = settings or app.config.get("RINDLE") or Settings.from_env()
     app.config["RINDLE"] = settings
     services = Services(settings)
     app.extensions["rindle"] = services
     app.register_blueprint(blueprint, url_prefix=url_prefix)
+    app.cli.add_command(cli)
     return services

@@ -1,0 +1,87 @@
+"""``flask rindle ...``: maintenance by hand, printing what it did."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import click
+from flask import current_app
+from flask.cli import AppGroup
+from werkzeug.http import http_date
+
+from rindle.extension import Services
+
+cli = AppGroup("rindle", help="Maintain rindle uploads (tails, expired uploads, orphans).")
+
+dry_run_option = click.option(
+    "--dry-run", is_flag=True, help="Only count what would be done; change nothing."
+)
+
+
+def services() -> Services:
+    return current_app.extensions["rindle"]
+
+
+def report(what: str, counts: dict[str, int], dry_run: bool) -> None:
+    prefix = "[dry run] " if dry_run else ""
+    click.echo(f"{prefix}{what}: " + ", ".join(f"{k}={v}" for k, v in sorted(counts.items())))
+
+
+@cli.command("sweep")
+@dry_run_option
+def sweep(dry_run: bool) -> None:
+    """Expire uploads past Upload-Expires and abort their multipart uploads."""
+    report("sweep", services().maintenance.sweep_expired(dry_run=dry_run), dry_run)
+
+
+@cli.command("reap-tails")
+@dry_run_option
+@click.option("--root", default=None, help="Tmp dir to reap (default: RINDLE_TMP_DIR).")
+def reap_tails(dry_run: bool, root: str | None) -> None:
+    """Delete this node's tails of ended, unknown or expired uploads."""
+    report("reap-tails", services().maintenance.reap_tails(root=root, dry_run=dry_run), dry_run)
+
+
+@cli.command("abort-orphans")
+@dry_run_option
+@click.option("--grace", type=int, default=None, help="Seconds (default: RINDLE_ORPHAN_GRACE).")
+def abort_orphans(dry_run: bool, grace: int | None) -> None:
+    """Abort multipart uploads under the prefix that no open upload references."""
+    svc = services()
+    grace = svc.settings.orphan_grace if grace is None else grace
+    report("abort-orphans", svc.maintenance.abort_orphans(grace, dry_run=dry_run), dry_run)
+
+
+@cli.command("status")
+@click.argument("upload_id")
+def status(upload_id: str) -> None:
+    """Show one upload's bookkeeping as JSON."""
+    svc = services()
+    upload = svc.store.get(upload_id)
+    if upload is None:
+        raise click.ClickException(f"no upload {upload_id}")
+    info = {
+        **upload.__dict__,
+        "buffered": upload.buffered,
+        "parts": len(svc.store.parts(upload_id)),
+        "expires": http_date(upload.expires_at),
+    }
+    click.echo(json.dumps(info, indent=2))
+
+
+@cli.command("list")
+@click.option("--state", default=None, help="Only uploads in this state.")
+def list_uploads(state: str | None) -> None:
+    """One line per upload: id, state, offset/length, age."""
+    svc = services()
+    now = time.time()
+    shown = 0
+    for upload_id in svc.store.ids():
+        upload = svc.store.get(upload_id)
+        if upload is None or (state and upload.state != state):
+            continue
+        age = int(now - upload.created_at)
+        click.echo(f"{upload.id}  {upload.state:<10} {upload.offset}/{upload.length}  {age}s")
+        shown += 1
+    click.echo(f"{shown} upload(s)")

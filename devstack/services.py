@@ -83,6 +83,9 @@ def free_port_pair(offset: int, host: str = LOOPBACK, avoid: set[int] | None = N
 
 def _bindable(host: str, port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        # As servers bind (Go and redis set SO_REUSEADDR): a port whose old connections
+        # linger in TIME_WAIT counts as free.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
         except OSError:
@@ -446,6 +449,31 @@ class SeaweedS3:
         path.chmod(0o600)
         return path
 
+    @property
+    def _ports_file(self) -> Path:
+        return self.data_dir / "rindle-ports.json"
+
+    def _new_ports(self) -> dict[str, int]:
+        ports: dict[str, int] = {}
+        for http_flag, grpc_flag in self._PORT_PAIRS:
+            port = free_port_pair(GRPC_PORT_OFFSET, avoid=set(ports.values()))
+            ports[http_flag], ports[grpc_flag] = port, port + GRPC_PORT_OFFSET
+        return ports
+
+    def _previous_ports(self) -> dict[str, int] | None:
+        """The ports of the last run on this data dir, if all are free: a stable endpoint
+        across restarts, and weed keeps one master metadata dir (it is named by port)."""
+        try:
+            ports = json.loads(self._ports_file.read_text())
+        except (OSError, ValueError):
+            return None
+        flags = {flag for pair in self._PORT_PAIRS for flag in pair}
+        if not isinstance(ports, dict) or set(ports) != flags:
+            return None
+        if all(isinstance(p, int) and _bindable(LOOPBACK, p) for p in ports.values()):
+            return ports
+        return None
+
     def start(self, timeout: float = 60.0) -> Self:
         binary = weed_binary()
         if binary is None:
@@ -461,10 +489,7 @@ class SeaweedS3:
         env = {**os.environ, "TMPDIR": self._sock_dir}
         for attempt in range(3):  # a free port can be taken before weed binds it
             began = time.monotonic()
-            self.ports = {}
-            for http_flag, grpc_flag in self._PORT_PAIRS:
-                port = free_port_pair(GRPC_PORT_OFFSET, avoid=set(self.ports.values()))
-                self.ports[http_flag], self.ports[grpc_flag] = port, port + GRPC_PORT_OFFSET
+            self.ports = (attempt == 0 and self._previous_ports()) or self._new_ports()
             argv = [
                 binary,
                 f"-logdir={log_dir}",
@@ -497,6 +522,7 @@ class SeaweedS3:
                     raise
                 continue
             self.startup_seconds = time.monotonic() - began
+            self._ports_file.write_text(json.dumps(self.ports))
             self.create_bucket(self.bucket)
             return self
         raise AssertionError("unreachable")

@@ -15,6 +15,10 @@ Fixtures (see each docstring):
     rindle_env              -> dict  everything the app reads (Redis, S3, tmp dir, part size)
     make_stack(**env)       -> Stack (gunicorn + rq worker); env values override, None unsets
     stack                   -> make_stack() with the defaults; indirect-parametrize with a dict
+
+Helpers for fixtures of other scopes: ``stack_env(settings, **overrides)`` (the hermetic
+environment of the app's processes) and ``Stack(env, log_dir, redis_client, s3_client)``;
+put a test's stacks in ``item.stash[_STACKS]`` to get their logs in its failure report.
 """
 
 from __future__ import annotations

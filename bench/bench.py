@@ -120,11 +120,6 @@ def _tus_client(
 
         data = _payload(index, size, seed)
         s3 = _s3_client()
-        # Warm-up, untimed: an empty upload makes the web worker that takes it build its
-        # S3 client (a PutObject), as a long-running server would have done long ago.
-        warm = tus.TusClient(url).uploader(file_stream=io.BytesIO(b""))
-        warm.upload()
-        result["warm_key"] = prefix + urlsplit(warm.url).path.rstrip("/").rsplit("/", 1)[1]
         barrier.wait(timeout=timeout)
         result["started"] = time.monotonic()
         uploader = tus.TusClient(url).uploader(
@@ -417,9 +412,28 @@ def self_contained_stack(part_size: int | None) -> Iterator[tuple[str, int]]:
 
 
 def detect_part_size(bucket: str, key: str) -> int | None:
-    """The size of part 1 of a multipart object (None for a single-PUT object)."""
-    head = _s3_client().head_object(Bucket=bucket, Key=key, PartNumber=1)
-    return int(head["ContentLength"]) if head.get("PartsCount") else None
+    """The size of part 1 of a multipart object (ETag "<md5>-<parts>"); None otherwise."""
+    s3 = _s3_client()
+    if "-" not in s3.head_object(Bucket=bucket, Key=key)["ETag"]:
+        return None  # one PutObject (SeaweedFS would answer PartNumber with its chunks)
+    return int(s3.head_object(Bucket=bucket, Key=key, PartNumber=1)["ContentLength"])
+
+
+def warm_up(url: str, prefix: str, uploads: int = 8) -> list[str]:
+    """Untimed: a few concurrent empty uploads, so that every web worker has built its S3
+    client (an empty upload is one PutObject), as a long-running server would have.
+    Returns the keys of the empty objects."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tusclient import client as tus
+
+    def one(_: int) -> str:
+        uploader = tus.TusClient(url).uploader(file_stream=io.BytesIO(b""))
+        uploader.upload()
+        return prefix + urlsplit(uploader.url).path.rstrip("/").rsplit("/", 1)[1]
+
+    with ThreadPoolExecutor(uploads) as pool:
+        return list(pool.map(one, range(uploads)))
 
 
 def split(total: int, clients: int) -> list[int]:
@@ -443,6 +457,7 @@ def run(args: argparse.Namespace, url: str, master: int | None) -> dict[str, Any
         flush=True,
     )
     try:
+        keys += warm_up(url, prefix)
         memory = Memory(master)
         tus_phase = _run_clients(
             "tus",
@@ -454,12 +469,12 @@ def run(args: argparse.Namespace, url: str, master: int | None) -> dict[str, Any
             args.timeout,
             before_start=memory.start,
         )
-        keys += [r[k] for r in tus_phase.results for k in ("key", "warm_key") if k in r]
+        keys += [r["key"] for r in tus_phase.results]
         if args.verify and not all(r.get("verified") for r in tus_phase.results):
             raise RuntimeError("an object in S3 does not match the bytes that were uploaded")
 
         part_size = args.part_mib and int(args.part_mib * MIB)
-        part_size = part_size or detect_part_size(bucket, keys[0])
+        part_size = part_size or detect_part_size(bucket, tus_phase.results[0]["key"])
         part_size = part_size or int(os.environ.get("RINDLE_TUS_PART_SIZE") or DEFAULT_PART_SIZE)
         run_id = secrets.token_hex(4)
         raw_keys = [f"{prefix}bench-raw/{run_id}-{i}" for i in range(args.clients)]
@@ -486,7 +501,11 @@ def run(args: argparse.Namespace, url: str, master: int | None) -> dict[str, Any
         ("rindle, end to end (objects complete in S3)", tus_phase.seconds("completed"), e2e),
         ("raw S3 multipart (boto3, same part size)", raw_phase.seconds("completed"), raw),
     ]
-    print(f"part size {part_size / MIB:g} MiB, total {tus_phase.total / MIB:g} MiB")
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    print(
+        f"part size {part_size / MIB:g} MiB, total {tus_phase.total / MIB:g} MiB, "
+        f"{os.cpu_count()} CPUs, load average {load}"
+    )
     print(f"{'':50} {'seconds':>8} {'MB/s':>8}")
     for label, seconds, rate in rows:
         print(f"{label:50} {seconds:8.2f} {rate:8.1f}")

@@ -271,11 +271,15 @@ def _cmdline(pid: int) -> str:
         return ""
 
 
-def find_gunicorn_master() -> int | None:
-    """The one gunicorn master on this machine (a gunicorn whose parent is not one)."""
+def find_gunicorn_master(port: int | None) -> int | None:
+    """The gunicorn master listening on ``port``: a gunicorn whose parent is not one and
+    whose command line binds ``:port`` (None unless exactly one matches)."""
     masters = []
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or "gunicorn" not in _cmdline(int(entry.name)):
+        if not entry.name.isdigit():
+            continue
+        cmdline = _cmdline(int(entry.name))
+        if "gunicorn" not in cmdline or not re.search(rf":{port}(\s|$)", cmdline):
             continue
         with contextlib.suppress(OSError):
             ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
@@ -568,7 +572,8 @@ def main(argv: list[str] | None = None) -> int:
         with self_contained_stack(args.part_mib and int(args.part_mib * MIB)) as (url, master):
             summary = run(args, url, master)
     else:
-        summary = run(args, args.url, args.gunicorn_pid or find_gunicorn_master())
+        master = args.gunicorn_pid or find_gunicorn_master(urlsplit(args.url).port)
+        summary = run(args, args.url, master)
     if args.json:
         print(json.dumps(summary))
     return 0

@@ -24,6 +24,7 @@ put a test's stacks in ``item.stash[_STACKS]`` to get their logs in its failure 
 from __future__ import annotations
 
 import os
+import sys
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -163,7 +164,9 @@ def stack_env(settings: Mapping[str, str], **overrides: str | int | None) -> dic
     """The environment for the app's processes: this process's environment without any
     RINDLE_/AWS_/REDIS_ variable, then ``settings``, then ``overrides`` (None unsets)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(_HERMETIC_PREFIXES)}
+    venv_bin = str(Path(sys.executable).parent)  # flask, rq, gunicorn of this Python first
     env.update(
+        PATH=os.pathsep.join([venv_bin, env.get("PATH", os.defpath)]),
         PYTHONUNBUFFERED="1",
         AWS_EC2_METADATA_DISABLED="true",
         AWS_CONFIG_FILE=os.devnull,  # a developer's ~/.aws must not change what S3 sees

@@ -154,6 +154,7 @@ def load(upload_id: str) -> Upload:
 
 @blueprint.route("/<upload_id>", methods=["HEAD"], endpoint="upload")
 def head(upload_id: str) -> Response:
+    take_over(upload_id)
     upload = load(upload_id)
     response = Response(status=200)
     response.headers["Upload-Offset"] = str(upload.offset)
@@ -162,6 +163,26 @@ def head(upload_id: str) -> Response:
         response.headers["Upload-Metadata"] = upload.metadata
     response.headers["Cache-Control"] = "no-store"
     return with_expiry(tus_headers(response), upload)
+
+
+def take_over(upload_id: str) -> None:
+    """If a request holds the upload, ask it to save what it has and let go; 423 if it
+    does not in time. Typically the client reconnected while its old PATCH still hangs
+    on a dead connection: the answer must report what that request received."""
+    svc = services()
+    if not svc.store.lease_held(upload_id):
+        return
+
+    def free() -> None:
+        if svc.store.lease_held(upload_id):
+            raise LeaseHeld(upload_id)
+
+    try:
+        svc.writer.wait_for_release(upload_id, free)
+    except LeaseHeld:
+        raise TusError(
+            423, "upload_locked", "another request is writing this upload", {"Retry-After": "1"}
+        ) from None
 
 
 @blueprint.route("/<upload_id>", methods=["PATCH"])
@@ -174,6 +195,8 @@ def patch(upload_id: str) -> Response:
             415, "unsupported_media_type", f"Content-Type must be {protocol.PATCH_CONTENT_TYPE}"
         )
     offset = protocol.parse_non_negative(request.headers.get("Upload-Offset"), "Upload-Offset")
+    load(upload_id)
+    take_over(upload_id)
     upload = load(upload_id)
     if offset != upload.offset:
         raise TusError(
@@ -188,7 +211,8 @@ def patch(upload_id: str) -> Response:
         return patched(upload)  # nothing left to take (e.g. a retried last PATCH)
 
     try:
-        result = svc.writer.write(upload_id, offset, request.stream)
+        sock = request.environ.get("gunicorn.socket")  # to unblock a read of a dead client
+        result = svc.writer.write(upload_id, offset, request.stream, sock)
     except LeaseHeld:
         raise TusError(
             423, "upload_locked", "another request is writing this upload", {"Retry-After": "1"}

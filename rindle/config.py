@@ -54,6 +54,8 @@ class Settings:
     read_chunk: int
     orphan_grace: int
     reap_interval: int
+    release_wait: float
+    read_timeout: float
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -81,4 +83,6 @@ class Settings:
             read_chunk=max(64 * 1024, _int(env, "RINDLE_READ_CHUNK", 1 * MIB)),
             orphan_grace=_int(env, "RINDLE_ORPHAN_GRACE", 3600),
             reap_interval=_int(env, "RINDLE_REAP_INTERVAL", 600),
+            release_wait=_int(env, "RINDLE_RELEASE_WAIT", 3),
+            read_timeout=max(1, _int(env, "RINDLE_READ_TIMEOUT", 60)),
         )

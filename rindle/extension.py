@@ -13,6 +13,7 @@ from rq import Queue
 from rindle.config import Settings
 from rindle.jobqueue import JobQueue
 from rindle.maintenance import Maintenance
+from rindle.release import ReleaseWatcher
 from rindle.storage import S3Storage, make_s3_client
 from rindle.store import SessionStore
 from rindle.writer import Writer
@@ -54,8 +55,12 @@ class Services:
         return S3Storage(make_s3_client(self.s3_pool), self.settings.s3_bucket)
 
     @cached_property
+    def watcher(self) -> ReleaseWatcher:
+        return ReleaseWatcher(self.settings.redis_url, self.settings.read_timeout)
+
+    @cached_property
     def writer(self) -> Writer:
-        return Writer(self.store, self.storage, self.settings, self.jobs.complete)
+        return Writer(self.store, self.storage, self.settings, self.jobs.complete, self.watcher)
 
     @cached_property
     def maintenance(self) -> Maintenance:

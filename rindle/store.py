@@ -42,6 +42,15 @@ def writer_key(upload_id: str) -> str:
     return f"rindle:upload:{{{upload_id}}}:writer"
 
 
+def release_key(upload_id: str) -> str:
+    return f"rindle:upload:{{{upload_id}}}:release"
+
+
+# Pub/sub channel on which a request asks the writer of an upload to let go.
+RELEASE_CHANNEL = "rindle:release"
+RELEASE_REQUEST_MS = 10_000
+
+
 @dataclass(frozen=True)
 class Upload:
     id: str
@@ -145,9 +154,24 @@ class SessionStore:
     def acquire(self, upload_id: str, token: str) -> None:
         if not self.r.set(writer_key(upload_id), token, nx=True, px=self.lease_ms):
             raise LeaseHeld(upload_id)
+        self.r.delete(release_key(upload_id))  # meant for the previous holder
 
-    def renew(self, upload_id: str, token: str) -> None:
+    def lease_held(self, upload_id: str) -> bool:
+        return bool(self.r.exists(writer_key(upload_id)))
+
+    def request_release(self, upload_id: str) -> None:
+        """Ask the writer of ``upload_id``, on whatever node, to save what it has and let
+        go: a flag its next check-in sees, and a message for a writer blocked in a read."""
+        with self.r.pipeline(transaction=False) as pipe:
+            pipe.set(release_key(upload_id), "1", px=RELEASE_REQUEST_MS)
+            pipe.publish(RELEASE_CHANNEL, upload_id)
+            pipe.execute()
+
+    def renew(self, upload_id: str, token: str) -> bool:
+        """Extend our lease (Fenced if it was lost or the upload ended); True when another
+        request asked us to let go."""
         self._fenced(upload_id, token, None, lambda pipe: None)
+        return bool(self.r.exists(release_key(upload_id)))
 
     def release(self, upload_id: str, token: str) -> None:
         """Drop the lease if it is still ours (a lost lease is someone else's now)."""

@@ -13,15 +13,17 @@ from __future__ import annotations
 import contextlib
 import logging
 import secrets
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import BinaryIO, TypeVar
 
 from werkzeug.exceptions import HTTPException
 
 from rindle.config import Settings
-from rindle.errors import TusError
+from rindle.errors import LeaseHeld, TusError
+from rindle.release import ActiveWrite, ReleaseWatcher
 from rindle.storage import S3Storage, Tail
 from rindle.store import WRITABLE, SessionStore, Upload
 
@@ -33,6 +35,7 @@ log = logging.getLogger("rindle")
 READ_ERRORS = (OSError, ValueError, HTTPException)
 # How often a running writer checks in with Redis (renews its lease, sees a DELETE).
 CHECK_IN_SECONDS = 1.0
+T = TypeVar("T")
 
 
 @dataclass
@@ -48,17 +51,44 @@ class Writer:
         storage: S3Storage,
         settings: Settings,
         enqueue_completion: Callable[[str], None],
+        watcher: ReleaseWatcher,
     ) -> None:
         self.store = store
         self.storage = storage
         self.settings = settings
         self.enqueue_completion = enqueue_completion
+        self.watcher = watcher
 
-    def write(self, upload_id: str, client_offset: int, body: BinaryIO) -> WriteResult:
-        """Append ``body`` at ``client_offset``. Raises LeaseHeld, TailMissing, Fenced,
-        TusError, or storage errors (nothing of the failed step is committed)."""
+    def wait_for_release(self, upload_id: str, attempt: Callable[[], T]) -> T:
+        """Run ``attempt`` (which raises LeaseHeld while someone else writes the upload);
+        meanwhile ask that writer to let go. LeaseHeld after RINDLE_RELEASE_WAIT seconds."""
+        deadline = time.monotonic() + self.settings.release_wait
+        asked_at = 0.0
+        while True:
+            try:
+                return attempt()
+            except LeaseHeld:
+                now = time.monotonic()
+                if now >= deadline:
+                    raise
+                if now - asked_at >= 1.0:  # again each second, in case a message was missed
+                    self.store.request_release(upload_id)
+                    asked_at = now
+                time.sleep(0.05)
+
+    def write(
+        self,
+        upload_id: str,
+        client_offset: int,
+        body: BinaryIO,
+        sock: socket.socket | None = None,
+    ) -> WriteResult:
+        """Append ``body`` at ``client_offset``. ``sock`` is the client connection, shut
+        down for reading when another request needs the upload or the client stalls.
+        Raises LeaseHeld, TailMissing, Fenced, TusError, or storage errors (nothing of
+        the failed step is committed)."""
         token = secrets.token_urlsafe(16)
-        self.store.acquire(upload_id, token)
+        self.wait_for_release(upload_id, lambda: self.store.acquire(upload_id, token))
         try:
             # Re-read under the lease: this is the state we build on.
             upload = self.store.get(upload_id)
@@ -71,9 +101,13 @@ class Writer:
                     "Upload-Offset does not match",
                     {"Upload-Offset": str(upload.offset)},
                 )
-            tail = Tail.open(upload_id, upload.buffered, root=self.settings.tmp_dir)
+            # A stale request of this node may still hold the file (its lease expired).
+            tail = self.wait_for_release(
+                upload_id, lambda: Tail.open(upload_id, upload.buffered, self.settings.tmp_dir)
+            )
             try:
-                overflow = _Patch(self, upload, token, tail).run(body)
+                with self.watcher.watching(upload_id, sock) as active:
+                    overflow = _Patch(self, upload, token, tail, active).run(body)
             finally:
                 tail.close()
             after = self.store.get(upload_id)
@@ -86,11 +120,14 @@ class Writer:
 class _Patch:
     """One PATCH request holding the lease and the tail of one upload."""
 
-    def __init__(self, writer: Writer, upload: Upload, token: str, tail: Tail) -> None:
+    def __init__(
+        self, writer: Writer, upload: Upload, token: str, tail: Tail, active: ActiveWrite
+    ) -> None:
         self.w = writer
         self.upload = upload
         self.token = token
         self.tail = tail
+        self.active = active
         self.offset = upload.offset  # as committed in Redis
         self.committed = upload.committed  # bytes in committed parts
         self.s3_upload_id = upload.s3_upload_id
@@ -107,18 +144,23 @@ class _Patch:
             try:
                 data = body.read(want)
             except READ_ERRORS as exc:
-                log.info("upload %s: body ended early (%s)", upload.id, exc)
+                reason = self.active.stop_reason or exc
+                log.info("upload %s: body ended early (%s)", upload.id, reason)
                 ended_early = True
                 break
             if not data:
                 break
+            self.active.touch()
             tail.write(data)
             received += len(data)
             if tail.size == part_size and received < room:
                 self._ship_part()
             if time.monotonic() >= check_in_at:
                 # Renews the lease; Fenced when it was lost or the upload ended (DELETE).
-                self.w.store.renew(upload.id, self.token)
+                if self.w.store.renew(upload.id, self.token):
+                    log.info("upload %s: letting go on request", upload.id)
+                    ended_early = True
+                    break
                 check_in_at = time.monotonic() + CHECK_IN_SECONDS
 
         overflow = False

@@ -1,0 +1,75 @@
+"""A reconnecting client takes over from its own stalled request (issue #3, release)."""
+
+from __future__ import annotations
+
+import socket
+import time
+from urllib.parse import urlsplit
+
+import pytest
+import requests
+
+from tests.e2e.conftest import TUS, Uploads, payload
+
+pytestmark = pytest.mark.e2e
+PATCH = {**TUS, "Content-Type": "application/offset+octet-stream"}
+
+
+def stalled_patch(url: str, data: bytes, sent: int) -> socket.socket:
+    """A PATCH whose client sends ``sent`` bytes of ``data`` and then goes silent."""
+    parts = urlsplit(url)
+    sock = socket.create_connection((parts.hostname, parts.port), timeout=10)
+    sock.sendall(
+        f"PATCH {parts.path} HTTP/1.1\r\nHost: x\r\nTus-Resumable: 1.0.0\r\n"
+        "Content-Type: application/offset+octet-stream\r\nUpload-Offset: 0\r\n"
+        f"Content-Length: {len(data)}\r\n\r\n".encode()
+        + data[:sent]
+    )
+    return sock
+
+
+def wait_for_offset(stack, url: str, at_least: int) -> None:
+    key = f"rindle:upload:{{{url.rsplit('/', 1)[1]}}}"
+    deadline = time.monotonic() + 30
+    while int(stack.redis.hget(key, "offset") or 0) < at_least:
+        assert time.monotonic() < deadline, "the stalled request never committed its part"
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("method", ["HEAD", "PATCH"])
+def test_a_new_request_makes_a_stalled_writer_save_and_let_go(
+    module_stack, uploads: Uploads, method
+):
+    data = payload(12 * 1024 * 1024 + 5, seed=11)
+    r = requests.post(
+        module_stack.files_url, headers={**TUS, "Upload-Length": str(len(data))}, timeout=10
+    )
+    url = r.headers["Location"]
+    uploads.track(url)
+    sent = 7 * 1024 * 1024 + 333  # a part and some tail
+    stalled = stalled_patch(url, data, sent)
+    try:
+        wait_for_offset(module_stack, url, 5 * 1024 * 1024)  # the writer is in the body
+        started = time.monotonic()
+        if method == "HEAD":
+            answer = requests.head(url, headers=TUS, timeout=30)
+            assert answer.status_code == 200
+            offset = int(answer.headers["Upload-Offset"])
+        else:
+            # The client retries from the offset it last knew: the writer lets go, the
+            # retry meets the saved offset (409), HEADs and resumes.
+            answer = requests.patch(
+                url, data=data, headers={**PATCH, "Upload-Offset": "0"}, timeout=30
+            )
+            assert answer.status_code == 409
+            offset = int(answer.headers["Upload-Offset"])
+        took = time.monotonic() - started
+        assert offset == sent, "everything the stalled request received is kept"
+        assert took < 5, f"the holder let go after {took:.1f}s"
+    finally:
+        stalled.close()
+    r = requests.patch(
+        url, data=data[offset:], headers={**PATCH, "Upload-Offset": str(offset)}, timeout=60
+    )
+    assert r.status_code == 204
+    uploads.assert_stored(url, data)

@@ -27,7 +27,7 @@ import requests
 
 from devstack.services import RedisServer, SeaweedS3
 from rindle import tail_path
-from tests.conftest import _HERMETIC_PREFIXES, _STACKS, PART_SIZE, S3_PREFIX, Stack
+from tests.conftest import _STACKS, PART_SIZE, S3_PREFIX, Stack, stack_env
 
 MIB = 1024 * 1024
 TUS = {"Tus-Resumable": "1.0.0"}
@@ -44,8 +44,7 @@ def module_stack(
     s3_server.create_bucket(bucket)
     root = tmp_path_factory.mktemp("e2e-stack")
     (root / "tmp").mkdir()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(_HERMETIC_PREFIXES)}
-    env.update(
+    env = stack_env(
         {
             "REDIS_URL": redis_server.url,
             **s3_server.env(bucket=bucket),
@@ -53,10 +52,6 @@ def module_stack(
             "RINDLE_TMP_DIR": str(root / "tmp"),
             "RINDLE_TUS_PART_SIZE": str(PART_SIZE),
             "RINDLE_NODE_ID": "e2e-node",
-            "PYTHONUNBUFFERED": "1",
-            "AWS_EC2_METADATA_DISABLED": "true",
-            "AWS_CONFIG_FILE": os.devnull,
-            "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
         }
     )
     client = redis.Redis.from_url(redis_server.url, decode_responses=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import socket
+import struct
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -16,7 +17,15 @@ import tusclient.request
 from tusclient import client as tus
 
 from tests.conftest import PART_SIZE, Stack
-from tests.e2e.conftest import MIB, Uploads, payload, poll, upload_key, with_deadline
+from tests.e2e.conftest import (
+    MIB,
+    Uploads,
+    payload,
+    poll,
+    upload_id_of,
+    upload_key,
+    with_deadline,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -117,12 +126,11 @@ def test_resume_with_a_new_uploader(module_stack: Stack, uploads: Uploads, stop_
     uploads.assert_stored(url, data)
 
 
-def send_half_and_drop(stack: Stack, url: str, data: bytes, sent: int, abortive: bool) -> None:
-    """PATCH ``data`` at offset 0 over a raw socket: headers, ``sent`` bytes, then close.
+def start_partial_patch(stack: Stack, url: str, data: bytes, sent: int) -> socket.socket:
+    """PATCH ``data`` at offset 0 over a raw socket: the headers and ``sent`` bytes only.
 
-    Closes only once the server is reading the body (it holds the writer lease; when the
-    bytes sent cross a part boundary, once that part is committed), so the drop hits a
-    request in flight. ``abortive``: RST (SO_LINGER 0) instead of an orderly FIN.
+    Returns once the server is reading the body (it holds the writer lease; when the bytes
+    sent cross a part boundary, once that part is committed): a request in flight.
     """
     target = urlsplit(url)
     head = (
@@ -134,24 +142,36 @@ def send_half_and_drop(stack: Stack, url: str, data: bytes, sent: int, abortive:
         f"Content-Length: {len(data)}\r\n"
         "\r\n"
     ).encode()
-    upload_id = url.rstrip("/").rsplit("/", 1)[1]
-    writer = f"{upload_key(upload_id)}:writer"
+    upload_id = upload_id_of(url)
     sock = socket.create_connection((target.hostname, target.port), timeout=30)
     try:
         sock.sendall(head + data[:sent])
-        poll(lambda: stack.redis.exists(writer) or None, 30, "for the PATCH to hold the lease")
+        poll(
+            lambda: stack.redis.exists(writer_key(upload_id)) or None,
+            30,
+            "for the PATCH to hold the lease",
+        )
         if sent > P:
             poll(
                 lambda: int(stack.redis.hget(upload_key(upload_id), "offset") or 0) >= P or None,
                 30,
                 "for the first part to be committed mid-request",
             )
-        if abortive:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00" * 2)
-    finally:
+    except BaseException:
         sock.close()
-    # The server notices, keeps what it received, commits the offset, lets go of the lease.
-    poll(lambda: None if stack.redis.exists(writer) else True, 30, "for the lease to be released")
+        raise
+    return sock
+
+
+def drop(sock: socket.socket, abortive: bool) -> None:
+    """Close: an orderly FIN, or with ``abortive`` an RST (SO_LINGER 0)."""
+    if abortive:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+
+
+def writer_key(upload_id: str) -> str:
+    return f"{upload_key(upload_id)}:writer"
 
 
 @pytest.mark.parametrize("abortive", [False, True], ids=["fin", "rst"])
@@ -161,12 +181,20 @@ def send_half_and_drop(stack: Stack, url: str, data: bytes, sent: int, abortive:
 def test_resume_after_dropped_connection(
     module_stack: Stack, uploads: Uploads, sent: int, abortive: bool
 ) -> None:
+    """The connection drops mid-body; once the server has let go, tuspy resumes from the
+    offset HEAD reports."""
     data = payload(3 * P + 123, seed=sent + abortive)
     creator = tus_uploader(module_stack, data, None)
     url = with_deadline(creator.create_url, 30, "creation")
-    uploads.track(url)
+    upload_id = uploads.track(url)
 
-    send_half_and_drop(module_stack, url, data, sent, abortive)
+    drop(start_partial_patch(module_stack, url, data, sent), abortive)
+    # The server notices, keeps what it received, commits the offset, lets go of the lease.
+    poll(
+        lambda: None if module_stack.redis.exists(writer_key(upload_id)) else True,
+        30,
+        "for the lease to be released",
+    )
 
     offset = uploads.offset(url)
     if abortive:  # an RST may cost the bytes still in the server's socket buffer
@@ -179,4 +207,32 @@ def test_resume_after_dropped_connection(
     )
     assert resumed.offset == offset  # resumed from the offset HEAD reports
     with_deadline(resumed.upload, UPLOAD_TIMEOUT, "the resumed upload")
+    uploads.assert_stored(url, data)
+
+
+@pytest.mark.parametrize("how", ["fin", "rst", "stalled"])
+def test_resume_at_once_after_connection_loss(
+    module_stack: Stack, uploads: Uploads, how: str
+) -> None:
+    """A client that reconnects at once: its old PATCH may still be running (or, with a
+    connection that went silent without a FIN or RST, hang in a read). tuspy, without
+    retries, asks HEAD for the offset and goes on: the server must make the old request
+    let go and report what it kept."""
+    sent = 7 * MIB + MIB // 2
+    data = payload(3 * P + 123, seed=len(how))
+    creator = tus_uploader(module_stack, data, None)
+    url = with_deadline(creator.create_url, 30, "creation")
+    uploads.track(url)
+
+    old = start_partial_patch(module_stack, url, data, sent)
+    try:
+        if how != "stalled":
+            drop(old, abortive=how == "rst")
+        resumed = with_deadline(
+            lambda: tus_uploader(module_stack, data, 4 * MIB, url=url), 30, "a new uploader"
+        )
+        assert P <= resumed.offset <= sent  # the part committed mid-request was kept
+        with_deadline(resumed.upload, UPLOAD_TIMEOUT, "the resumed upload")
+    finally:
+        old.close()
     uploads.assert_stored(url, data)

@@ -33,6 +33,7 @@ from devstack.services import (
     SeaweedS3,
     ServiceFailed,
     ServiceUnavailable,
+    clock_command,
     free_port,
     http_ok,
     wait_until,
@@ -206,7 +207,8 @@ def run(port: int, data_dir: Path) -> int:
             env=env,
             cwd=REPO_ROOT,
         )
-        for proc in (worker, web):  # stopped in reverse: the web first
+        clock = ManagedProcess("clock", clock_command(env["REDIS_URL"]), env=env, cwd=REPO_ROOT)
+        for proc in (clock, worker, web):  # stopped in reverse: the web first
             cleanup.append(lambda proc=proc: proc.stop(timeout=15))
             procs.append(proc.start())
         healthz = f"http://{LOOPBACK}:{port}/healthz"

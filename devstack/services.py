@@ -580,3 +580,8 @@ def web_command(port: int, *, workers: int = 2, threads: int = 8) -> list[str]:
 def worker_command(redis_url: str, queue: str = "rindle") -> list[str]:
     """The rq worker command line (run it from the repo root, so ``workers.jobs`` imports)."""
     return [sys.executable, "-m", "rq.cli", "worker", "--with-scheduler", "--url", redis_url, queue]
+
+
+def clock_command(redis_url: str) -> list[str]:
+    """RQ's cron: enqueues the periodic maintenance jobs of ``workers/cron.py``."""
+    return [sys.executable, "-m", "rq.cli", "cron", "--url", redis_url, "workers/cron.py"]

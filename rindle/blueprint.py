@@ -11,13 +11,23 @@ import time
 
 import redis
 from botocore.exceptions import BotoCoreError, ClientError
-from flask import Blueprint, Response, current_app, jsonify, request, url_for
+from flask import (
+    Blueprint,
+    Response,
+    current_app,
+    jsonify,
+    redirect,
+    request,
+    stream_with_context,
+    url_for,
+)
 from werkzeug.http import http_date
 
 from rindle import protocol
 from rindle.errors import Fenced, LeaseHeld, TailMissing, TusError
 from rindle.extension import Services
 from rindle.storage import tail_path
+from rindle.storage.s3 import error_code
 from rindle.store import (
     ASSEMBLING,
     COMPLETED,
@@ -81,7 +91,7 @@ def _s3_down(err: Exception) -> Response:
 @blueprint.before_request
 def _check_version() -> None:
     services().start_tail_reaper()  # once per process, after gunicorn forked it
-    if request.method == "OPTIONS":
+    if request.method in ("OPTIONS", "GET"):  # GET is a plain download, not tus
         return
     version = request.headers.get("Tus-Resumable")
     if version not in protocol.SUPPORTED_VERSIONS:
@@ -112,14 +122,16 @@ def create() -> Response:
     length = protocol.parse_non_negative(request.headers.get("Upload-Length"), "Upload-Length")
     if length > settings.max_size:
         raise TusError(413, "upload_too_large", f"Upload-Length exceeds {settings.max_size}")
-    metadata = protocol.parse_metadata(request.headers.get("Upload-Metadata"))
+    metadata = protocol.parse_metadata(
+        request.headers.get("Upload-Metadata"), settings.max_metadata
+    )
     part_size = protocol.part_size_for(length, settings.part_size)
 
     upload_id = secrets.token_urlsafe(24)  # 192 random bits, URL-safe
     key = settings.s3_prefix + upload_id
     if length == 0:
         # Nothing to receive: the (empty) object exists before the client hears of it.
-        svc.storage.put_object(key, b"", 0)
+        svc.storage.put_object(key, b"", 0, protocol.object_headers(metadata))
     upload = svc.store.create(
         upload_id,
         length,
@@ -267,3 +279,49 @@ def terminate(upload_id: str) -> Response:
     except redis.RedisError:  # terminated already; the orphan sweep aborts it later
         log.exception("upload %s: could not enqueue its clean-up", upload_id)
     return tus_headers(Response(status=204))
+
+
+PRESIGNED_SECONDS = 300
+
+
+@blueprint.route("/<upload_id>", methods=["GET"])
+def download(upload_id: str) -> Response:
+    """A completed upload's object: a redirect to a short-lived presigned URL, or (with
+    RINDLE_DOWNLOAD=stream) the bytes themselves, with Range support."""
+    svc = services()
+    if svc.settings.download == "off":
+        raise TusError(405, "download_disabled", "downloads are switched off")
+    upload = load(upload_id)
+    if upload.state != COMPLETED:
+        raise TusError(
+            409,
+            "not_ready",
+            f"the upload is {upload.state}, not completed yet",
+            {"Retry-After": "2"},
+        )
+    if svc.settings.download == "redirect":
+        response = redirect(svc.storage.presigned_get(upload.key, PRESIGNED_SECONDS), 302)
+        response.headers["Cache-Control"] = "no-store"
+        return response
+    try:
+        obj = svc.storage.get_object(upload.key, request.headers.get("Range"))
+    except ClientError as exc:
+        if error_code(exc) == "InvalidRange":
+            raise TusError(416, "invalid_range", "the range is outside the object") from None
+        raise
+    response = Response(
+        stream_with_context(obj["Body"].iter_chunks(1024 * 1024)),
+        status=206 if "ContentRange" in obj else 200,
+        content_type=obj.get("ContentType") or "application/octet-stream",
+        direct_passthrough=True,
+    )
+    response.headers["Content-Length"] = str(obj["ContentLength"])
+    response.headers["Accept-Ranges"] = "bytes"
+    for header, field in (
+        ("Content-Range", "ContentRange"),
+        ("ETag", "ETag"),
+        ("Content-Disposition", "ContentDisposition"),
+    ):
+        if obj.get(field):
+            response.headers[header] = obj[field]
+    return response

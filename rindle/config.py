@@ -38,6 +38,13 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
     return value
 
 
+def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str:
+    value = env.get(name) or choices[0]
+    if value not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
 @dataclass(frozen=True)
 class Settings:
     redis_url: str
@@ -56,6 +63,9 @@ class Settings:
     reap_interval: int
     release_wait: float
     read_timeout: float
+    cors_origins: tuple[str, ...]
+    max_metadata: int
+    download: str
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -85,4 +95,9 @@ class Settings:
             reap_interval=_int(env, "RINDLE_REAP_INTERVAL", 600),
             release_wait=_int(env, "RINDLE_RELEASE_WAIT", 3),
             read_timeout=max(1, _int(env, "RINDLE_READ_TIMEOUT", 60)),
+            cors_origins=tuple(
+                o.strip() for o in env.get("RINDLE_CORS_ORIGINS", "").split(",") if o.strip()
+            ),
+            max_metadata=_int(env, "RINDLE_TUS_MAX_METADATA", 4096),
+            download=_choice(env, "RINDLE_DOWNLOAD", ("redirect", "stream", "off")),
         )

@@ -8,11 +8,14 @@ from functools import cached_property
 
 import redis
 from flask import Flask
+from flask_cors import CORS
 from rq import Queue
 
+from rindle import protocol
 from rindle.config import Settings
 from rindle.jobqueue import JobQueue
 from rindle.maintenance import Maintenance
+from rindle.middleware import MethodOverride
 from rindle.release import ReleaseWatcher
 from rindle.storage import S3Storage, make_s3_client
 from rindle.store import SessionStore
@@ -102,4 +105,17 @@ def init_app(app: Flask, settings: Settings | None = None, url_prefix: str = "/f
     app.extensions["rindle"] = services
     app.register_blueprint(blueprint, url_prefix=url_prefix)
     app.cli.add_command(cli)
+    app.wsgi_app = MethodOverride(app.wsgi_app, url_prefix)  # type: ignore[method-assign]
+    if settings.cors_origins:
+        # flask-cors: preflights, Vary: Origin and credentials done right; we only say
+        # which tus headers a browser may send and read.
+        CORS(
+            app,
+            resources={rf"{url_prefix}(/.*)?": {}},
+            origins=list(settings.cors_origins),
+            methods=list(protocol.METHODS),
+            allow_headers=list(protocol.REQUEST_HEADERS),
+            expose_headers=list(protocol.RESPONSE_HEADERS),
+            max_age=86400,
+        )
     return services

@@ -6,6 +6,7 @@ import base64
 import binascii
 import math
 import re
+from urllib.parse import quote
 
 from rindle.config import MAX_PART_SIZE, MAX_PARTS, MIN_PART_SIZE
 from rindle.errors import TusError
@@ -14,6 +15,39 @@ TUS_VERSION = "1.0.0"
 SUPPORTED_VERSIONS = (TUS_VERSION,)
 EXTENSIONS = ("creation", "expiration", "termination")
 PATCH_CONTENT_TYPE = "application/offset+octet-stream"
+
+# For CORS: what a browser client may send, and what it must be allowed to read.
+REQUEST_HEADERS = (
+    "Authorization",
+    "Content-Type",
+    "Origin",
+    "X-Requested-With",
+    "X-Request-ID",
+    "X-HTTP-Method-Override",
+    "Tus-Resumable",
+    "Upload-Length",
+    "Upload-Offset",
+    "Upload-Metadata",
+    "Upload-Defer-Length",
+    "Upload-Concat",
+    "Upload-Checksum",
+)
+RESPONSE_HEADERS = (
+    "Location",
+    "Tus-Version",
+    "Tus-Resumable",
+    "Tus-Max-Size",
+    "Tus-Extension",
+    "Tus-Checksum-Algorithm",
+    "Upload-Offset",
+    "Upload-Length",
+    "Upload-Metadata",
+    "Upload-Defer-Length",
+    "Upload-Concat",
+    "Upload-Expires",
+    "Upload-Checksum",
+)
+METHODS = ("POST", "GET", "HEAD", "PATCH", "DELETE", "OPTIONS")
 
 _DIGITS = re.compile(r"[0-9]+")
 _B64 = re.compile(r"[A-Za-z0-9+/]*={0,2}")
@@ -28,13 +62,16 @@ def parse_non_negative(value: str | None, header: str) -> int:
     return int(value)
 
 
-def parse_metadata(value: str | None) -> dict[str, bytes | None]:
-    """Upload-Metadata: comma-separated ``key base64value`` pairs; 400 when malformed.
+def parse_metadata(value: str | None, max_size: int | None = None) -> dict[str, bytes | None]:
+    """Upload-Metadata: comma-separated ``key base64value`` pairs; 400 when malformed or
+    longer than ``max_size`` characters.
 
     Keys are unique, non-empty, without spaces or commas; a value may be absent.
     """
     if value is None or value.strip() == "":
         return {}
+    if max_size is not None and len(value) > max_size:
+        raise TusError(400, "metadata_too_large", f"Upload-Metadata exceeds {max_size} bytes")
     result: dict[str, bytes | None] = {}
     for pair in value.split(","):
         parts = pair.strip().split(" ")
@@ -71,3 +108,26 @@ def part_size_for(length: int, configured: int) -> int:
     if size > MAX_PART_SIZE:
         raise TusError(413, "upload_too_large", "the upload is larger than S3 can store")
     return size
+
+
+_MIME = re.compile(r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*")
+
+
+def object_headers(metadata: dict[str, bytes | None]) -> dict[str, str]:
+    """S3 ContentType / ContentDisposition from the ``filetype`` and ``filename`` metadata.
+
+    A filetype that is not a plain MIME type is ignored, never passed on to S3; the file
+    name is sent RFC 6266 style (an ASCII fallback plus the UTF-8 name).
+    """
+    headers: dict[str, str] = {}
+    filetype = (metadata.get("filetype") or b"").decode("utf-8", "replace").strip()
+    if _MIME.fullmatch(filetype):
+        headers["ContentType"] = filetype
+    raw_name = (metadata.get("filename") or b"").decode("utf-8", "replace")
+    name = raw_name.replace("\\", "/").rsplit("/", 1)[-1].strip()
+    if name:
+        ascii_name = "".join(c if 32 <= ord(c) < 127 and c not in '"\\' else "_" for c in name)
+        headers["ContentDisposition"] = (
+            f"attachment; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(name, safe='')}"
+        )
+    return headers

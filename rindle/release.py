@@ -23,6 +23,7 @@ import redis
 from rindle.store import RELEASE_CHANNEL
 
 log = logging.getLogger("rindle")
+IDLE_EXIT_SECONDS = 60
 
 
 @dataclass
@@ -54,10 +55,10 @@ class ReleaseWatcher:
     @contextlib.contextmanager
     def watching(self, upload_id: str, sock: socket.socket | None) -> Iterator[ActiveWrite]:
         """Register the writer of ``upload_id`` (this process holds its lease)."""
-        self._ensure_thread()
         write = ActiveWrite(sock)
         with self._lock:
             self._active[upload_id] = write
+        self._ensure_thread()  # after registering: an idle watcher exits only when empty
         try:
             yield write
         finally:
@@ -75,6 +76,10 @@ class ReleaseWatcher:
                     self._thread.start()
 
     def _run(self) -> None:
+        """Watch while this process has writers; exit after a quiet minute (restarted by
+        the next ``watching``)."""
+        idle_since = time.monotonic()
+        client = None
         while True:
             try:
                 client = redis.Redis.from_url(self.redis_url, socket_connect_timeout=5)
@@ -85,12 +90,27 @@ class ReleaseWatcher:
                     if message is not None:
                         self._release(message["data"].decode("utf-8", "replace"))
                     self._stop_stalled()
-            except Exception:  # Redis gone: keep watching for stalls, reconnect later
-                log.warning("release watcher: lost Redis, retrying", exc_info=True)
+                    if self._active:
+                        idle_since = time.monotonic()
+                    elif time.monotonic() - idle_since > IDLE_EXIT_SECONDS and self._exit():
+                        pubsub.close()
+                        return
+            except redis.RedisError as exc:  # keep watching for stalls, reconnect later
+                log.warning("release watcher: Redis unavailable (%s), retrying", exc)
                 deadline = time.monotonic() + 2
                 while time.monotonic() < deadline:
                     self._stop_stalled()
                     time.sleep(0.5)
+            finally:
+                if client is not None:
+                    client.close()
+
+    def _exit(self) -> bool:
+        with self._lock:
+            if self._active:
+                return False
+            self._thread = None
+            return True
 
     def _release(self, upload_id: str) -> None:
         with self._lock:

@@ -21,6 +21,7 @@ from typing import BinaryIO, TypeVar
 
 from werkzeug.exceptions import HTTPException
 
+from rindle import protocol
 from rindle.config import Settings
 from rindle.errors import LeaseHeld, TusError
 from rindle.release import ActiveWrite, ReleaseWatcher
@@ -131,6 +132,7 @@ class _Patch:
         self.offset = upload.offset  # as committed in Redis
         self.committed = upload.committed  # bytes in committed parts
         self.s3_upload_id = upload.s3_upload_id
+        self.object_headers = protocol.object_headers(protocol.parse_metadata(upload.metadata))
 
     def run(self, body: BinaryIO) -> bool:
         """Stream the body; True when the client sent bytes beyond Upload-Length."""
@@ -182,7 +184,7 @@ class _Patch:
         """Upload the full tail as the next part, commit it, then drop it from the tail."""
         upload, store = self.upload, self.w.store
         if not self.s3_upload_id:
-            self.s3_upload_id = self.w.storage.create_multipart(upload.key)
+            self.s3_upload_id = self.w.storage.create_multipart(upload.key, self.object_headers)
             # Saved at once, so that an abort can always find it.
             store.save_s3_upload_id(upload.id, self.token, self.s3_upload_id)
         number = self.committed // upload.part_size + 1
@@ -211,7 +213,7 @@ class _Patch:
                 etag = storage.upload_part(upload.key, self.s3_upload_id, number, body, size)
                 last_part = (number, etag, size)
             else:
-                storage.put_object(upload.key, body, size)
+                storage.put_object(upload.key, body, size, self.object_headers)
         self.w.store.finish_receiving(upload.id, self.token, self.offset, upload.length, last_part)
         self.offset = upload.length
         self.tail.remove()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from datetime import datetime
 from typing import BinaryIO
 
@@ -42,9 +42,11 @@ class S3Storage:
         self.client = client
         self.bucket = bucket
 
-    def create_multipart(self, key: str, content_type: str | None = None) -> str:
-        extra = {"ContentType": content_type} if content_type else {}
-        response = self.client.create_multipart_upload(Bucket=self.bucket, Key=key, **extra)
+    def create_multipart(self, key: str, headers: Mapping[str, str] | None = None) -> str:
+        """``headers``: object attributes such as ContentType and ContentDisposition."""
+        response = self.client.create_multipart_upload(
+            Bucket=self.bucket, Key=key, **(headers or {})
+        )
         return str(response["UploadId"])
 
     def upload_part(self, key: str, upload_id: str, number: int, body: BinaryIO, size: int) -> str:
@@ -77,10 +79,11 @@ class S3Storage:
         return True
 
     def put_object(
-        self, key: str, body: BinaryIO | bytes, size: int, content_type: str | None = None
+        self, key: str, body: BinaryIO | bytes, size: int, headers: Mapping[str, str] | None = None
     ) -> None:
-        extra = {"ContentType": content_type} if content_type else {}
-        self.client.put_object(Bucket=self.bucket, Key=key, Body=body, ContentLength=size, **extra)
+        self.client.put_object(
+            Bucket=self.bucket, Key=key, Body=body, ContentLength=size, **(headers or {})
+        )
 
     def head_size(self, key: str) -> int | None:
         """The object's size, or None when it does not exist."""
@@ -98,6 +101,18 @@ class S3Storage:
         for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
             for upload in page.get("Uploads", []):
                 yield upload["Key"], upload["UploadId"], upload["Initiated"]
+
+    def presigned_get(self, key: str, expires_in: int) -> str:
+        return str(
+            self.client.generate_presigned_url(
+                "get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=expires_in
+            )
+        )
+
+    def get_object(self, key: str, byte_range: str | None = None) -> dict:
+        """GetObject (optionally an HTTP Range): the boto3 answer, Body streaming."""
+        extra = {"Range": byte_range} if byte_range else {}
+        return dict(self.client.get_object(Bucket=self.bucket, Key=key, **extra))
 
     def delete_object(self, key: str) -> None:
         self.client.delete_object(Bucket=self.bucket, Key=key)

@@ -567,13 +567,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from botocore.exceptions import BotoCoreError, ClientError
+    from tusclient.exceptions import TusCommunicationError
+
     args = parse_args(argv)
-    if args.self_contained:
-        with self_contained_stack(args.part_mib and int(args.part_mib * MIB)) as (url, master):
-            summary = run(args, url, master)
-    else:
-        master = args.gunicorn_pid or find_gunicorn_master(urlsplit(args.url).port)
-        summary = run(args, args.url, master)
+    try:
+        if args.self_contained:
+            part_size = args.part_mib and int(args.part_mib * MIB)
+            with self_contained_stack(part_size) as (url, master):
+                summary = run(args, url, master)
+        else:
+            master = args.gunicorn_pid or find_gunicorn_master(urlsplit(args.url).port)
+            summary = run(args, args.url, master)
+    except (RuntimeError, OSError, TusCommunicationError, BotoCoreError, ClientError) as exc:
+        print(f"bench failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
     if args.json:
         print(json.dumps(summary))
     return 0

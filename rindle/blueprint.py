@@ -24,7 +24,7 @@ from flask import (
 from werkzeug.http import http_date
 
 from rindle import protocol
-from rindle.errors import Fenced, LeaseHeld, TailMissing, TusError
+from rindle.errors import ChecksumMismatch, Fenced, LeaseHeld, TailMissing, TusError
 from rindle.extension import Services
 from rindle.storage import tail_path
 from rindle.storage.s3 import error_code
@@ -38,6 +38,7 @@ from rindle.store import (
     WRITABLE,
     Upload,
 )
+from rindle.writer import WriteResult
 
 log = logging.getLogger("rindle")
 
@@ -110,6 +111,7 @@ def options(upload_id: str | None = None) -> Response:
     response.headers["Tus-Version"] = ",".join(protocol.SUPPORTED_VERSIONS)
     response.headers["Tus-Extension"] = ",".join(protocol.EXTENSIONS)
     response.headers["Tus-Max-Size"] = str(services().settings.max_size)
+    response.headers["Tus-Checksum-Algorithm"] = ",".join(protocol.CHECKSUM_ALGORITHMS)
     return tus_headers(response)
 
 
@@ -117,15 +119,15 @@ def options(upload_id: str | None = None) -> Response:
 def create() -> Response:
     svc = services()
     settings = svc.settings
-    if "Upload-Defer-Length" in request.headers:
-        raise TusError(400, "defer_length_unsupported", "Upload-Defer-Length is not supported")
-    length = protocol.parse_non_negative(request.headers.get("Upload-Length"), "Upload-Length")
-    if length > settings.max_size:
-        raise TusError(413, "upload_too_large", f"Upload-Length exceeds {settings.max_size}")
+    length = creation_length()
     metadata = protocol.parse_metadata(
         request.headers.get("Upload-Metadata"), settings.max_metadata
     )
-    part_size = protocol.part_size_for(length, settings.part_size)
+    part_size = protocol.part_size_for(length or 0, settings.part_size)
+    with_body = has_upload_body()
+    checksum = protocol.parse_checksum(request.headers.get("Upload-Checksum"))
+    if with_body and length is not None and (request.content_length or 0) > length:
+        raise TusError(413, "exceeds_upload_length", "the body goes beyond Upload-Length")
 
     upload_id = secrets.token_urlsafe(24)  # 192 random bits, URL-safe
     key = settings.s3_prefix + upload_id
@@ -140,10 +142,42 @@ def create() -> Response:
         protocol.format_metadata(metadata),
         state=COMPLETED if length == 0 else CREATED,
     )
-
     response = Response(status=201)
     response.headers["Location"] = url_for(".upload", upload_id=upload_id, _external=True)
+    if with_body and length != 0:
+        # creation-with-upload. The upload exists now: whatever happens to the body, the
+        # client gets its Location and the offset that was kept, and resumes from there.
+        try:
+            upload = write_body(upload, 0, checksum, None).upload
+        except TusError as err:
+            log.warning("upload %s: first bytes with the POST not kept: %s", upload_id, err)
+            upload = load(upload_id)
+        response.headers["Upload-Offset"] = str(upload.offset)
     return with_expiry(tus_headers(response), upload)
+
+
+def creation_length() -> int | None:
+    """Upload-Length, or None with Upload-Defer-Length: 1 (exactly one of them)."""
+    defer = request.headers.get("Upload-Defer-Length")
+    raw = request.headers.get("Upload-Length")
+    if defer is not None and raw is not None:
+        raise TusError(400, "invalid_length", "send Upload-Length or Upload-Defer-Length, not both")
+    if defer is not None:
+        if defer.strip() != "1":
+            raise TusError(400, "invalid_header", "Upload-Defer-Length must be 1")
+        return None
+    length = protocol.parse_non_negative(raw, "Upload-Length")
+    if length > services().settings.max_size:
+        raise TusError(
+            413, "upload_too_large", f"Upload-Length exceeds {services().settings.max_size}"
+        )
+    return length
+
+
+def has_upload_body() -> bool:
+    content_type = request.headers.get("Content-Type", "").split(";")[0].strip().lower()
+    chunked = "chunked" in request.headers.get("Transfer-Encoding", "")
+    return content_type == protocol.PATCH_CONTENT_TYPE and (bool(request.content_length) or chunked)
 
 
 def with_expiry(response: Response, upload: Upload) -> Response:
@@ -170,7 +204,10 @@ def head(upload_id: str) -> Response:
     upload = load(upload_id)
     response = Response(status=200)
     response.headers["Upload-Offset"] = str(upload.offset)
-    response.headers["Upload-Length"] = str(upload.length)
+    if upload.length is None:
+        response.headers["Upload-Defer-Length"] = "1"
+    else:
+        response.headers["Upload-Length"] = str(upload.length)
     if upload.metadata:
         response.headers["Upload-Metadata"] = upload.metadata
     response.headers["Cache-Control"] = "no-store"
@@ -199,7 +236,6 @@ def take_over(upload_id: str) -> None:
 
 @blueprint.route("/<upload_id>", methods=["PATCH"])
 def patch(upload_id: str) -> Response:
-    svc = services()
     # Everything that can be refused is refused before the body is read.
     content_type = request.headers.get("Content-Type", "").split(";")[0].strip().lower()
     if content_type != protocol.PATCH_CONTENT_TYPE:
@@ -207,6 +243,11 @@ def patch(upload_id: str) -> Response:
             415, "unsupported_media_type", f"Content-Type must be {protocol.PATCH_CONTENT_TYPE}"
         )
     offset = protocol.parse_non_negative(request.headers.get("Upload-Offset"), "Upload-Offset")
+    checksum = protocol.parse_checksum(request.headers.get("Upload-Checksum"))
+    declared = request.headers.get("Upload-Length")
+    declared_length = (
+        None if declared is None else protocol.parse_non_negative(declared, "Upload-Length")
+    )
     load(upload_id)
     take_over(upload_id)
     upload = load(upload_id)
@@ -217,37 +258,18 @@ def patch(upload_id: str) -> Response:
             "Upload-Offset does not match the upload's",
             {"Upload-Offset": str(upload.offset)},
         )
-    if request.content_length is not None and offset + request.content_length > upload.length:
+    if declared_length is not None and upload.length not in (None, declared_length):
+        raise TusError(400, "length_already_set", "Upload-Length cannot change")
+    if declared_length is not None and declared_length < offset:
+        raise TusError(400, "invalid_length", "Upload-Length is smaller than Upload-Offset")
+    length = upload.length if declared_length is None else declared_length
+    limit = length if length is not None else services().writer.deferred_limit(upload)
+    if request.content_length is not None and offset + request.content_length > limit:
         raise TusError(413, "exceeds_upload_length", "the body goes beyond Upload-Length")
-    if upload.offset == upload.length:
+    if upload.length is not None and upload.offset == upload.length:
         return patched(upload)  # nothing left to take (e.g. a retried last PATCH)
 
-    try:
-        sock = request.environ.get("gunicorn.socket")  # to unblock a read of a dead client
-        result = svc.writer.write(upload_id, offset, request.stream, sock)
-    except LeaseHeld:
-        raise TusError(
-            423, "upload_locked", "another request is writing this upload", {"Retry-After": "1"}
-        ) from None
-    except Fenced as exc:
-        load(upload_id)  # 410 when a DELETE or the expiry sweep ended it meanwhile
-        raise TusError(409, "conflict", str(exc)) from None
-    except TailMissing as exc:
-        log.error(
-            "tus_tail_missing: upload=%s node=%s tail_node=%s expected=%d found=%s path=%s",
-            upload_id,
-            svc.settings.node_id,
-            upload.node or "?",
-            exc.expected,
-            "none" if exc.found is None else exc.found,
-            tail_path(upload_id, svc.settings.tmp_dir),
-        )
-        raise TusError(
-            500,
-            "tus_tail_missing",
-            "this node does not hold the buffered bytes of this upload; "
-            "resumes must reach the node that received them",
-        ) from None
+    result = write_body(upload, offset, checksum, declared_length)
     if result.overflow:
         raise TusError(
             413,
@@ -256,6 +278,43 @@ def patch(upload_id: str) -> Response:
             {"Upload-Offset": str(result.upload.offset)},
         )
     return patched(result.upload)
+
+
+def write_body(
+    upload: Upload, offset: int, checksum: protocol.Checksum | None, declared_length: int | None
+) -> WriteResult:
+    """Stream the request body into the upload; the writer's refusals as TusErrors."""
+    svc = services()
+    try:
+        sock = request.environ.get("gunicorn.socket")  # to unblock a read of a dead client
+        return svc.writer.write(upload.id, offset, request.stream, sock, checksum, declared_length)
+    except LeaseHeld:
+        raise TusError(
+            423, "upload_locked", "another request is writing this upload", {"Retry-After": "1"}
+        ) from None
+    except ChecksumMismatch:
+        raise TusError(
+            460, "checksum_mismatch", "the body does not match Upload-Checksum"
+        ) from None
+    except Fenced as exc:
+        load(upload.id)  # 410 when a DELETE or the expiry sweep ended it meanwhile
+        raise TusError(409, "conflict", str(exc)) from None
+    except TailMissing as exc:
+        log.error(
+            "tus_tail_missing: upload=%s node=%s tail_node=%s expected=%d found=%s path=%s",
+            upload.id,
+            svc.settings.node_id,
+            upload.node or "?",
+            exc.expected,
+            "none" if exc.found is None else exc.found,
+            tail_path(upload.id, svc.settings.tmp_dir),
+        )
+        raise TusError(
+            500,
+            "tus_tail_missing",
+            "this node does not hold the buffered bytes of this upload; "
+            "resumes must reach the node that received them",
+        ) from None
 
 
 def patched(upload: Upload) -> Response:

@@ -35,3 +35,7 @@ class Fenced(Exception):
 
 class LeaseHeld(Exception):
     """Another request holds the writer lease of this upload."""
+
+
+class ChecksumMismatch(Exception):
+    """The PATCH body does not match its Upload-Checksum: nothing of it was kept."""

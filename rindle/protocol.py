@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import math
 import re
+import zlib
+from dataclasses import dataclass
+from typing import Protocol
 from urllib.parse import quote
 
 from rindle.config import MAX_PART_SIZE, MAX_PARTS, MIN_PART_SIZE
@@ -13,7 +17,15 @@ from rindle.errors import TusError
 
 TUS_VERSION = "1.0.0"
 SUPPORTED_VERSIONS = (TUS_VERSION,)
-EXTENSIONS = ("creation", "expiration", "termination")
+EXTENSIONS = (
+    "creation",
+    "creation-with-upload",
+    "creation-defer-length",
+    "expiration",
+    "termination",
+    "checksum",
+)
+CHECKSUM_ALGORITHMS = ("sha1", "sha256", "sha512", "md5", "crc32")
 PATCH_CONTENT_TYPE = "application/offset+octet-stream"
 
 # For CORS: what a browser client may send, and what it must be allowed to read.
@@ -131,3 +143,53 @@ def object_headers(metadata: dict[str, bytes | None]) -> dict[str, str]:
             f"attachment; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(name, safe='')}"
         )
     return headers
+
+
+class Hasher(Protocol):
+    def update(self, data: bytes, /) -> None: ...
+    def digest(self) -> bytes: ...
+
+
+class _Crc32:
+    """CRC-32 (zlib's), digest as 4 big-endian bytes, as tusd and tus-js-client do."""
+
+    def __init__(self) -> None:
+        self.value = 0
+
+    def update(self, data: bytes, /) -> None:
+        self.value = zlib.crc32(data, self.value)
+
+    def digest(self) -> bytes:
+        return self.value.to_bytes(4, "big")
+
+
+@dataclass(frozen=True)
+class Checksum:
+    algorithm: str
+    digest: bytes
+
+    def hasher(self) -> Hasher:
+        return _Crc32() if self.algorithm == "crc32" else hashlib.new(self.algorithm)
+
+
+def parse_checksum(value: str | None) -> Checksum | None:
+    """Upload-Checksum: ``<algorithm> <base64 digest>``; 400 when malformed or when the
+    algorithm is not one of CHECKSUM_ALGORITHMS."""
+    if value is None:
+        return None
+    parts = value.strip().split(" ")
+    if len(parts) != 2 or not parts[0] or not parts[1]:
+        raise TusError(400, "invalid_checksum", "Upload-Checksum must be '<algorithm> <base64>'")
+    algorithm = parts[0].lower()
+    if algorithm not in CHECKSUM_ALGORITHMS:
+        raise TusError(
+            400,
+            "unsupported_checksum_algorithm",
+            f"supported: {', '.join(CHECKSUM_ALGORITHMS)}",
+            {"Tus-Checksum-Algorithm": ",".join(CHECKSUM_ALGORITHMS)},
+        )
+    try:
+        digest = base64.b64decode(parts[1], validate=True)
+    except binascii.Error:
+        raise TusError(400, "invalid_checksum", "the checksum is not base64") from None
+    return Checksum(algorithm, digest)

@@ -55,7 +55,7 @@ RELEASE_REQUEST_MS = 10_000
 class Upload:
     id: str
     state: str
-    length: int
+    length: int | None  # None until a deferred length is declared
     offset: int
     committed: int
     part_size: int
@@ -80,7 +80,7 @@ class Upload:
         return cls(
             id=upload_id,
             state=h["state"],
-            length=int(h["length"]),
+            length=int(h["length"]) if h["length"] else None,
             offset=int(h["offset"]),
             committed=int(h["committed"]),
             part_size=int(h["part_size"]),
@@ -107,7 +107,7 @@ class SessionStore:
     def create(
         self,
         upload_id: str,
-        length: int,
+        length: int | None,
         part_size: int,
         key: str,
         metadata: str,
@@ -116,7 +116,7 @@ class SessionStore:
         now = time.time()
         fields = {
             "state": state,
-            "length": length,
+            "length": "" if length is None else length,
             "offset": length if state == COMPLETED else 0,
             "committed": 0,
             "part_size": part_size,
@@ -217,6 +217,12 @@ class SessionStore:
                     return
                 except redis.WatchError:
                     continue  # re-check: either it still holds, or Fenced
+
+    def set_length(self, upload_id: str, token: str, length: int) -> None:
+        """Declare the length of a deferred-length upload (once)."""
+        self._fenced(
+            upload_id, token, None, lambda pipe: pipe.hset(upload_key(upload_id), "length", length)
+        )
 
     def save_s3_upload_id(self, upload_id: str, token: str, s3_upload_id: str) -> None:
         self._fenced(

@@ -16,14 +16,14 @@ import secrets
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import BinaryIO, TypeVar
 
 from werkzeug.exceptions import HTTPException
 
 from rindle import protocol
-from rindle.config import Settings
-from rindle.errors import LeaseHeld, TusError
+from rindle.config import MAX_PARTS, Settings
+from rindle.errors import ChecksumMismatch, LeaseHeld, TusError
 from rindle.release import ActiveWrite, ReleaseWatcher
 from rindle.storage import S3Storage, Tail
 from rindle.store import WRITABLE, SessionStore, Upload
@@ -83,11 +83,17 @@ class Writer:
         client_offset: int,
         body: BinaryIO,
         sock: socket.socket | None = None,
+        checksum: protocol.Checksum | None = None,
+        declared_length: int | None = None,
     ) -> WriteResult:
-        """Append ``body`` at ``client_offset``. ``sock`` is the client connection, shut
-        down for reading when another request needs the upload or the client stalls.
-        Raises LeaseHeld, TailMissing, Fenced, TusError, or storage errors (nothing of
-        the failed step is committed)."""
+        """Append ``body`` at ``client_offset``.
+
+        ``sock`` is the client connection, shut down for reading when another request
+        needs the upload or the client stalls. With ``checksum``, the body is kept only if
+        it matches (ChecksumMismatch otherwise). ``declared_length`` sets the length of a
+        deferred-length upload. Raises LeaseHeld, TailMissing, Fenced, ChecksumMismatch,
+        TusError, or storage errors (nothing of the failed step is committed).
+        """
         token = secrets.token_urlsafe(16)
         self.wait_for_release(upload_id, lambda: self.store.acquire(upload_id, token))
         try:
@@ -102,13 +108,15 @@ class Writer:
                     "Upload-Offset does not match",
                     {"Upload-Offset": str(upload.offset)},
                 )
+            if declared_length is not None:
+                upload = self._declare_length(upload, token, declared_length)
             # A stale request of this node may still hold the file (its lease expired).
             tail = self.wait_for_release(
                 upload_id, lambda: Tail.open(upload_id, upload.buffered, self.settings.tmp_dir)
             )
             try:
                 with self.watcher.watching(upload_id, sock) as active:
-                    overflow = _Patch(self, upload, token, tail, active).run(body)
+                    overflow = _Patch(self, upload, token, tail, active).run(body, checksum)
             finally:
                 tail.close()
             after = self.store.get(upload_id)
@@ -116,6 +124,22 @@ class Writer:
             return WriteResult(after, overflow)
         finally:
             self.store.release(upload_id, token)
+
+    def deferred_limit(self, upload: Upload) -> int:
+        """The most a deferred-length upload can hold: its part size fixes its ceiling."""
+        return min(self.settings.max_size, upload.part_size * MAX_PARTS)
+
+    def _declare_length(self, upload: Upload, token: str, length: int) -> Upload:
+        if upload.length is not None:
+            if length != upload.length:
+                raise TusError(400, "length_already_set", "Upload-Length cannot change")
+            return upload
+        if length < upload.offset:
+            raise TusError(400, "invalid_length", "Upload-Length is smaller than Upload-Offset")
+        if length > self.deferred_limit(upload):
+            raise TusError(413, "upload_too_large", f"at most {self.deferred_limit(upload)}")
+        self.store.set_length(upload.id, token, length)
+        return replace(upload, length=length)
 
 
 class _Patch:
@@ -134,15 +158,24 @@ class _Patch:
         self.s3_upload_id = upload.s3_upload_id
         self.object_headers = protocol.object_headers(protocol.parse_metadata(upload.metadata))
 
-    def run(self, body: BinaryIO) -> bool:
-        """Stream the body; True when the client sent bytes beyond Upload-Length."""
+    def run(self, body: BinaryIO, checksum: protocol.Checksum | None) -> bool:
+        """Stream the body; True when the client sent bytes beyond Upload-Length.
+
+        Without a checksum, each part is shipped as soon as the tail fills it. With one,
+        the whole body is spooled to the tail first and checked, then shipped: a body
+        that does not match leaves no trace.
+        """
         upload, tail, part_size = self.upload, self.tail, self.upload.part_size
-        room = upload.length - upload.offset  # bytes this upload can still take
+        limit = upload.length if upload.length is not None else self.w.deferred_limit(upload)
+        room = limit - upload.offset  # bytes this upload can still take
+        hasher = checksum.hasher() if checksum else None
         received = 0
         check_in_at = time.monotonic() + CHECK_IN_SECONDS
         ended_early = False
         while received < room:
-            want = min(self.w.settings.read_chunk, part_size - tail.size, room - received)
+            want = min(self.w.settings.read_chunk, room - received)
+            if hasher is None:
+                want = min(want, part_size - tail.size)
             try:
                 data = body.read(want)
             except READ_ERRORS as exc:
@@ -155,8 +188,11 @@ class _Patch:
             self.active.touch()
             tail.write(data)
             received += len(data)
-            if tail.size == part_size and received < room:
-                self._ship_part()
+            if hasher is not None:
+                hasher.update(data)
+            elif tail.size == part_size and received < room:
+                self._ship_part(0)
+                tail.clear()
             if time.monotonic() >= check_in_at:
                 # Renews the lease; Fenced when it was lost or the upload ended (DELETE).
                 if self.w.store.renew(upload.id, self.token):
@@ -169,7 +205,14 @@ class _Patch:
         if received == room and not ended_early:
             with contextlib.suppress(READ_ERRORS):
                 overflow = bool(body.read(1))
-        if self.committed + tail.size == upload.length:
+        if hasher is not None and checksum is not None:
+            if ended_early or hasher.digest() != checksum.digest:
+                tail.truncate(self.offset - self.committed)  # as it was before this PATCH
+                if ended_early:
+                    return False  # an incomplete body cannot match: nothing kept
+                raise ChecksumMismatch(upload.id)
+            self._ship_spooled_parts()
+        if upload.length is not None and self.committed + tail.size == upload.length:
             self._ship_last()
         elif self.committed + tail.size != self.offset:
             tail.sync()  # the bytes must be on disk before Redis acknowledges them
@@ -180,16 +223,31 @@ class _Patch:
             self.offset = new_offset
         return overflow
 
-    def _ship_part(self) -> None:
-        """Upload the full tail as the next part, commit it, then drop it from the tail."""
-        upload, store = self.upload, self.w.store
+    def _ship_spooled_parts(self) -> None:
+        """Ship every full part of a spooled (checksum-verified) body, then keep the rest
+        at the front of the tail. The last part of a complete upload is _ship_last's."""
+        part_size, upload = self.upload.part_size, self.upload
+        start = 0
+        while self.tail.size - start > part_size or (
+            self.tail.size - start == part_size and self.committed + part_size != upload.length
+        ):
+            self._ship_part(start)
+            start += part_size
+        if start:
+            # A crash meanwhile is safe: Redis says nothing is buffered, so the next
+            # request cuts this file back to empty and the client resends the rest.
+            self.tail.drop_front(start)
+
+    def _ship_part(self, start: int) -> None:
+        """Upload one part from the tail (at ``start``) and commit it; the caller then
+        drops it from the tail."""
+        upload, store, size = self.upload, self.w.store, self.upload.part_size
         if not self.s3_upload_id:
             self.s3_upload_id = self.w.storage.create_multipart(upload.key, self.object_headers)
             # Saved at once, so that an abort can always find it.
             store.save_s3_upload_id(upload.id, self.token, self.s3_upload_id)
-        number = self.committed // upload.part_size + 1
-        size = self.tail.size
-        with self.tail.reader() as body:
+        number = self.committed // size + 1
+        with self.tail.slice(start, size) as body:
             etag = self.w.storage.upload_part(upload.key, self.s3_upload_id, number, body, size)
         new_offset = self.committed + size
         store.commit_part(
@@ -201,19 +259,21 @@ class _Patch:
             self.w.settings.node_id,
         )
         self.committed = self.offset = new_offset
-        self.tail.clear()
 
     def _ship_last(self) -> None:
         """Ship the remaining bytes, then move to assembling and enqueue completion."""
         upload, storage, size = self.upload, self.w.storage, self.tail.size
+        assert upload.length is not None
         last_part = None
-        with self.tail.reader() as body:
-            if self.s3_upload_id:
-                number = self.committed // upload.part_size + 1
+        if self.s3_upload_id and size:
+            number = self.committed // upload.part_size + 1
+            with self.tail.slice(0, size) as body:
                 etag = storage.upload_part(upload.key, self.s3_upload_id, number, body, size)
-                last_part = (number, etag, size)
-            else:
+            last_part = (number, etag, size)
+        elif not self.s3_upload_id:
+            with self.tail.slice(0, size) as body:
                 storage.put_object(upload.key, body, size, self.object_headers)
+        # (A multipart upload and nothing left: the last full part was the last part.)
         self.w.store.finish_receiving(upload.id, self.token, self.offset, upload.length, last_part)
         self.offset = upload.length
         self.tail.remove()

@@ -9,8 +9,8 @@ from __future__ import annotations
 import base64
 import contextlib
 import fcntl
+import io
 import os
-from typing import BinaryIO
 
 from rindle.config import default_tmp_dir
 from rindle.errors import LeaseHeld, TailMissing
@@ -99,18 +99,35 @@ class Tail:
             view = view[written:]
         self.size += len(data)
 
-    def reader(self) -> BinaryIO:
-        """A fresh read handle on the whole tail (for an UploadPart or PutObject body)."""
-        return open(self.path, "rb")
+    def slice(self, start: int, size: int) -> FileSlice:
+        """A seekable read handle on ``size`` bytes from ``start`` (an S3 request body)."""
+        return FileSlice(self.path, start, size)
+
+    def truncate(self, size: int) -> None:
+        """Cut the tail back to its first ``size`` bytes (drop bytes never acknowledged)."""
+        os.ftruncate(self._fd, size)
+        os.lseek(self._fd, size, os.SEEK_SET)
+        self.size = size
+
+    def drop_front(self, count: int) -> None:
+        """Drop the first ``count`` bytes (shipped as parts), keeping the rest in order."""
+        keep = self.size - count
+        with open(self.path, "r+b") as f:
+            copied = 0
+            while copied < keep:  # forward copy: the source is always ahead of the target
+                f.seek(count + copied)
+                chunk = f.read(min(1 << 20, keep - copied))
+                f.seek(copied)
+                f.write(chunk)
+                copied += len(chunk)
+        self.truncate(keep)
 
     def sync(self) -> None:
         os.fsync(self._fd)
 
     def clear(self) -> None:
         """Drop the bytes once they are committed as a part."""
-        os.ftruncate(self._fd, 0)
-        os.lseek(self._fd, 0, os.SEEK_SET)
-        self.size = 0
+        self.truncate(0)
 
     def remove(self) -> None:
         with contextlib.suppress(FileNotFoundError):
@@ -120,3 +137,46 @@ class Tail:
         if self._fd >= 0:
             os.close(self._fd)  # releases the flock
             self._fd = -1
+
+
+class FileSlice(io.RawIOBase):
+    """A window onto part of a file, seekable, so that boto3 can sign and retry it."""
+
+    def __init__(self, path: str, start: int, size: int) -> None:
+        super().__init__()
+        self._file = open(path, "rb")  # noqa: SIM115 - closed with the slice
+        self._start = start
+        self._size = size
+        self._pos = 0
+        self._file.seek(start)
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def read(self, n: int = -1) -> bytes:
+        left = self._size - self._pos
+        n = left if n is None or n < 0 else min(n, left)
+        data = self._file.read(n) if n > 0 else b""
+        self._pos += len(data)
+        return data
+
+    def readinto(self, buffer) -> int:
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
+        self._pos = max(0, min(self._size, base + offset))
+        self._file.seek(self._start + self._pos)
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def close(self) -> None:
+        self._file.close()
+        super().close()

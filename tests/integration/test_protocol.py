@@ -84,7 +84,8 @@ def test_location_ignores_proxy_headers_by_default(client):
         ({"Upload-Length": "ten"}, "invalid_header"),
         ({"Upload-Length": "10", "Upload-Metadata": "name not-base64!"}, "invalid_metadata"),
         ({"Upload-Length": "10", "Upload-Metadata": "a YQ==,a YQ=="}, "invalid_metadata"),
-        ({"Upload-Defer-Length": "1"}, "defer_length_unsupported"),
+        ({"Upload-Defer-Length": "1", "Upload-Length": "10"}, "invalid_length"),
+        ({"Upload-Defer-Length": "2"}, "invalid_header"),
     ],
 )
 def test_bad_creation_is_400_and_creates_nothing(client, rdb, headers, code):

@@ -96,6 +96,8 @@ class ReleaseWatcher:
                         pubsub.close()
                         return
             except redis.RedisError as exc:  # keep watching for stalls, reconnect later
+                if self._exit():
+                    return  # nobody to watch; the next writer starts a new watcher
                 log.warning("release watcher: Redis unavailable (%s), retrying", exc)
                 deadline = time.monotonic() + 2
                 while time.monotonic() < deadline:

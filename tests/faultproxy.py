@@ -9,6 +9,7 @@ then switch faults at runtime, from any thread::
         proxy.refuse()             # new connections: accepted, then reset at once
         proxy.stall()              # forward nothing (connections stay open), "up"/"down"/both
         proxy.cut_after(1 << 20)   # reset each connection once it carried 1 MiB more
+        proxy.throttle(256 * 1024) # a slow link: 256 KiB/s, "up"/"down"/both
         proxy.drop_reply_once(b"EXEC")  # forward a request, swallow its reply, reset
         proxy.heal()               # back to passing everything (stalled bytes flow again)
 
@@ -79,6 +80,9 @@ class FaultProxy:
         self._refuse = False
         self._stall_up = False
         self._stall_down = False
+        self._rate: dict[str, float] = {}  # direction -> bytes per second (throttle)
+        self._budget: dict[str, float] = {UP: 0.0, DOWN: 0.0}
+        self._refilled = time.monotonic()
         self._cut_after: tuple[str, int] | None = None
         self._reply_trigger: bytes | None = None
         # Counters (written by the loop thread; ints are safe to read from anywhere).
@@ -157,6 +161,7 @@ class FaultProxy:
 
         def apply() -> None:
             self._refuse = self._stall_up = self._stall_down = False
+            self._rate.clear()
             self._cut_after = None
             self._reply_trigger = None
 
@@ -198,6 +203,18 @@ class FaultProxy:
                 self._stall_up = True
             if direction in (None, DOWN):
                 self._stall_down = True
+
+        self._call(apply)
+
+    def throttle(self, bytes_per_second: float, direction: str | None = None) -> None:
+        """Forward at most ``bytes_per_second`` in ``direction`` (both when None), shared
+        by all connections: a slow link. Persistent until ``heal()``."""
+
+        def apply() -> None:
+            for d in (UP, DOWN) if direction is None else (direction,):
+                self._rate[d] = float(bytes_per_second)
+                self._budget[d] = 0.0
+            self._refilled = time.monotonic()
 
         self._call(apply)
 
@@ -316,6 +333,7 @@ class FaultProxy:
             self._conns.add(conn)  # _update_interest registers its sockets
 
     def _update_interest(self) -> None:
+        self._refill()
         for conn in list(self._conns):
             if conn.closed:
                 continue
@@ -328,14 +346,24 @@ class FaultProxy:
                 # held_down show what waits) but writes nothing.
                 if not conn.client_eof and len(conn.to_up) < MAX_BUFFER:
                     c_ev |= selectors.EVENT_READ
-                if conn.to_up and not self._stall_up:
+                if conn.to_up and not self._stall_up and self._may_send(UP):
                     u_ev |= selectors.EVENT_WRITE
                 if not conn.upstream_eof and len(conn.to_down) < MAX_BUFFER:
                     u_ev |= selectors.EVENT_READ
-                if conn.to_down and not self._stall_down:
+                if conn.to_down and not self._stall_down and self._may_send(DOWN):
                     c_ev |= selectors.EVENT_WRITE
             self._modify(conn.client, c_ev, (conn, "client"))
             self._modify(conn.upstream, u_ev, (conn, "upstream"))
+
+    def _refill(self) -> None:
+        now = time.monotonic()
+        elapsed, self._refilled = now - self._refilled, now
+        for d, rate in self._rate.items():
+            # At most a tenth of a second's worth saved up: no bursts after a pause.
+            self._budget[d] = min(rate / 10, self._budget[d] + rate * elapsed)
+
+    def _may_send(self, direction: str) -> bool:
+        return direction not in self._rate or self._budget[direction] >= 1
 
     def _modify(self, sock: socket.socket, events: int, data: Any) -> None:
         # selectors refuses an empty mask: unregister instead, register again later.
@@ -415,10 +443,18 @@ class FaultProxy:
             sock, buf = conn.client, conn.to_down
         if not buf:
             return
+        direction = UP if side == "upstream" else DOWN
+        limit = len(buf)
+        if direction in self._rate:
+            limit = min(limit, int(self._budget[direction]))
+            if limit <= 0:
+                return
         try:
-            sent = sock.send(buf)
+            sent = sock.send(buf[:limit] if limit < len(buf) else buf)
         except (BlockingIOError, InterruptedError):
             return
+        if direction in self._rate:
+            self._budget[direction] -= sent
         del buf[:sent]
         if side == "upstream":
             self.bytes_up += sent

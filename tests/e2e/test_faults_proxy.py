@@ -7,6 +7,7 @@ import contextlib
 import hashlib
 import socket
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -51,7 +52,12 @@ def proxy(echo: tuple[str, int]) -> Iterator[FaultProxy]:
 
 def roundtrip(proxy: FaultProxy, data: bytes, timeout: float = 10) -> bytes:
     with socket.create_connection(("127.0.0.1", proxy.port), timeout=timeout) as sock:
-        sender = threading.Thread(target=sock.sendall, args=(data,), daemon=True)
+
+        def send() -> None:
+            with contextlib.suppress(OSError):  # the proxy may cut us off: that is the test
+                sock.sendall(data)
+
+        sender = threading.Thread(target=send, daemon=True)
         sender.start()
         got = bytearray()
         while len(got) < len(data):
@@ -149,3 +155,16 @@ def test_drop_reply_once_leaves_the_redis_command_done_and_the_client_in_the_dar
         finally:
             client.close()
             direct.close()
+
+
+def test_throttle_slows_the_forwarding_to_the_rate(proxy: FaultProxy):
+    proxy.throttle(2 * MIB, "up")
+    data = bytes(MIB)
+    started = time.monotonic()
+    assert roundtrip(proxy, data) == data
+    took = time.monotonic() - started
+    assert 0.4 < took < 1.5, took
+    proxy.heal()
+    started = time.monotonic()
+    assert roundtrip(proxy, data) == data
+    assert time.monotonic() - started < 0.4

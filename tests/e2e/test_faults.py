@@ -25,7 +25,13 @@ import redis
 import requests
 from tusclient import client as tus
 
-from devstack.services import RedisServer, SeaweedS3
+from devstack.services import (
+    REPO_ROOT,
+    ManagedProcess,
+    RedisServer,
+    SeaweedS3,
+    worker_command,
+)
 from rindle import tail_path
 from tests.conftest import _STACKS, PART_SIZE, S3_PREFIX, Stack, stack_env
 from tests.e2e.conftest import MIB, TUS, Uploads, payload, poll, upload_id_of, with_deadline
@@ -267,32 +273,59 @@ def tuspy_resume(url: str, data: bytes, chunk: int, stack: Stack) -> None:
     assert uploader.offset == len(data)
 
 
+class SplitStack(Stack):
+    """A stack whose rq worker runs with other settings than its web process (e.g. the
+    web process reaches Redis or S3 through a fault proxy, the worker directly)."""
+
+    def __init__(self, env: dict[str, str], worker_env: dict[str, str], *args: Any) -> None:
+        super().__init__(env, *args)
+        self.worker_env = worker_env
+
+    def _start_worker(self) -> None:
+        env = self.worker_env
+        cmd = worker_command(env["REDIS_URL"], env.get("RINDLE_QUEUE", "rindle"))
+        self.worker = ManagedProcess(
+            "rq-worker", cmd, env=env, cwd=REPO_ROOT, log_path=self._log("worker")
+        ).start()
+
+    def _wait_worker(self, timeout: float) -> None:
+        web_env, self.env = self.env, self.worker_env  # find it on the worker's Redis
+        try:
+            super()._wait_worker(timeout)
+        finally:
+            self.env = web_env
+
+
 @contextlib.contextmanager
 def own_stack(
     redis_server: RedisServer,
     s3_server: SeaweedS3,
     root: Path,
     node: str = "fault-node",
+    worker_overrides: dict[str, str | int | None] | None = None,
     **overrides: str | int | None,
 ) -> Iterator[Stack]:
     """An app stack (gunicorn + rq worker) with its own bucket, tmp dir and settings on the
-    session's Redis; 5 MiB parts. Stopped, bucket deleted, at the end."""
+    session's Redis; 5 MiB parts. ``worker_overrides`` change the worker's settings only.
+    Stopped, bucket deleted, at the end."""
     bucket = f"f-{uuid.uuid4().hex}"
     s3_server.create_bucket(bucket)
     (root / "tmp").mkdir(parents=True)
-    env = stack_env(
-        {
-            "REDIS_URL": redis_server.url,
-            **s3_server.env(bucket=bucket),
-            "RINDLE_S3_PREFIX": S3_PREFIX,
-            "RINDLE_TMP_DIR": str(root / "tmp"),
-            "RINDLE_TUS_PART_SIZE": str(PART_SIZE),
-            "RINDLE_NODE_ID": node,
-        },
-        **overrides,
-    )
+    base = {
+        "REDIS_URL": redis_server.url,
+        **s3_server.env(bucket=bucket),
+        "RINDLE_S3_PREFIX": S3_PREFIX,
+        "RINDLE_TMP_DIR": str(root / "tmp"),
+        "RINDLE_TUS_PART_SIZE": str(PART_SIZE),
+        "RINDLE_NODE_ID": node,
+    }
+    env = stack_env(base, **overrides)
     client = redis.Redis.from_url(redis_server.url, decode_responses=True)
-    stack = Stack(env, root / "logs", client, s3_server.client())
+    if worker_overrides is None:
+        stack = Stack(env, root / "logs", client, s3_server.client())
+    else:
+        worker_env = stack_env(base, **{**overrides, **worker_overrides})
+        stack = SplitStack(env, worker_env, root / "logs", client, s3_server.client())
     try:
         stack.start()
         yield stack
@@ -302,8 +335,9 @@ def own_stack(
         s3_server.delete_bucket(bucket)
 
 
-def s3_target(s3_server: SeaweedS3) -> tuple[str, int]:
-    parts = urlsplit(s3_server.endpoint)
+def target_of(url: str) -> tuple[str, int]:
+    """(host, port) of a service URL (an S3 endpoint, a redis:// URL)."""
+    parts = urlsplit(url)
     assert parts.hostname and parts.port
     return parts.hostname, parts.port
 
@@ -314,7 +348,7 @@ def s3_target(s3_server: SeaweedS3) -> tuple[str, int]:
 @pytest.fixture(scope="module")
 def s3_proxy(s3_server: SeaweedS3) -> Iterator[FaultProxy]:
     """A fault proxy between this module's app and SeaweedFS."""
-    with FaultProxy(s3_target(s3_server), name="s3") as proxy:
+    with FaultProxy(target_of(s3_server.endpoint), name="s3") as proxy:
         yield proxy
 
 

@@ -8,6 +8,7 @@ import logging
 import os
 import secrets
 import time
+from dataclasses import replace
 
 import redis
 from botocore.exceptions import BotoCoreError, ClientError
@@ -23,9 +24,10 @@ from flask import (
 )
 from werkzeug.http import http_date
 
-from rindle import protocol
+from rindle import hooks, protocol
 from rindle.errors import ChecksumMismatch, Fenced, LeaseHeld, TailMissing, TusError
 from rindle.extension import Services
+from rindle.hooks import Refuse
 from rindle.storage import tail_path
 from rindle.storage.s3 import error_code
 from rindle.store import (
@@ -70,6 +72,11 @@ def error_response(err: TusError) -> Response:
 @blueprint.errorhandler(TusError)
 def _tus_error(err: TusError) -> Response:
     return error_response(err)
+
+
+@blueprint.errorhandler(Refuse)
+def _refused(err: Refuse) -> Response:
+    return error_response(TusError(err.status, err.code, err.message))
 
 
 @blueprint.errorhandler(redis.RedisError)
@@ -129,8 +136,11 @@ def create() -> Response:
     if with_body and length is not None and (request.content_length or 0) > length:
         raise TusError(413, "exceeds_upload_length", "the body goes beyond Upload-Length")
 
+    authorize("create", None)
     upload_id = secrets.token_urlsafe(24)  # 192 random bits, URL-safe
     key = settings.s3_prefix + upload_id
+    if svc.hooks.pre_create is not None:
+        key = svc.hooks.pre_create(request, length, hooks.metadata_dict(metadata)) or key
     if length == 0:
         # Nothing to receive: the (empty) object exists before the client hears of it.
         svc.storage.put_object(key, b"", 0, protocol.object_headers(metadata))
@@ -142,6 +152,7 @@ def create() -> Response:
         protocol.format_metadata(metadata),
         state=COMPLETED if length == 0 else CREATED,
     )
+    svc.notify(hooks.upload_created, upload)
     response = Response(status=201)
     response.headers["Location"] = url_for(".upload", upload_id=upload_id, _external=True)
     if with_body and length != 0:
@@ -180,6 +191,13 @@ def has_upload_body() -> bool:
     return content_type == protocol.PATCH_CONTENT_TYPE and (bool(request.content_length) or chunked)
 
 
+def authorize(action: str, upload: Upload | None) -> None:
+    """The app's authorize hook, if any: it raises Refuse to deny."""
+    check = services().hooks.authorize
+    if check is not None:
+        check(request, action, upload)
+
+
 def with_expiry(response: Response, upload: Upload) -> Response:
     """Upload-Expires, while the upload still takes bytes."""
     if upload.state in WRITABLE:
@@ -200,6 +218,7 @@ def load(upload_id: str) -> Upload:
 
 @blueprint.route("/<upload_id>", methods=["HEAD"], endpoint="upload")
 def head(upload_id: str) -> Response:
+    authorize("head", load(upload_id))
     take_over(upload_id)
     upload = load(upload_id)
     response = Response(status=200)
@@ -248,7 +267,7 @@ def patch(upload_id: str) -> Response:
     declared_length = (
         None if declared is None else protocol.parse_non_negative(declared, "Upload-Length")
     )
-    load(upload_id)
+    authorize("patch", load(upload_id))
     take_over(upload_id)
     upload = load(upload_id)
     if offset != upload.offset:
@@ -328,9 +347,11 @@ def terminate(upload_id: str) -> Response:
     """Termination: a tombstone (410 from now on), a running writer stops at its next
     check-in, this node's tail goes, and an RQ job aborts the multipart upload."""
     svc = services()
-    load(upload_id)
+    upload = load(upload_id)
+    authorize("delete", upload)
     if not svc.store.set_state(upload_id, TERMINATED, (CREATED, RECEIVING, ASSEMBLING, COMPLETED)):
         raise TusError(410, "gone", "the upload has already ended")
+    svc.notify(hooks.upload_terminated, replace(upload, state=TERMINATED))
     with contextlib.suppress(FileNotFoundError):
         os.unlink(tail_path(upload_id, svc.settings.tmp_dir))
     try:
@@ -351,6 +372,7 @@ def download(upload_id: str) -> Response:
     if svc.settings.download == "off":
         raise TusError(405, "download_disabled", "downloads are switched off")
     upload = load(upload_id)
+    authorize("get", upload)
     if upload.state != COMPLETED:
         raise TusError(
             409,

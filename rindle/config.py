@@ -66,6 +66,7 @@ class Settings:
     cors_origins: tuple[str, ...]
     max_metadata: int
     download: str
+    on_complete: str
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -100,4 +101,5 @@ class Settings:
             ),
             max_metadata=_int(env, "RINDLE_TUS_MAX_METADATA", 4096),
             download=_choice(env, "RINDLE_DOWNLOAD", ("redirect", "stream", "off")),
+            on_complete=env.get("RINDLE_ON_COMPLETE", ""),
         )

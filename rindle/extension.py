@@ -7,18 +7,20 @@ import threading
 from functools import cached_property
 
 import redis
+from blinker import NamedSignal
 from flask import Flask
 from flask_cors import CORS
 from rq import Queue
 
 from rindle import protocol
 from rindle.config import Settings
+from rindle.hooks import Hooks
 from rindle.jobqueue import JobQueue
 from rindle.maintenance import Maintenance
 from rindle.middleware import MethodOverride
 from rindle.release import ReleaseWatcher
 from rindle.storage import S3Storage, make_s3_client
-from rindle.store import SessionStore
+from rindle.store import SessionStore, Upload
 from rindle.writer import Writer
 
 log = logging.getLogger("rindle")
@@ -28,10 +30,21 @@ class Services:
     """Clients of one app, built on first use: after gunicorn forks, then shared by the
     request threads (boto3 clients and redis-py pools are thread-safe)."""
 
-    def __init__(self, settings: Settings, s3_pool: int = 32) -> None:
+    def __init__(
+        self, settings: Settings, app: Flask, hooks: Hooks | None = None, s3_pool: int = 32
+    ) -> None:
         self.settings = settings
+        self.app = app
+        self.hooks = hooks or Hooks()
         self.s3_pool = s3_pool
         self._reaper: threading.Thread | None = None
+
+    def notify(self, signal: NamedSignal, upload: Upload) -> None:
+        """Send a signal to the app's receivers; their failures never fail an upload."""
+        try:
+            signal.send(self.app, upload=upload)
+        except Exception:
+            log.exception("upload %s: a receiver of %s failed", upload.id, signal.name)
 
     @cached_property
     def redis(self) -> redis.Redis:
@@ -63,11 +76,13 @@ class Services:
 
     @cached_property
     def writer(self) -> Writer:
-        return Writer(self.store, self.storage, self.settings, self.jobs.complete, self.watcher)
+        return Writer(
+            self.store, self.storage, self.settings, self.jobs.complete, self.watcher, self.notify
+        )
 
     @cached_property
     def maintenance(self) -> Maintenance:
-        return Maintenance(self.store, self.storage, self.settings, self.jobs)
+        return Maintenance(self.store, self.storage, self.settings, self.jobs, self.notify)
 
     def start_tail_reaper(self) -> None:
         """Reap this node's tails every RINDLE_REAP_INTERVAL seconds, from the web process
@@ -93,15 +108,21 @@ class Services:
                 log.exception("tail reaper failed")
 
 
-def init_app(app: Flask, settings: Settings | None = None, url_prefix: str = "/files") -> Services:
+def init_app(
+    app: Flask,
+    settings: Settings | None = None,
+    url_prefix: str = "/files",
+    hooks: Hooks | None = None,
+) -> Services:
     """Register rindle on ``app``: settings in ``app.config["RINDLE"]``, blueprint at
-    ``url_prefix``, ``flask rindle ...`` commands. Returns the shared services."""
+    ``url_prefix``, ``flask rindle ...`` commands, the app's ``hooks``. Returns the
+    shared services."""
     from rindle.blueprint import blueprint
     from rindle.cli import cli
 
     settings = settings or app.config.get("RINDLE") or Settings.from_env()
     app.config["RINDLE"] = settings
-    services = Services(settings)
+    services = Services(settings, app, hooks)
     app.extensions["rindle"] = services
     app.register_blueprint(blueprint, url_prefix=url_prefix)
     app.cli.add_command(cli)

@@ -13,10 +13,13 @@ import logging
 import os
 import time
 from collections import Counter
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 
+from blinker import NamedSignal
 from botocore.exceptions import BotoCoreError, ClientError
 
+from rindle import hooks
 from rindle.config import Settings
 from rindle.jobqueue import JobQueue
 from rindle.storage import S3Storage, try_remove_idle_tail, upload_id_from_tail
@@ -41,6 +44,7 @@ class Maintenance:
     storage: S3Storage
     settings: Settings
     jobs: JobQueue
+    notify: Callable[[NamedSignal, Upload], None] = lambda signal, upload: None
 
     def clean_up(self, upload_id: str) -> str:
         """After termination or expiry: abort the multipart upload; a terminated upload's
@@ -72,6 +76,7 @@ class Maintenance:
                 elif self.store.set_state(upload_id, EXPIRED, WRITABLE, before=now):
                     counts["expired"] += 1
                     counts[self._abort_quietly(upload)] += 1
+                    self.notify(hooks.upload_expired, replace(upload, state=EXPIRED))
             elif upload.state == ASSEMBLING:
                 # The completion job never finished: try again, and look again later.
                 if not dry_run:
@@ -131,14 +136,19 @@ class Maintenance:
         """Abort multipart uploads under the prefix that no open upload references and
         that are older than ``grace`` seconds (a writer saves a new one's id at once)."""
         now = time.time() if now is None else now
-        prefix = self.settings.s3_prefix
         counts: Counter[str] = Counter(aborted=0, kept=0, young=0)
-        for key, s3_upload_id, initiated in self.storage.list_multipart_uploads(prefix):
+        listed = []
+        for key, s3_upload_id, initiated in self.storage.list_multipart_uploads(
+            self.settings.s3_prefix
+        ):
             if initiated.timestamp() > now - grace:
                 counts["young"] += 1
-                continue
-            upload = self.store.get(key[len(prefix) :])
-            if upload and upload.s3_upload_id == s3_upload_id and upload.state in OPEN_STATES:
+            else:
+                listed.append((key, s3_upload_id))
+        # Read after listing: a multipart upload created meanwhile is young, hence kept.
+        referenced = self.store.open_multipart_ids(OPEN_STATES) if listed else set()
+        for key, s3_upload_id in listed:
+            if s3_upload_id in referenced:
                 counts["kept"] += 1
                 continue
             if not dry_run:

@@ -303,6 +303,19 @@ class SessionStore:
     def unindex(self, upload_id: str) -> None:
         self.r.zrem(EXPIRY_INDEX, upload_id)
 
+    def open_multipart_ids(self, states: tuple[str, ...]) -> set[str]:
+        """S3 upload ids referenced by uploads in ``states`` (a full scan: for sweeps)."""
+        found: set[str] = set()
+        ids = self.ids()
+        for start in range(0, len(ids), 500):
+            with self.r.pipeline(transaction=False) as pipe:
+                for upload_id in ids[start : start + 500]:
+                    pipe.hmget(upload_key(upload_id), "state", "upload_id")
+                for state, s3_upload_id in pipe.execute():
+                    if state in states and s3_upload_id:
+                        found.add(s3_upload_id)
+        return found
+
     def ids(self) -> list[str]:
         """Every upload id Redis knows (SCAN: fine for the CLI, not for a request)."""
         prefix = len("rindle:upload:{")

@@ -19,14 +19,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import BinaryIO, TypeVar
 
+from blinker import NamedSignal
 from werkzeug.exceptions import HTTPException
 
-from rindle import protocol
+from rindle import hooks, protocol
 from rindle.config import MAX_PARTS, Settings
 from rindle.errors import ChecksumMismatch, LeaseHeld, TusError
 from rindle.release import ActiveWrite, ReleaseWatcher
 from rindle.storage import S3Storage, Tail
-from rindle.store import WRITABLE, SessionStore, Upload
+from rindle.store import ASSEMBLING, WRITABLE, SessionStore, Upload
 
 log = logging.getLogger("rindle")
 
@@ -53,12 +54,14 @@ class Writer:
         settings: Settings,
         enqueue_completion: Callable[[str], None],
         watcher: ReleaseWatcher,
+        notify: Callable[[NamedSignal, Upload], None] = lambda signal, upload: None,
     ) -> None:
         self.store = store
         self.storage = storage
         self.settings = settings
         self.enqueue_completion = enqueue_completion
         self.watcher = watcher
+        self.notify = notify
 
     def wait_for_release(self, upload_id: str, attempt: Callable[[], T]) -> T:
         """Run ``attempt`` (which raises LeaseHeld while someone else writes the upload);
@@ -121,6 +124,10 @@ class Writer:
                 tail.close()
             after = self.store.get(upload_id)
             assert after is not None
+            if after.offset != upload.offset:
+                self.notify(hooks.upload_progress, after)
+                if after.state == ASSEMBLING:
+                    self.notify(hooks.upload_received, after)
             return WriteResult(after, overflow)
         finally:
             self.store.release(upload_id, token)

@@ -1,21 +1,28 @@
 """RQ jobs: thin entry points over the session store, the S3 adapter and
-``rindle.maintenance``; they never touch Flask."""
+``rindle.maintenance``.
+
+A job runs with the app's services, so that settings, hooks and signal receivers are the
+app's own: inside the current app context (in-process runs), else the app named by
+RINDLE_APP (``module:attribute``, default ``app:app``), imported once per worker process.
+"""
 
 from __future__ import annotations
 
+import importlib
 import logging
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import replace
 from functools import cache
 
-import redis
 from botocore.exceptions import ClientError
-from rq import Queue
+from flask import Flask, current_app, has_app_context
 
-from rindle.config import Settings
-from rindle.jobqueue import JobQueue
-from rindle.maintenance import Maintenance
-from rindle.storage import S3Storage, make_s3_client
+from rindle import hooks, protocol
+from rindle.extension import Services
 from rindle.storage.s3 import error_code
-from rindle.store import ASSEMBLING, COMPLETED, FAILED, TERMINATED, SessionStore
+from rindle.store import ASSEMBLING, COMPLETED, FAILED, TERMINATED
 
 log = logging.getLogger("rindle.jobs")
 
@@ -24,14 +31,19 @@ PERMANENT_COMPLETE_ERRORS = ("InvalidPart", "InvalidPartOrder", "EntityTooSmall"
 
 
 @cache
-def maintenance() -> Maintenance:
-    """The worker's clients, built once per worker process from the environment."""
-    settings = Settings.from_env()
-    client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
-    store = SessionStore(client, settings.expiration, settings.lease_seconds)
-    storage = S3Storage(make_s3_client(max_pool_connections=4), settings.s3_bucket)
-    queue = Queue(settings.queue, connection=redis.Redis.from_url(settings.redis_url))
-    return Maintenance(store, storage, settings, JobQueue(queue))
+def worker_app() -> Flask:
+    module, _, attribute = (os.environ.get("RINDLE_APP") or "app:app").partition(":")
+    return getattr(importlib.import_module(module), attribute or "app")
+
+
+@contextmanager
+def app_services() -> Iterator[Services]:
+    if has_app_context():
+        yield current_app.extensions["rindle"]
+        return
+    app = worker_app()
+    with app.app_context():
+        yield app.extensions["rindle"]
 
 
 class AssemblyError(RuntimeError):
@@ -43,8 +55,12 @@ def complete_upload(upload_id: str) -> str:
 
     Idempotent: a retry after success, or of a completion S3 already did, is a no-op.
     """
-    m = maintenance()
-    store, storage = m.store, m.storage
+    with app_services() as svc:
+        return _complete(svc, upload_id)
+
+
+def _complete(svc: Services, upload_id: str) -> str:
+    store, storage = svc.store, svc.storage
     upload = store.get(upload_id)
     if upload is None:
         return "unknown"
@@ -55,9 +71,8 @@ def complete_upload(upload_id: str) -> str:
         parts = store.parts(upload_id)
         numbers = [n for n, _, _ in parts]
         if numbers != list(range(1, len(parts) + 1)) or sum(s for *_, s in parts) != upload.length:
-            store.set_state(upload_id, FAILED, (ASSEMBLING,))
             log.error("upload %s: recorded parts do not cover the upload: %s", upload_id, numbers)
-            return "failed (parts)"
+            return _fail(svc, upload_id, "failed (parts)")
         try:
             storage.complete_multipart(
                 upload.key, upload.s3_upload_id, [(n, etag) for n, etag, _ in parts]
@@ -65,9 +80,8 @@ def complete_upload(upload_id: str) -> str:
         except ClientError as exc:
             code = error_code(exc)
             if code in PERMANENT_COMPLETE_ERRORS:
-                store.set_state(upload_id, FAILED, (ASSEMBLING,))
                 log.error("upload %s: S3 refused assembly: %s", upload_id, exc)
-                return f"failed ({code})"
+                return _fail(svc, upload_id, f"failed ({code})")
             if code != "NoSuchUpload":  # NoSuchUpload: completed by an earlier try
                 raise
 
@@ -80,24 +94,46 @@ def complete_upload(upload_id: str) -> str:
             storage.delete_object(upload.key)  # terminated while we assembled it
         return f"skipped ({current.state if current else 'unknown'})"
     log.info("upload %s: completed, %d bytes at %s", upload_id, size, upload.key)
+    completed = replace(upload, state=COMPLETED)
+    svc.notify(hooks.upload_completed, completed)
+    if svc.settings.on_complete:
+        svc.jobs.queue.enqueue(
+            svc.settings.on_complete,
+            upload_id=upload_id,
+            key=upload.key,
+            size=size,
+            metadata=hooks.metadata_dict(protocol.parse_metadata(upload.metadata)),
+            job_id=f"rindle-on-complete-{upload_id}",
+        )
     return "completed"
+
+
+def _fail(svc: Services, upload_id: str, outcome: str) -> str:
+    if svc.store.set_state(upload_id, FAILED, (ASSEMBLING,)):
+        upload = svc.store.get(upload_id)
+        if upload is not None:
+            svc.notify(hooks.upload_failed, upload)
+    return outcome
 
 
 def clean_up_upload(upload_id: str) -> str:
     """After DELETE or expiry: abort the multipart upload (and delete the object of a
     terminated upload). NoSuchUpload counts as done; other failures are retried."""
-    return maintenance().clean_up(upload_id)
+    with app_services() as svc:
+        return svc.maintenance.clean_up(upload_id)
 
 
 def sweep_expired() -> dict[str, int]:
-    return maintenance().sweep_expired()
+    with app_services() as svc:
+        return svc.maintenance.sweep_expired()
 
 
 def abort_orphans() -> dict[str, int]:
-    m = maintenance()
-    return m.abort_orphans(grace=m.settings.orphan_grace)
+    with app_services() as svc:
+        return svc.maintenance.abort_orphans(grace=svc.settings.orphan_grace)
 
 
 def reap_tails() -> dict[str, int]:
     """Reap the tails of the node this worker runs on (only useful on a web node)."""
-    return maintenance().reap_tails()
+    with app_services() as svc:
+        return svc.maintenance.reap_tails()

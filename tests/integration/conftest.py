@@ -12,7 +12,6 @@ from flask import Flask
 from flask.testing import FlaskClient
 from rq import SimpleWorker
 
-import workers.jobs
 from app import create_app
 from rindle import Settings
 
@@ -31,11 +30,9 @@ def app(redis_url: str, s3_env: dict[str, str], tmp_path, monkeypatch) -> Iterat
     }
     for name, value in env.items():
         monkeypatch.setenv(name, value)
-    workers.jobs.maintenance.cache_clear()  # the jobs read the environment once
     app = create_app(Settings.from_env())
     app.config["TESTING"] = True
     yield app
-    workers.jobs.maintenance.cache_clear()
 
 
 @pytest.fixture
@@ -49,7 +46,8 @@ def rq_burst(app: Flask):
 
     def run() -> None:
         queue = app.extensions["rindle"].jobs.queue
-        SimpleWorker([queue], connection=queue.connection).work(burst=True)
+        with app.app_context():  # the jobs then use this app's services and hooks
+            SimpleWorker([queue], connection=queue.connection).work(burst=True)
 
     return run
 

@@ -1,0 +1,68 @@
+"""What an application can hook into: blinker signals, and callbacks that decide.
+
+Signals (blinker, like Flask's own; the sender is the Flask app, ``upload`` the upload
+as it is now):
+
+- ``upload_created``, ``upload_progress`` (a PATCH moved the offset),
+  ``upload_received`` (every byte is in S3), ``upload_terminated``: in the web process;
+- ``upload_completed``, ``upload_expired``, ``upload_failed``: in the RQ worker, which
+  imports the app named by RINDLE_APP (default ``app:app``) so that its receivers are
+  connected there too.
+
+Callbacks (given to ``rindle.init_app(app, hooks=Hooks(...))``):
+
+- ``pre_create(request, length, metadata) -> str | None``: raise ``Refuse`` to refuse
+  the upload, or return the object key to use (default: RINDLE_S3_PREFIX + id);
+- ``authorize(request, action, upload)``: called on every request (``action`` is one of
+  create, head, patch, delete, get; ``upload`` is None for create); raise ``Refuse``.
+
+And RINDLE_ON_COMPLETE, a dotted function name: the completion job enqueues it as an RQ
+job, once, with ``upload_id``, ``key``, ``size`` and ``metadata`` (a dict of str).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from blinker import Namespace
+
+from rindle.store import Upload
+
+_signals = Namespace()
+upload_created = _signals.signal("rindle.upload-created")
+upload_progress = _signals.signal("rindle.upload-progress")
+upload_received = _signals.signal("rindle.upload-received")
+upload_completed = _signals.signal("rindle.upload-completed")
+upload_terminated = _signals.signal("rindle.upload-terminated")
+upload_expired = _signals.signal("rindle.upload-expired")
+upload_failed = _signals.signal("rindle.upload-failed")
+
+
+class Refuse(Exception):
+    """Raised by a hook to refuse a request: answered with ``status`` (4xx) and a JSON
+    body ``{"error": code, "message": message}``."""
+
+    def __init__(self, message: str, status: int = 403, code: str = "refused") -> None:
+        if not 400 <= status < 500:
+            raise ValueError("a refusal is a 4xx answer")
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.code = code
+
+
+PreCreate = Callable[[Any, int | None, dict[str, str | None]], str | None]
+Authorize = Callable[[Any, str, Upload | None], None]
+
+
+@dataclass(frozen=True)
+class Hooks:
+    pre_create: PreCreate | None = None
+    authorize: Authorize | None = None
+
+
+def metadata_dict(raw: dict[str, bytes | None]) -> dict[str, str | None]:
+    """Metadata for applications: values as text (undecodable bytes replaced)."""
+    return {k: None if v is None else v.decode("utf-8", "replace") for k, v in raw.items()}

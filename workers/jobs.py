@@ -110,6 +110,7 @@ def _complete(svc: Services, upload_id: str) -> str:
 
 def _fail(svc: Services, upload_id: str, outcome: str) -> str:
     if svc.store.set_state(upload_id, FAILED, (ASSEMBLING,)):
+        svc.jobs.clean_up(upload_id)  # abort its multipart upload
         upload = svc.store.get(upload_id)
         if upload is not None:
             svc.notify(hooks.upload_failed, upload)

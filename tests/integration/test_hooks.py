@@ -1,0 +1,186 @@
+"""Application hooks: each signal once with the right upload, and the deciding callbacks."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections import defaultdict
+
+import pytest
+
+from app import create_app
+from rindle import Settings, hooks, init_app
+from rindle.hooks import Hooks, Refuse
+from rindle.store import EXPIRY_INDEX
+from tests.integration.conftest import PART, TUS, Tus, random_bytes
+
+pytestmark = pytest.mark.integration
+
+SIGNALS = {
+    "created": hooks.upload_created,
+    "progress": hooks.upload_progress,
+    "received": hooks.upload_received,
+    "completed": hooks.upload_completed,
+    "terminated": hooks.upload_terminated,
+    "expired": hooks.upload_expired,
+    "failed": hooks.upload_failed,
+}
+
+
+@pytest.fixture
+def heard(app):
+    """Every signal the app's receivers hear: name -> [(upload id, state, offset)]."""
+    calls: dict[str, list[tuple[str, str, int]]] = defaultdict(list)
+    receivers = []
+    for name, signal in SIGNALS.items():
+
+        def receiver(sender, upload, name=name):
+            assert sender is app
+            calls[name].append((upload.id, upload.state, upload.offset))
+
+        receivers.append(receiver)
+        signal.connect(receiver, sender=app)
+    yield calls
+    for signal, receiver in zip(SIGNALS.values(), receivers, strict=True):
+        signal.disconnect(receiver)
+
+
+def test_signals_of_an_upload_from_creation_to_completion(tus, rq_burst, heard):
+    data = random_bytes(PART + 10)
+    upload_id = tus.create(len(data))
+    assert tus.patch(upload_id, 0, data[:1000]).status_code == 204
+    assert tus.patch(upload_id, 1000, data[1000:]).status_code == 204
+    rq_burst()
+    assert heard["created"] == [(upload_id, "created", 0)]
+    assert heard["progress"] == [
+        (upload_id, "receiving", 1000),
+        (upload_id, "assembling", len(data)),
+    ]
+    assert heard["received"] == [(upload_id, "assembling", len(data))]
+    assert heard["completed"] == [(upload_id, "completed", len(data))]
+    rq_burst()  # nothing twice
+    assert len(heard["completed"]) == 1
+    assert not heard["terminated"] and not heard["expired"] and not heard["failed"]
+
+
+def test_terminated_and_expired_signals(app, tus, rdb, heard):
+    gone = tus.create(10)
+    assert tus.client.delete(f"/files/{gone}", headers=TUS).status_code == 204
+    stale = tus.create(10)
+    rdb.hset(f"rindle:upload:{{{stale}}}", "expires_at", 1)
+    rdb.zadd(EXPIRY_INDEX, {stale: 1})
+    with app.app_context():
+        app.extensions["rindle"].maintenance.sweep_expired()
+        app.extensions["rindle"].maintenance.sweep_expired()
+    assert heard["terminated"] == [(gone, "terminated", 0)]
+    assert heard["expired"] == [(stale, "expired", 0)]
+
+
+def test_failed_signal_when_the_parts_do_not_assemble(tus, rq_burst, rdb, heard):
+    data = random_bytes(2 * PART + 1)
+    upload_id = tus.create(len(data))
+    assert tus.patch(upload_id, 0, data).status_code == 204
+    rdb.hdel(f"rindle:upload:{{{upload_id}}}:parts", "1")  # the bookkeeping lost a part
+    rq_burst()
+    assert [u for u, *_ in heard["failed"]] == [upload_id]
+    assert not heard["completed"]
+    assert tus.head(upload_id).status_code == 410
+
+
+def test_on_complete_is_enqueued_once_with_the_upload(app, redis_url, rdb, monkeypatch, rq_burst):
+    monkeypatch.setenv("RINDLE_ON_COMPLETE", "tests.integration.hook_targets.record_completion")
+    app2 = create_app(Settings.from_env())
+    tus = Tus(app2.test_client())
+    meta = "filename " + base64.b64encode(b"a.txt").decode() + ",flag"
+    upload_id = tus.create(5, **{"Upload-Metadata": meta})
+    assert tus.patch(upload_id, 0, b"hello").status_code == 204
+    for _ in range(2):
+        rq_burst_for(app2)
+    calls = [json.loads(c) for c in rdb.lrange("test:on-complete", 0, -1)]
+    assert calls == [
+        {
+            "upload_id": upload_id,
+            "key": "uploads/" + upload_id,
+            "size": 5,
+            "metadata": {"filename": "a.txt", "flag": None},
+        }
+    ]
+
+
+def rq_burst_for(app) -> None:
+    from rq import SimpleWorker
+
+    queue = app.extensions["rindle"].jobs.queue
+    with app.app_context():
+        SimpleWorker([queue], connection=queue.connection).work(burst=True)
+
+
+def make_app(**hook_kwargs):
+    from flask import Flask
+
+    app = Flask("hooked")
+    init_app(app, Settings.from_env(), hooks=Hooks(**hook_kwargs))
+    return app
+
+
+def test_pre_create_refuses_with_its_status_and_message(app, rdb):
+    def pre_create(request, length, metadata):
+        if metadata.get("filetype") != "image/png":
+            raise Refuse("only PNG images", status=422, code="wrong_type")
+
+    client = make_app(pre_create=pre_create).test_client()
+    r = client.post("/files/", headers={**TUS, "Upload-Length": "10"})
+    assert r.status_code == 422
+    assert r.get_json() == {"error": "wrong_type", "message": "only PNG images"}
+    assert rdb.keys("rindle:upload:*") == []
+    png = "filetype " + base64.b64encode(b"image/png").decode()
+    ok = client.post("/files/", headers={**TUS, "Upload-Length": "10", "Upload-Metadata": png})
+    assert ok.status_code == 201
+
+
+def test_pre_create_chooses_the_object_key(app, rq_burst, s3_client):
+    seen = []
+
+    def pre_create(request, length, metadata):
+        seen.append((length, metadata))
+        return f"uploads/users/42/{metadata['filename']}"
+
+    hooked = make_app(pre_create=pre_create)
+    tus = Tus(hooked.test_client())
+    name = "filename " + base64.b64encode(b"cat.png").decode()
+    upload_id = tus.create(4, **{"Upload-Metadata": name})
+    assert tus.patch(upload_id, 0, b"meow").status_code == 204
+    rq_burst_for(hooked)
+    assert seen == [(4, {"filename": "cat.png"})]
+    obj = s3_client.get_object(
+        Bucket=hooked.config["RINDLE"].s3_bucket, Key="uploads/users/42/cat.png"
+    )
+    assert obj["Body"].read() == b"meow"
+
+
+def test_authorize_sees_every_request_and_can_refuse(app):
+    seen = []
+
+    def authorize(request, action, upload):
+        seen.append((action, upload.id if upload else None))
+        if request.headers.get("Authorization") != "Bearer good":
+            raise Refuse("who are you?", status=401, code="unauthorized")
+
+    client = make_app(authorize=authorize).test_client()
+    good = {**TUS, "Authorization": "Bearer good"}
+    assert client.post("/files/", headers={**TUS, "Upload-Length": "3"}).status_code == 401
+    r = client.post("/files/", headers={**good, "Upload-Length": "3"})
+    upload_id = r.headers["Location"].rsplit("/", 1)[1]
+    patch = {**good, "Upload-Offset": "0", "Content-Type": "application/offset+octet-stream"}
+    assert client.patch(f"/files/{upload_id}", data=b"abc", headers=patch).status_code == 204
+    assert client.head(f"/files/{upload_id}", headers=good).status_code == 200
+    assert client.head(f"/files/{upload_id}", headers=TUS).status_code == 401
+    assert client.delete(f"/files/{upload_id}", headers=good).status_code == 204
+    assert seen == [
+        ("create", None),
+        ("create", None),
+        ("patch", upload_id),
+        ("head", upload_id),
+        ("head", upload_id),
+        ("delete", upload_id),
+    ]

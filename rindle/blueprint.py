@@ -126,12 +126,16 @@ def options(upload_id: str | None = None) -> Response:
 def create() -> Response:
     svc = services()
     settings = svc.settings
-    length = creation_length()
+    concat, urls = protocol.parse_concat(request.headers.get("Upload-Concat"))
+    partials = final_partials(urls) if concat == "final" else []
+    length = sum(p.length or 0 for p in partials) if partials else creation_length()
+    if length is not None and length > settings.max_size:
+        raise TusError(413, "upload_too_large", f"Upload-Length exceeds {settings.max_size}")
     metadata = protocol.parse_metadata(
         request.headers.get("Upload-Metadata"), settings.max_metadata
     )
     part_size = protocol.part_size_for(length or 0, settings.part_size)
-    with_body = has_upload_body()
+    with_body = has_upload_body() and not partials
     checksum = protocol.parse_checksum(request.headers.get("Upload-Checksum"))
     if with_body and length is not None and (request.content_length or 0) > length:
         raise TusError(413, "exceeds_upload_length", "the body goes beyond Upload-Length")
@@ -141,7 +145,7 @@ def create() -> Response:
     key = settings.s3_prefix + upload_id
     if svc.hooks.pre_create is not None:
         key = svc.hooks.pre_create(request, length, hooks.metadata_dict(metadata)) or key
-    if length == 0:
+    if length == 0 and not partials:
         # Nothing to receive: the (empty) object exists before the client hears of it.
         svc.storage.put_object(key, b"", 0, protocol.object_headers(metadata))
     upload = svc.store.create(
@@ -150,9 +154,13 @@ def create() -> Response:
         part_size,
         key,
         protocol.format_metadata(metadata),
-        state=COMPLETED if length == 0 else CREATED,
+        state=ASSEMBLING if partials else COMPLETED if length == 0 else CREATED,
+        concat=concat,
+        partials=tuple(p.id for p in partials),
     )
     svc.notify(hooks.upload_created, upload)
+    if partials:
+        svc.jobs.complete(upload_id)  # assembles the final object from the partials
     response = Response(status=201)
     response.headers["Location"] = url_for(".upload", upload_id=upload_id, _external=True)
     if with_body and length != 0:
@@ -167,6 +175,21 @@ def create() -> Response:
     return with_expiry(tus_headers(response), upload)
 
 
+def final_partials(urls: list[str]) -> list[Upload]:
+    """The partial uploads a final upload concatenates: each must be a finished partial."""
+    if "Upload-Length" in request.headers:
+        raise TusError(400, "invalid_concat", "a final upload takes no Upload-Length")
+    partials = []
+    for url in urls:
+        upload = services().store.get(url.rstrip("/").rsplit("/", 1)[-1])
+        if upload is None or upload.state in ENDED or upload.concat != "partial":
+            raise TusError(400, "invalid_concat", f"{url} is not a partial upload")
+        if upload.length is None or upload.offset != upload.length:
+            raise TusError(400, "partial_not_finished", f"{url} is not finished")
+        partials.append(upload)
+    return partials
+
+
 def creation_length() -> int | None:
     """Upload-Length, or None with Upload-Defer-Length: 1 (exactly one of them)."""
     defer = request.headers.get("Upload-Defer-Length")
@@ -177,12 +200,7 @@ def creation_length() -> int | None:
         if defer.strip() != "1":
             raise TusError(400, "invalid_header", "Upload-Defer-Length must be 1")
         return None
-    length = protocol.parse_non_negative(raw, "Upload-Length")
-    if length > services().settings.max_size:
-        raise TusError(
-            413, "upload_too_large", f"Upload-Length exceeds {services().settings.max_size}"
-        )
-    return length
+    return protocol.parse_non_negative(raw, "Upload-Length")
 
 
 def has_upload_body() -> bool:
@@ -222,7 +240,13 @@ def head(upload_id: str) -> Response:
     take_over(upload_id)
     upload = load(upload_id)
     response = Response(status=200)
-    response.headers["Upload-Offset"] = str(upload.offset)
+    if not upload.is_final or upload.state == COMPLETED:
+        response.headers["Upload-Offset"] = str(upload.offset)  # a final one: once assembled
+    if upload.concat == "partial":
+        response.headers["Upload-Concat"] = "partial"
+    elif upload.is_final:
+        urls = " ".join(url_for(".upload", upload_id=p, _external=True) for p in upload.partials)
+        response.headers["Upload-Concat"] = f"final;{urls}"
     if upload.length is None:
         response.headers["Upload-Defer-Length"] = "1"
     else:
@@ -270,6 +294,8 @@ def patch(upload_id: str) -> Response:
     authorize("patch", load(upload_id))
     take_over(upload_id)
     upload = load(upload_id)
+    if upload.is_final:
+        raise TusError(403, "final_upload", "a final upload is assembled from its partials")
     if offset != upload.offset:
         raise TusError(
             409,

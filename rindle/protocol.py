@@ -24,6 +24,7 @@ EXTENSIONS = (
     "expiration",
     "termination",
     "checksum",
+    "concatenation",
 )
 CHECKSUM_ALGORITHMS = ("sha1", "sha256", "sha512", "md5", "crc32")
 PATCH_CONTENT_TYPE = "application/offset+octet-stream"
@@ -193,3 +194,17 @@ def parse_checksum(value: str | None) -> Checksum | None:
     except binascii.Error:
         raise TusError(400, "invalid_checksum", "the checksum is not base64") from None
     return Checksum(algorithm, digest)
+
+
+def parse_concat(value: str | None) -> tuple[str, list[str]]:
+    """Upload-Concat: ``partial``, or ``final;<url> <url> ...``: (kind, urls); 400 when
+    malformed. No header: ("", [])."""
+    if value is None:
+        return "", []
+    value = value.strip()
+    if value == "partial":
+        return "partial", []
+    kind, _, urls = value.partition(";")
+    if kind.strip() != "final" or not urls.split():
+        raise TusError(400, "invalid_concat", "Upload-Concat is 'partial' or 'final;<urls>'")
+    return "final", urls.split()

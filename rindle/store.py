@@ -65,15 +65,17 @@ class Upload:
     node: str
     created_at: float
     expires_at: float
+    concat: str = ""  # "", "partial", or "final" ...
+    partials: tuple[str, ...] = ()  # ... with the ids of its partial uploads, in order
+
+    @property
+    def is_final(self) -> bool:
+        return self.concat == "final"
 
     @property
     def buffered(self) -> int:
         """Bytes Redis says the tail holds: acknowledged but not yet in a part."""
         return self.offset - self.committed
-
-    @property
-    def next_part_number(self) -> int:
-        return self.committed // self.part_size + 1
 
     @classmethod
     def from_hash(cls, upload_id: str, h: dict[str, str]) -> Upload:
@@ -90,6 +92,8 @@ class Upload:
             node=h.get("node", ""),
             created_at=float(h["created_at"]),
             expires_at=float(h["expires_at"]),
+            concat=h.get("concat", ""),
+            partials=tuple(h.get("partials", "").split()),
         )
 
 
@@ -112,12 +116,14 @@ class SessionStore:
         key: str,
         metadata: str,
         state: str = CREATED,
+        concat: str = "",
+        partials: tuple[str, ...] = (),
     ) -> Upload:
         now = time.time()
         fields = {
             "state": state,
             "length": "" if length is None else length,
-            "offset": length if state == COMPLETED else 0,
+            "offset": length if state in (COMPLETED, ASSEMBLING) else 0,
             "committed": 0,
             "part_size": part_size,
             "key": key,
@@ -126,6 +132,8 @@ class SessionStore:
             "node": "",
             "created_at": now,
             "expires_at": now + self.expiration,
+            "concat": concat,
+            "partials": " ".join(partials),
         }
         k = upload_key(upload_id)
         with self.r.pipeline(transaction=True) as pipe:
@@ -315,6 +323,26 @@ class SessionStore:
                     if state in states and s3_upload_id:
                         found.add(s3_upload_id)
         return found
+
+    def save_assembly_upload_id(self, upload_id: str, s3_upload_id: str) -> str:
+        """For the assembly job (no writer lease): keep the multipart upload id of an
+        upload in ``assembling``; the id already saved wins (a retried job reuses it)."""
+        k = upload_key(upload_id)
+        with self.r.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    pipe.watch(k)
+                    state, saved = pipe.hmget(k, "state", "upload_id")
+                    if state != ASSEMBLING:
+                        raise Fenced(f"upload {upload_id}: state is {state}")
+                    if saved:
+                        return saved
+                    pipe.multi()
+                    pipe.hset(k, "upload_id", s3_upload_id)
+                    pipe.execute()
+                    return s3_upload_id
+                except redis.WatchError:
+                    continue
 
     def ids(self) -> list[str]:
         """Every upload id Redis knows (SCAN: fine for the CLI, not for a request)."""

@@ -60,6 +60,17 @@ class S3Storage:
         )
         return str(response["ETag"])
 
+    def upload_part_copy(self, key: str, upload_id: str, number: int, source_key: str) -> str:
+        """A part copied inside S3 from a whole object of the same bucket."""
+        response = self.client.upload_part_copy(
+            Bucket=self.bucket,
+            Key=key,
+            UploadId=upload_id,
+            PartNumber=number,
+            CopySource={"Bucket": self.bucket, "Key": source_key},
+        )
+        return str(response["CopyPartResult"]["ETag"])
+
     def complete_multipart(self, key: str, upload_id: str, parts: list[tuple[int, str]]) -> None:
         self.client.complete_multipart_upload(
             Bucket=self.bucket,

@@ -11,6 +11,7 @@ then switch faults at runtime, from any thread::
         proxy.cut_after(1 << 20)   # reset each connection once it carried 1 MiB more
         proxy.throttle(256 * 1024) # a slow link: 256 KiB/s, "up"/"down"/both
         proxy.drop_reply_once(b"EXEC")  # forward a request, swallow its reply, reset
+        proxy.blackhole_once(b"RPUSH")  # that request (and its connection) vanish
         proxy.heal()               # back to passing everything (stalled bytes flow again)
 
 "up" is client -> target, "down" is target -> client. Every switch is applied by the
@@ -65,6 +66,7 @@ class _Conn:
     carried_down: int = 0
     doomed: bool = False  # reset both sides once the doomed direction is flushed
     swallow_reply: bool = False  # drop_reply_once: reset on the first reply byte
+    blackholed: bool = False  # blackhole_once: nothing goes through any more
     closed: bool = False
 
 
@@ -85,6 +87,7 @@ class FaultProxy:
         self._refilled = time.monotonic()
         self._cut_after: tuple[str, int] | None = None
         self._reply_trigger: bytes | None = None
+        self._blackhole_trigger: bytes | None = None
         # Counters (written by the loop thread; ints are safe to read from anywhere).
         self.accepted = 0
         self.refused = 0
@@ -157,13 +160,17 @@ class FaultProxy:
     # ---------------------------------------------------------------- faults
 
     def heal(self) -> None:
-        """Pass everything again: no refusal, no stall, no cut; held bytes flow on."""
+        """Pass everything again: no refusal, no stall, no cut; held bytes flow on; a
+        black-holed connection is reset."""
 
         def apply() -> None:
             self._refuse = self._stall_up = self._stall_down = False
             self._rate.clear()
             self._cut_after = None
-            self._reply_trigger = None
+            self._reply_trigger = self._blackhole_trigger = None
+            for conn in list(self._conns):
+                if conn.blackholed:
+                    self._kill(conn)
 
         self._call(apply)
 
@@ -238,6 +245,18 @@ class FaultProxy:
         def apply() -> None:
             self.triggered.clear()
             self._reply_trigger = pattern
+
+        self._call(apply)
+
+    def blackhole_once(self, pattern: bytes) -> None:
+        """The next time a client sends bytes containing ``pattern``, that connection
+        becomes a black hole: those bytes and all later ones are dropped, nothing comes
+        back, the connection stays open (the client waits) until it closes, ``reset()``
+        or ``heal()``. The target never sees the request. Fires once; see ``triggered``."""
+
+        def apply() -> None:
+            self.triggered.clear()
+            self._blackhole_trigger = pattern
 
         self._call(apply)
 
@@ -407,6 +426,14 @@ class FaultProxy:
         if side == "client":
             if not data:
                 conn.client_eof = True
+                if conn.blackholed:
+                    self._kill(conn)
+                return
+            if self._blackhole_trigger is not None and self._blackhole_trigger in data:
+                self._blackhole_trigger = None
+                conn.blackholed = True
+                self.triggered.set()
+            if conn.blackholed:
                 return
             if self._reply_trigger is not None and self._reply_trigger in data:
                 self._reply_trigger = None
@@ -422,9 +449,11 @@ class FaultProxy:
             if not data:
                 conn.upstream_eof = True
                 return
+            if conn.blackholed:
+                return
             if conn.swallow_reply:
+                self.triggered.set()  # before the RST: whoever sees it sees the flag
                 self._kill(conn)
-                self.triggered.set()
                 return
             if self._cut_after is not None and self._cut_after[0] == DOWN:
                 allowed = self._cut_after[1] - (conn.carried_down + len(conn.to_down))

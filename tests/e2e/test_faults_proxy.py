@@ -168,3 +168,22 @@ def test_throttle_slows_the_forwarding_to_the_rate(proxy: FaultProxy):
     started = time.monotonic()
     assert roundtrip(proxy, data) == data
     assert time.monotonic() - started < 0.4
+
+
+def test_blackhole_once_swallows_the_request_and_its_connection(proxy: FaultProxy):
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=5) as sock:
+        sock.sendall(b"before")
+        assert sock.recv(6) == b"before"
+        proxy.blackhole_once(b"secret")
+        sock.sendall(b"the secret")
+        proxy.wait(lambda p: p.triggered.is_set(), 5, "for the trigger")
+        sock.sendall(b"after")
+        sock.settimeout(0.3)
+        with pytest.raises(TimeoutError):
+            sock.recv(1)
+        assert proxy.bytes_up == 6
+        proxy.heal()
+        sock.settimeout(5)
+        with pytest.raises(ConnectionResetError):
+            sock.recv(1)
+    assert roundtrip(proxy, b"others pass") == b"others pass"

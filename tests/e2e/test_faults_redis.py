@@ -6,6 +6,7 @@ with Retry-After; nothing is half-written; once Redis is back the uploads end ex
 from __future__ import annotations
 
 import json
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -13,7 +14,8 @@ from collections.abc import Iterator
 import pytest
 import requests
 
-from devstack.services import RedisServer, SeaweedS3
+from devstack.services import REPO_ROOT, RedisServer, SeaweedS3
+from rindle.jobqueue import completion_job_id
 from tests.conftest import _STACKS, Stack
 from tests.e2e.conftest import MIB, TUS, Uploads, payload, poll
 from tests.e2e.test_faults import (
@@ -23,6 +25,7 @@ from tests.e2e.test_faults import (
     RawPatch,
     assert_consistent,
     create,
+    head_offset,
     own_stack,
     record,
     redis_parts,
@@ -233,4 +236,50 @@ def test_an_unanswered_lease_claim_locks_the_upload_until_the_lease_expires(
     seen = tus_resume(url, data)
     assert time.monotonic() - started < LEASE_SECONDS + 5
     assert seen[-1] == 204, seen
+    uploads.assert_stored(url, data)
+
+
+def test_a_crash_between_the_final_commit_and_the_completion_job_still_completes(
+    uploads: Uploads, redis_proxy: FaultProxy
+):
+    """The PATCH that ends an upload commits it (offset = length, state assembling) and
+    then enqueues the completion job; the web process dies in between (the enqueue is
+    held at the proxy, then gunicorn is SIGKILLed). Every client now sees a finished
+    upload (HEAD: offset = length), so nobody will send it again: something must still
+    make the object. Not even the maintenance sweep (``flask rindle sweep``, what the
+    clock process runs) does: it re-enqueues an assembling upload only once its
+    Upload-Expires has passed (RINDLE_TUS_EXPIRATION, 24 h by default)."""
+    stack = uploads.stack
+    data = payload(P + MIB, seed=506)
+    url = create(stack, len(data))
+    upload_id = uploads.track(url)
+    redis_proxy.blackhole_once(completion_job_id(upload_id).encode())
+    patch = RawPatch(url, 0, len(data))
+    patch.send(data)
+    redis_proxy.wait(lambda p: p.triggered.is_set(), 30, "for the enqueue of the job")
+    assert record(stack, upload_id)["state"] == "assembling"
+    stack.restart_web(kill=True)
+    patch.close()
+    redis_proxy.heal()
+
+    assert head_offset(url) == len(data)
+    sweep = subprocess.run(
+        ["flask", "rindle", "sweep"],
+        cwd=REPO_ROOT,
+        env={**stack.env, "FLASK_APP": "app"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert sweep.returncode == 0, sweep.stderr
+    try:
+        uploads.wait_completed(upload_id, timeout=20)
+    except pytest.fail.Exception:
+        rec = record(stack, upload_id)
+        pytest.fail(
+            f"the upload stays {rec['state']!r} with no completion job, until its expiry "
+            f"({rec['expires_at']}, {float(rec['expires_at']) - time.time():.0f} s from now); "
+            f"sweep said: {sweep.stdout.strip()}",
+            pytrace=False,
+        )
     uploads.assert_stored(url, data)

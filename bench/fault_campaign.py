@@ -1,0 +1,549 @@
+#!/usr/bin/env python
+"""Fault campaign: many tus uploads while the web process is SIGKILLed at random moments.
+
+    python bench/fault_campaign.py --kills 200
+    python bench/fault_campaign.py --kills 50 --clients 6 --max-mib 40 --seed 7
+
+Starts its own redis-server and SeaweedFS (``devstack.services``), gunicorn (the app, as
+the tests run it) and an rq worker, all on free loopback ports with data in a temp dir.
+``--clients`` threads upload one file after another, of random sizes (0 to
+``--max-mib`` MiB, some empty, some tiny, most of several parts) in random chunkings
+(one PATCH, or chunks from 256 KiB to 16 MiB, rarely a part size multiple), half with
+tuspy and half with a raw ``requests`` tus client; each resumes after any failure the tus
+way (HEAD, then PATCH from the server's offset), as a careful client does.
+
+Meanwhile the main thread SIGKILLs gunicorn (its whole process group: master and
+workers) at random moments (``--min-gap`` to ``--max-gap`` seconds after it is up again)
+and restarts it on the same port, until ``--kills`` kills are done. Then the clients
+finish what they started, every upload must reach ``completed``, and every object in S3
+is read back and compared by SHA-256 with the bytes that were sent.
+
+The writer lease is at its floor (RINDLE_LEASE_SECONDS=5): a killed writer's lease lives
+on until it expires, and until then HEAD and PATCH of that upload answer 423 (the clients
+wait and retry). With the default 60 s the campaign would spend most of its time waiting.
+
+Prints kills performed, uploads verified exact, uploads corrupt or lost, and what the
+clients met on the way; exits 1 if anything is corrupt or lost.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import os
+import random
+import shutil
+import signal
+import socket
+import sys
+import tempfile
+import threading
+import time
+import traceback
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+import redis  # noqa: E402
+import requests  # noqa: E402
+
+from devstack.services import (  # noqa: E402
+    ManagedProcess,
+    RedisServer,
+    SeaweedS3,
+    free_port,
+    http_ok,
+    wait_until,
+    web_command,
+    worker_command,
+)
+
+MIB = 1024 * 1024
+PART_SIZE = 5 * MIB
+TUS = {"Tus-Resumable": "1.0.0"}
+PATCH_HEADERS = {**TUS, "Content-Type": "application/offset+octet-stream"}
+LEASE_SECONDS = 5
+HTTP_TIMEOUT = (5, 120)  # connect, read
+PREFIX = "campaign/"
+
+
+# --------------------------------------------------------------------------- the stack
+
+
+class Stack:
+    """redis-server, SeaweedFS, gunicorn (the app) and one rq worker."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.redis = RedisServer(log_path=root / "redis.log")
+        self.s3 = SeaweedS3(root / "seaweedfs", bucket="campaign")
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.files_url = f"{self.url}/files/"
+        self.tmp_dir = root / "tails"
+        self.env: dict[str, str] = {}
+        self.web: ManagedProcess | None = None
+        self.worker: ManagedProcess | None = None
+        self.web_starts: list[float] = []  # seconds from kill to healthy
+
+    def start(self) -> Stack:
+        self.redis.start()
+        self.s3.start()
+        self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("RINDLE_", "AWS_"))}
+        env.pop("REDIS_URL", None)
+        env.update(
+            {
+                "PATH": os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")]),
+                "PYTHONUNBUFFERED": "1",
+                "AWS_EC2_METADATA_DISABLED": "true",
+                "AWS_CONFIG_FILE": os.devnull,
+                "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+                "REDIS_URL": self.redis.url,
+                **self.s3.env(bucket="campaign"),
+                "RINDLE_S3_PREFIX": PREFIX,
+                "RINDLE_TMP_DIR": str(self.tmp_dir),
+                "RINDLE_TUS_PART_SIZE": str(PART_SIZE),
+                "RINDLE_NODE_ID": "campaign",
+                "RINDLE_LEASE_SECONDS": str(LEASE_SECONDS),
+            }
+        )
+        self.env = env
+        self.worker = ManagedProcess(
+            "rq-worker",
+            worker_command(self.redis.url),
+            env=env,
+            cwd=REPO_ROOT,
+            log_path=self.root / "worker.log",
+        ).start()
+        self.start_web()
+        return self
+
+    def start_web(self) -> float:
+        began = time.monotonic()
+        self.web = ManagedProcess(
+            "gunicorn",
+            web_command(self.port),
+            env=self.env,
+            cwd=REPO_ROOT,
+            log_path=self.root / "gunicorn.log",
+        ).start()
+        wait_until(
+            lambda: http_ok(f"{self.url}/healthz"), timeout=60, procs=[self.web], what="healthz"
+        )
+        took = time.monotonic() - began
+        self.web_starts.append(took)
+        return took
+
+    def kill_web(self) -> None:
+        assert self.web is not None
+        self.web.kill()  # SIGKILL to the whole process group: master and workers
+
+    def stop(self) -> None:
+        for proc in (self.web, self.worker):
+            if proc is not None:
+                proc.stop(timeout=5)
+        self.s3.stop(timeout=0)
+        self.redis.stop()
+
+    def s3_client(self) -> Any:
+        return self.s3.client()
+
+
+# --------------------------------------------------------------------------- uploads
+
+
+def payload(seed: int, size: int) -> bytes:
+    """Incompressible bytes, reproducible from the seed."""
+    return hashlib.shake_256(f"campaign/{seed}".encode()).digest(size) if size else b""
+
+
+@dataclass
+class Upload:
+    index: int
+    size: int
+    seed: int
+    chunk: int | None  # None: the whole rest in one PATCH
+    client: str  # "raw" or "tuspy"
+    sha256: str = ""
+    url: str = ""
+    done: bool = False  # the client saw offset == length
+    error: str = ""
+    patches: int = 0
+    resumes: int = 0
+    events: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def upload_id(self) -> str:
+        return self.url.rstrip("/").rsplit("/", 1)[1]
+
+
+class Campaign:
+    def __init__(self, args: argparse.Namespace, stack: Stack) -> None:
+        self.args = args
+        self.stack = stack
+        self.rng = random.Random(args.seed)
+        self.lock = threading.Lock()
+        self.uploads: list[Upload] = []
+        self.events: Counter[str] = Counter()
+        self.stop_new = threading.Event()
+        self.active = 0  # uploads in progress
+        self.kills = 0
+        self.kills_with_uploads_active = 0
+
+    # -- choosing ---------------------------------------------------------------------
+
+    def next_upload(self, rng: random.Random) -> Upload:
+        max_size = self.args.max_mib * MIB
+        r = rng.random()
+        if r < 0.05:
+            size = 0
+        elif r < 0.15:
+            size = rng.randint(1, MIB)
+        elif r < 0.25:  # around part boundaries
+            size = rng.randint(1, max(1, max_size // PART_SIZE)) * PART_SIZE + rng.randint(-2, 2)
+        else:
+            size = rng.randint(1, max_size)
+        size = max(0, min(size, max_size))
+        c = rng.random()
+        if c < 0.35:
+            chunk = None
+        elif c < 0.45:
+            chunk = PART_SIZE * rng.randint(1, 2)
+        else:
+            chunk = rng.randint(256 * 1024, 16 * MIB)
+        with self.lock:
+            index = len(self.uploads)
+            upload = Upload(
+                index=index,
+                size=size,
+                seed=self.args.seed * 1_000_003 + index,
+                chunk=chunk,
+                client="tuspy" if rng.random() < 0.5 else "raw",
+            )
+            self.uploads.append(upload)
+        return upload
+
+    def note(self, upload: Upload, event: str) -> None:
+        upload.events[event] += 1
+        with self.lock:
+            self.events[event] += 1
+
+    # -- clients ----------------------------------------------------------------------
+
+    def client_loop(self, number: int) -> None:
+        rng = random.Random(self.args.seed * 7919 + number)
+        while not self.stop_new.is_set():
+            upload = self.next_upload(rng)
+            data = payload(upload.seed, upload.size)
+            upload.sha256 = hashlib.sha256(data).hexdigest()
+            with self.lock:
+                self.active += 1
+            try:
+                deadline = time.monotonic() + self.args.upload_timeout
+                if upload.client == "raw":
+                    self.upload_raw(upload, data, deadline)
+                else:
+                    self.upload_tuspy(upload, data, deadline)
+                upload.done = True
+            except Exception as exc:
+                upload.error = f"{type(exc).__name__}: {exc}"
+                self.note(upload, "client gave up")
+            finally:
+                with self.lock:
+                    self.active -= 1
+
+    def backoff(self, deadline: float, what: str) -> None:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"gave up ({what})")
+        time.sleep(0.2 + random.random() * 0.3)
+
+    def create(self, upload: Upload, deadline: float) -> str:
+        while True:
+            try:
+                r = requests.post(
+                    self.stack.files_url,
+                    headers={**TUS, "Upload-Length": str(upload.size)},
+                    timeout=HTTP_TIMEOUT,
+                )
+            except requests.RequestException as exc:
+                self.note(upload, f"POST {type(exc).__name__}")
+                self.backoff(deadline, "POST")
+                continue
+            if r.status_code == 201:
+                return str(r.headers["Location"])
+            self.note(upload, f"POST {r.status_code}")
+            self.backoff(deadline, f"POST {r.status_code}")
+
+    def head(self, upload: Upload, deadline: float) -> int:
+        while True:
+            try:
+                r = requests.head(upload.url, headers=TUS, timeout=HTTP_TIMEOUT)
+            except requests.RequestException as exc:
+                self.note(upload, f"HEAD {type(exc).__name__}")
+                self.backoff(deadline, "HEAD")
+                continue
+            if r.status_code == 200:
+                return int(r.headers["Upload-Offset"])
+            self.note(upload, f"HEAD {r.status_code}")
+            if r.status_code not in (423, 503):
+                raise RuntimeError(f"HEAD answered {r.status_code}")
+            self.backoff(deadline, f"HEAD {r.status_code}")
+
+    def upload_raw(self, upload: Upload, data: bytes, deadline: float) -> None:
+        upload.url = self.create(upload, deadline)
+        offset = 0 if upload.size else self.head(upload, deadline)
+        while offset < upload.size:
+            end = upload.size if upload.chunk is None else min(upload.size, offset + upload.chunk)
+            upload.patches += 1
+            try:
+                r = requests.patch(
+                    upload.url,
+                    data=data[offset:end],
+                    headers={**PATCH_HEADERS, "Upload-Offset": str(offset)},
+                    timeout=HTTP_TIMEOUT,
+                )
+            except requests.RequestException as exc:
+                self.note(upload, f"PATCH {type(exc).__name__}")
+                upload.resumes += 1
+                offset = self.head(upload, deadline)
+                continue
+            if r.status_code == 204:
+                new = int(r.headers["Upload-Offset"])
+                if not offset <= new <= end:
+                    raise RuntimeError(f"PATCH {offset}..{end} answered offset {new}")
+                if new < end:
+                    self.note(upload, "PATCH 204 short")
+                offset = new
+                continue
+            self.note(upload, f"PATCH {r.status_code}")
+            if r.status_code not in (409, 423) and r.status_code < 500:
+                raise RuntimeError(f"PATCH answered {r.status_code}: {r.text[:200]}")
+            if r.status_code == 500 and "tus_tail_missing" in r.text:
+                raise RuntimeError("tus_tail_missing on a single node: bytes were lost")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"gave up (PATCH {r.status_code})")
+            upload.resumes += 1
+            if r.status_code != 409:
+                time.sleep(0.2)
+            offset = self.head(upload, deadline)
+
+    def upload_tuspy(self, upload: Upload, data: bytes, deadline: float) -> None:
+        from tusclient import client as tus
+        from tusclient.exceptions import TusCommunicationError, TusUploadFailed
+
+        chunk = upload.chunk or max(upload.size, 1)
+        uploader = None
+        while True:
+            try:
+                if uploader is None:
+                    if upload.url:  # from its URL storage, as tuspy resumes: HEAD first
+                        upload.resumes += 1
+                        uploader = tus.TusClient(self.stack.files_url).uploader(
+                            file_stream=io.BytesIO(data), url=upload.url, chunk_size=chunk
+                        )
+                    else:
+                        uploader = tus.TusClient(self.stack.files_url).uploader(
+                            file_stream=io.BytesIO(data), chunk_size=chunk
+                        )
+                uploader.upload()
+                if uploader.url:
+                    upload.url = uploader.url
+                if uploader.offset != upload.size:
+                    raise RuntimeError(f"tuspy stopped at {uploader.offset}")
+                return
+            except (TusCommunicationError, TusUploadFailed, requests.RequestException) as exc:
+                status = getattr(exc, "status_code", None)
+                self.note(upload, f"tuspy {status or 'no answer'}")
+                if uploader is not None and uploader.url:
+                    upload.url = uploader.url
+                uploader = None
+                self.backoff(deadline, f"tuspy {status}")
+            except (OSError, ValueError) as exc:  # a connection dropped inside tuspy
+                self.note(upload, f"tuspy {type(exc).__name__}")
+                if uploader is not None and uploader.url:
+                    upload.url = uploader.url
+                uploader = None
+                self.backoff(deadline, "tuspy")
+
+    # -- the killer ---------------------------------------------------------------------
+
+    def kill_loop(self) -> None:
+        rng = self.rng
+        while self.kills < self.args.kills:
+            time.sleep(rng.uniform(self.args.min_gap, self.args.max_gap))
+            with self.lock:
+                active = self.active
+            self.stack.kill_web()
+            self.kills += 1
+            if active:
+                self.kills_with_uploads_active += 1
+            self.stack.start_web()
+            if self.kills % 20 == 0:
+                done = sum(u.done for u in self.uploads)
+                print(
+                    f"  {self.kills} kills, {len(self.uploads)} uploads started, {done} done",
+                    flush=True,
+                )
+
+    # -- the end ------------------------------------------------------------------------
+
+    def verify(self) -> tuple[list[Upload], list[tuple[Upload, str]], list[tuple[Upload, str]]]:
+        """(exact, corrupt, lost): every upload the server created must be completed and
+        its object must be the bytes sent."""
+        client = redis.Redis.from_url(self.stack.redis.url, decode_responses=True)
+        s3 = self.stack.s3_client()
+        deadline = time.monotonic() + self.args.completion_timeout
+        exact: list[Upload] = []
+        corrupt: list[tuple[Upload, str]] = []
+        lost: list[tuple[Upload, str]] = []
+        for upload in self.uploads:
+            if not upload.url:
+                continue  # never created: the server acknowledged nothing
+            key = f"rindle:upload:{{{upload.upload_id}}}"
+            state = client.hget(key, "state")
+            while state != "completed" and time.monotonic() < deadline:
+                if state == "failed":
+                    break
+                time.sleep(0.1)
+                state = client.hget(key, "state")
+            if not upload.done:
+                lost.append((upload, f"the client gave up: {upload.error}"))
+                continue
+            if state != "completed":
+                lost.append((upload, f"state {state!r}, not completed"))
+                continue
+            try:
+                body = s3.get_object(Bucket="campaign", Key=PREFIX + upload.upload_id)["Body"]
+            except Exception as exc:
+                lost.append((upload, f"no object: {exc}"))
+                continue
+            digest, size = hashlib.sha256(), 0
+            for piece in iter(lambda b=body: b.read(MIB), b""):
+                digest.update(piece)
+                size += len(piece)
+            if size != upload.size or digest.hexdigest() != upload.sha256:
+                corrupt.append((upload, f"{size} bytes, sha256 {digest.hexdigest()[:16]}"))
+            else:
+                exact.append(upload)
+        client.close()
+        return exact, corrupt, lost
+
+    def leftovers(self) -> tuple[int, int]:
+        tails = len(list((self.stack.tmp_dir / "tus").glob("*.tail")))
+        s3 = self.stack.s3_client()
+        open_uploads = 0
+        for page in s3.get_paginator("list_multipart_uploads").paginate(Bucket="campaign"):
+            open_uploads += len(page.get("Uploads", []))
+        return tails, open_uploads
+
+
+def log_lines(path: Path, needle: str) -> int:
+    try:
+        return path.read_text(errors="replace").count(needle)
+    except FileNotFoundError:
+        return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--kills", type=int, default=200, help="SIGKILLs of gunicorn (200)")
+    parser.add_argument("--clients", type=int, default=4, help="concurrent uploaders (4)")
+    parser.add_argument("--max-mib", type=int, default=40, help="largest upload, MiB (40)")
+    parser.add_argument("--min-gap", type=float, default=0.3, help="seconds between kills")
+    parser.add_argument("--max-gap", type=float, default=2.0, help="seconds between kills")
+    parser.add_argument("--seed", type=int, default=None, help="random seed (new each run)")
+    parser.add_argument("--upload-timeout", type=float, default=600, help="per upload (s)")
+    parser.add_argument("--completion-timeout", type=float, default=180, help="at the end (s)")
+    parser.add_argument("--keep", action="store_true", help="keep the data dir and logs")
+    args = parser.parse_args(argv)
+    if args.seed is None:
+        args.seed = random.SystemRandom().randrange(1_000_000)
+    socket.setdefaulttimeout(180)  # tuspy sets no timeouts: never hang forever
+
+    root = Path(tempfile.mkdtemp(prefix="rindle-campaign-"))
+    print(
+        f"fault campaign: seed {args.seed}, {args.kills} kills, {args.clients} clients, "
+        f"uploads 0..{args.max_mib} MiB, kill every {args.min_gap}..{args.max_gap} s, "
+        f"lease {LEASE_SECONDS} s; logs in {root}",
+        flush=True,
+    )
+    stack = Stack(root)
+    started = time.monotonic()
+    code = 2
+    try:
+        stack.start()
+        campaign = Campaign(args, stack)
+        clients = [
+            threading.Thread(target=campaign.client_loop, args=(n,), daemon=True)
+            for n in range(args.clients)
+        ]
+        for thread in clients:
+            thread.start()
+        campaign.kill_loop()
+        kill_phase = time.monotonic() - started
+        campaign.stop_new.set()
+        for thread in clients:
+            thread.join(args.upload_timeout)
+        exact, corrupt, lost = campaign.verify()
+        tails, open_uploads = campaign.leftovers()
+        elapsed = time.monotonic() - started
+
+        created = [u for u in campaign.uploads if u.url]
+        sent = sum(u.size for u in created)
+        starts = stack.web_starts[1:]
+        print()
+        print(f"duration: {elapsed:.0f} s ({kill_phase:.0f} s of kills)")
+        print(
+            f"kills performed: {campaign.kills} (gunicorn master and workers, SIGKILL; "
+            f"{campaign.kills_with_uploads_active} with uploads in progress; back up in "
+            f"{sum(starts) / max(1, len(starts)):.2f} s on average)"
+        )
+        print(
+            f"uploads: {len(campaign.uploads)} started, {len(created)} created "
+            f"({sent / MIB:.0f} MiB), "
+            f"{sum(u.client == 'tuspy' for u in created)} by tuspy, "
+            f"{sum(u.client == 'raw' for u in created)} raw; "
+            f"{sum(u.resumes for u in created)} resumes"
+        )
+        print(f"uploads verified exact: {len(exact)}")
+        print(f"uploads corrupt: {len(corrupt)}")
+        print(f"uploads lost: {len(lost)}")
+        for upload, why in corrupt:
+            print(f"  CORRUPT #{upload.index} {upload.url} size {upload.size}: {why}")
+        for upload, why in lost:
+            print(f"  LOST #{upload.index} {upload.url} size {upload.size}: {why}")
+        events = ", ".join(f"{k} x{v}" for k, v in sorted(campaign.events.items()))
+        print(f"what the clients met: {events or 'nothing'}")
+        gunicorn_log = root / "gunicorn.log"
+        print(
+            f"server log: {log_lines(gunicorn_log, ' ERROR ')} ERROR lines "
+            f"({log_lines(gunicorn_log, 'tus_tail_missing')} tus_tail_missing), "
+            f"{log_lines(gunicorn_log, 'Traceback')} tracebacks; worker: "
+            f"{log_lines(root / 'worker.log', 'Traceback')} tracebacks"
+        )
+        print(f"left for maintenance: {tails} tail files, {open_uploads} open multipart uploads")
+        code = 1 if corrupt or lost else 0
+    except KeyboardInterrupt:
+        print("interrupted")
+        code = 130
+    except Exception:
+        traceback.print_exc()
+    finally:
+        stack.stop()
+        if args.keep or code not in (0, 130):
+            print(f"data and logs kept in {root}")
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+    return code
+
+
+if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    sys.exit(main())

@@ -194,7 +194,9 @@ class Uploads:
                 expected_sha = hashlib.file_digest(f, "sha256").hexdigest()
         else:
             expected_size, expected_sha = len(data), hashlib.sha256(data).hexdigest()
-        upload_id = self.track(url) if upload_id_of(url) not in self.made else upload_id_of(url)
+        upload_id = upload_id_of(url)
+        if upload_id not in self.made:
+            self.track(url)
         self.wait_completed(upload_id)
 
         response = self.head(url)

@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 import pytest
 import tusclient.request
 from tusclient import client as tus
+from tusclient.uploader import Uploader
 
 from tests.conftest import PART_SIZE, Stack
 from tests.e2e.conftest import (
@@ -50,7 +51,7 @@ CHUNKS = {
 }
 
 
-def tus_uploader(stack: Stack, data: bytes, chunk_size: int | None, **kwargs: object) -> object:
+def tus_uploader(stack: Stack, data: bytes, chunk_size: int | None, **kwargs: Any) -> Uploader:
     """A tuspy Uploader for ``data`` (chunk_size None: at least the size, one PATCH)."""
     chunk = chunk_size if chunk_size is not None else max(len(data), 1)
     return tus.TusClient(stack.files_url).uploader(

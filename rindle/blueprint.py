@@ -239,6 +239,8 @@ def head(upload_id: str) -> Response:
     authorize("head", load(upload_id))
     take_over(upload_id)
     upload = load(upload_id)
+    if upload.state == ASSEMBLING:
+        services().jobs.ensure_completion(upload_id)  # in case the last PATCH lost it
     response = Response(status=200)
     if not upload.is_final or upload.state == COMPLETED:
         response.headers["Upload-Offset"] = str(upload.offset)  # a final one: once assembled
@@ -312,6 +314,8 @@ def patch(upload_id: str) -> Response:
     if request.content_length is not None and offset + request.content_length > limit:
         raise TusError(413, "exceeds_upload_length", "the body goes beyond Upload-Length")
     if upload.length is not None and upload.offset == upload.length:
+        if upload.state == ASSEMBLING:
+            services().jobs.ensure_completion(upload_id)
         return patched(upload)  # nothing left to take (e.g. a retried last PATCH)
 
     result = write_body(upload, offset, checksum, declared_length)

@@ -88,7 +88,10 @@ class Settings:
             max_size=max_size,
             expiration=_int(env, "RINDLE_TUS_EXPIRATION", 24 * 3600),
             queue=env.get("RINDLE_QUEUE") or "rindle",
-            node_id=env.get("RINDLE_NODE_ID") or socket.gethostname(),
+            # The node is whoever holds a tail folder: two processes on one host with
+            # different tmp dirs are two nodes.
+            node_id=env.get("RINDLE_NODE_ID")
+            or f"{socket.gethostname()}:{os.path.abspath(default_tmp_dir(env))}",
             trusted_proxies=_int(env, "RINDLE_TRUSTED_PROXIES", 0),
             lease_seconds=max(5, _int(env, "RINDLE_LEASE_SECONDS", 60)),
             read_chunk=max(64 * 1024, _int(env, "RINDLE_READ_CHUNK", 1 * MIB)),

@@ -4,11 +4,14 @@ by string so that the library never imports the workers."""
 from __future__ import annotations
 
 from rq import Queue, Retry
+from rq.exceptions import NoSuchJobError
+from rq.job import Job, JobStatus
 
 COMPLETE_JOB = "workers.jobs.complete_upload"
 CLEANUP_JOB = "workers.jobs.clean_up_upload"
 # S3 hiccups are short, an outage may not be; the sweeps pick up what still fails.
 RETRY_INTERVALS = [2, 10, 30, 120, 600]
+PENDING = (JobStatus.QUEUED, JobStatus.STARTED, JobStatus.SCHEDULED, JobStatus.DEFERRED)
 
 
 def completion_job_id(upload_id: str) -> str:
@@ -37,6 +40,18 @@ class JobQueue:
     def complete(self, upload_id: str) -> None:
         """Assemble the object of an upload in ``assembling``."""
         self._enqueue(COMPLETE_JOB, upload_id, completion_job_id(upload_id))
+
+    def ensure_completion(self, upload_id: str) -> bool:
+        """Enqueue the completion again if no such job is waiting or running (e.g. the
+        request that finished receiving lost Redis's reply). True when enqueued."""
+        try:
+            job = Job.fetch(completion_job_id(upload_id), connection=self.queue.connection)
+            if job.get_status(refresh=False) in PENDING:
+                return False
+        except NoSuchJobError:
+            pass
+        self.complete(upload_id)
+        return True
 
     def clean_up(self, upload_id: str) -> None:
         """Abort the multipart upload (and delete the object) of an ended upload."""

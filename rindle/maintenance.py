@@ -25,6 +25,7 @@ from rindle.jobqueue import JobQueue
 from rindle.storage import S3Storage, try_remove_idle_tail, upload_id_from_tail
 from rindle.store import (
     ASSEMBLING,
+    ASSEMBLY_CHECK_SECONDS,
     COMPLETED,
     EXPIRED,
     TERMINATED,
@@ -68,9 +69,11 @@ class Maintenance:
         counts: Counter[str] = Counter(expired=0, aborted=0, requeued=0, errors=0)
         for upload_id in self.store.due_for_sweep(now):
             upload = self.store.get(upload_id)
-            if upload is None or upload.expires_at > now:
-                continue  # gone, or active again since it was indexed
+            if upload is None:
+                continue
             if upload.state in WRITABLE:
+                if upload.expires_at > now:
+                    continue  # active again since it was indexed
                 if dry_run:
                     counts["expired"] += 1
                 elif self.store.set_state(upload_id, EXPIRED, WRITABLE, before=now):
@@ -79,10 +82,10 @@ class Maintenance:
                     self.notify(hooks.upload_expired, replace(upload, state=EXPIRED))
             elif upload.state == ASSEMBLING:
                 # The completion job never finished: try again, and look again later.
+                if not dry_run and self.jobs.ensure_completion(upload_id):
+                    counts["requeued"] += 1
                 if not dry_run:
-                    self.jobs.complete(upload_id)
-                    self.store.index_expiry(upload_id, now + self.settings.expiration)
-                counts["requeued"] += 1
+                    self.store.index_expiry(upload_id, now + ASSEMBLY_CHECK_SECONDS)
             elif not dry_run:
                 self.store.unindex(upload_id)
         return dict(counts)

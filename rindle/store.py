@@ -26,6 +26,8 @@ ENDED = (TERMINATED, EXPIRED, FAILED)
 
 # How long keys of a finished upload stay around as a tombstone (410, not 404).
 TOMBSTONE_SECONDS = 7 * 24 * 3600
+# An upload still assembling after this long gets its completion job enqueued again.
+ASSEMBLY_CHECK_SECONDS = 600
 # Sorted set: upload id -> expires_at, for the expiry sweep.
 EXPIRY_INDEX = "rindle:expiry"
 
@@ -203,8 +205,14 @@ class SessionStore:
         token: str,
         expected_offset: int | None,
         apply: Callable[[Pipeline], None],
+        reaches: tuple[str, int] | None = None,
     ) -> None:
-        """Run ``apply`` in MULTI if we still hold the lease and the offset is unchanged."""
+        """Run ``apply`` in MULTI if we still hold the lease and the offset is unchanged.
+
+        ``reaches`` is the (state, offset) the change leads to. Finding it already there,
+        under our own lease, means an earlier try went through though its answer was lost
+        (redis-py retries a watched transaction as a WatchError): done, not fenced.
+        """
         k, lease = upload_key(upload_id), writer_key(upload_id)
         with self.r.pipeline(transaction=True) as pipe:
             while True:
@@ -214,6 +222,9 @@ class SessionStore:
                     state, offset = pipe.hmget(k, "state", "offset")
                     if holder != token:
                         raise Fenced(f"upload {upload_id}: writer lease lost")
+                    if reaches is not None and (state, int(offset)) == reaches:
+                        pipe.reset()
+                        return
                     if state not in WRITABLE:
                         raise Fenced(f"upload {upload_id}: state is {state}")
                     if expected_offset is not None and int(offset) != expected_offset:
@@ -273,6 +284,8 @@ class SessionStore:
     ) -> None:
         """All bytes are in S3: offset = length, state assembling, in one transaction."""
         self._progress(upload_id, token, expected_offset, length, {"state": ASSEMBLING}, last_part)
+        # The sweep looks again soon, in case the completion job never runs.
+        self.index_expiry(upload_id, time.time() + ASSEMBLY_CHECK_SECONDS)
 
     def _progress(
         self,
@@ -296,7 +309,8 @@ class SessionStore:
             pipe.hset(k, mapping={**fields, "offset": new_offset, "expires_at": expires_at})
             pipe.expire(k, self._key_ttl())
 
-        self._fenced(upload_id, token, expected_offset, apply)
+        reaches = (fields["state"], new_offset) if new_offset != expected_offset else None
+        self._fenced(upload_id, token, expected_offset, apply, reaches)
         self.index_expiry(upload_id, expires_at)
 
     def index_expiry(self, upload_id: str, expires_at: float) -> None:

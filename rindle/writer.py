@@ -14,8 +14,9 @@ import contextlib
 import logging
 import secrets
 import socket
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from typing import BinaryIO, TypeVar
 
@@ -24,7 +25,7 @@ from werkzeug.exceptions import HTTPException
 
 from rindle import hooks, protocol
 from rindle.config import MAX_PARTS, Settings
-from rindle.errors import ChecksumMismatch, LeaseHeld, TusError
+from rindle.errors import ChecksumMismatch, LeaseHeld, TailMissing, TusError
 from rindle.release import ActiveWrite, ReleaseWatcher
 from rindle.storage import S3Storage, Tail
 from rindle.store import ASSEMBLING, WRITABLE, SessionStore, Upload
@@ -113,6 +114,10 @@ class Writer:
                 )
             if declared_length is not None:
                 upload = self._declare_length(upload, token, declared_length)
+            if upload.buffered and upload.node != self.settings.node_id:
+                # The buffered bytes are in another node's tail. A file here would be
+                # stale leftovers from an older stretch of the upload: never use it.
+                raise TailMissing(upload_id, upload.buffered, None)
             # A stale request of this node may still hold the file (its lease expired).
             tail = self.wait_for_release(
                 upload_id, lambda: Tail.open(upload_id, upload.buffered, self.settings.tmp_dir)
@@ -230,6 +235,28 @@ class _Patch:
             self.offset = new_offset
         return overflow
 
+    @contextlib.contextmanager
+    def lease_kept(self) -> Iterator[None]:
+        """Keep renewing the lease while an S3 call runs: a big part on a slow link may
+        take longer than the lease. If this process stalls as a whole (a GC pause), the
+        renewals stop too and the lease can still expire: fencing stays intact."""
+        done = threading.Event()
+
+        def renew() -> None:
+            while not done.wait(CHECK_IN_SECONDS):
+                try:
+                    self.w.store.renew(self.upload.id, self.token)
+                except Exception:  # lost or unreachable: the commit will tell
+                    return
+
+        thread = threading.Thread(target=renew, name="rindle-lease", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            done.set()
+            thread.join()
+
     def _ship_spooled_parts(self) -> None:
         """Ship every full part of a spooled (checksum-verified) body, then keep the rest
         at the front of the tail. The last part of a complete upload is _ship_last's."""
@@ -254,7 +281,7 @@ class _Patch:
             # Saved at once, so that an abort can always find it.
             store.save_s3_upload_id(upload.id, self.token, self.s3_upload_id)
         number = self.committed // size + 1
-        with self.tail.slice(start, size) as body:
+        with self.tail.slice(start, size) as body, self.lease_kept():
             etag = self.w.storage.upload_part(upload.key, self.s3_upload_id, number, body, size)
         new_offset = self.committed + size
         store.commit_part(
@@ -274,11 +301,11 @@ class _Patch:
         last_part = None
         if self.s3_upload_id and size:
             number = self.committed // upload.part_size + 1
-            with self.tail.slice(0, size) as body:
+            with self.tail.slice(0, size) as body, self.lease_kept():
                 etag = storage.upload_part(upload.key, self.s3_upload_id, number, body, size)
             last_part = (number, etag, size)
         elif not self.s3_upload_id:
-            with self.tail.slice(0, size) as body:
+            with self.tail.slice(0, size) as body, self.lease_kept():
                 storage.put_object(upload.key, body, size, self.object_headers)
         # (A multipart upload and nothing left: the last full part was the last part.)
         self.w.store.finish_receiving(upload.id, self.token, self.offset, upload.length, last_part)

@@ -36,6 +36,8 @@ from rindle.store import (
     CREATED,
     ENDED,
     RECEIVING,
+    RELEASE_IF_IDLE,
+    RELEASE_NOW,
     TERMINATED,
     WRITABLE,
     Upload,
@@ -237,7 +239,7 @@ def load(upload_id: str) -> Upload:
 @blueprint.route("/<upload_id>", methods=["HEAD"], endpoint="upload")
 def head(upload_id: str) -> Response:
     authorize("head", load(upload_id))
-    take_over(upload_id)
+    take_over(upload_id, RELEASE_IF_IDLE)
     upload = load(upload_id)
     if upload.state == ASSEMBLING:
         services().jobs.ensure_completion(upload_id)  # in case the last PATCH lost it
@@ -259,10 +261,12 @@ def head(upload_id: str) -> Response:
     return with_expiry(tus_headers(response), upload)
 
 
-def take_over(upload_id: str) -> None:
+def take_over(upload_id: str, kind: str) -> None:
     """If a request holds the upload, ask it to save what it has and let go; 423 if it
     does not in time. Typically the client reconnected while its old PATCH still hangs
-    on a dead connection: the answer must report what that request received."""
+    on a dead connection: the answer must report what that request received. A PATCH
+    asks any writer (RELEASE_NOW: one writer at a time); a HEAD only a writer that
+    receives nothing (RELEASE_IF_IDLE), so that polling HEADs never slow a live upload."""
     svc = services()
     if not svc.store.lease_held(upload_id):
         return
@@ -272,7 +276,7 @@ def take_over(upload_id: str) -> None:
             raise LeaseHeld(upload_id)
 
     try:
-        svc.writer.wait_for_release(upload_id, free)
+        svc.writer.wait_for_release(upload_id, free, kind)
     except LeaseHeld:
         raise TusError(
             423, "upload_locked", "another request is writing this upload", {"Retry-After": "1"}
@@ -294,7 +298,7 @@ def patch(upload_id: str) -> Response:
         None if declared is None else protocol.parse_non_negative(declared, "Upload-Length")
     )
     authorize("patch", load(upload_id))
-    take_over(upload_id)
+    take_over(upload_id, RELEASE_NOW)
     upload = load(upload_id)
     if upload.is_final:
         raise TusError(403, "final_upload", "a final upload is assembled from its partials")

@@ -20,10 +20,12 @@ from dataclasses import dataclass, field
 
 import redis
 
-from rindle.store import RELEASE_CHANNEL
+from rindle.store import RELEASE_CHANNEL, RELEASE_NOW
 
 log = logging.getLogger("rindle")
 IDLE_EXIT_SECONDS = 60
+# A writer that received nothing for this long lets go when a HEAD asks.
+IDLE_SECONDS = 1.0
 
 
 @dataclass
@@ -88,7 +90,10 @@ class ReleaseWatcher:
                 while True:
                     message = pubsub.get_message(timeout=1.0)
                     if message is not None:
-                        self._release(message["data"].decode("utf-8", "replace"))
+                        kind, _, upload_id = (
+                            message["data"].decode("utf-8", "replace").partition(" ")
+                        )
+                        self._release(upload_id, kind)
                     self._stop_stalled()
                     if self._active:
                         idle_since = time.monotonic()
@@ -114,10 +119,12 @@ class ReleaseWatcher:
             self._thread = None
             return True
 
-    def _release(self, upload_id: str) -> None:
+    def _release(self, upload_id: str, kind: str) -> None:
         with self._lock:
             write = self._active.get(upload_id)
-        if write is not None:
+        if write is None:
+            return
+        if kind == RELEASE_NOW or time.monotonic() - write.last_read >= IDLE_SECONDS:
             write.stop("release requested")
 
     def _stop_stalled(self) -> None:

@@ -51,6 +51,8 @@ def release_key(upload_id: str) -> str:
 # Pub/sub channel on which a request asks the writer of an upload to let go.
 RELEASE_CHANNEL = "rindle:release"
 RELEASE_REQUEST_MS = 10_000
+RELEASE_NOW = "now"  # any writer lets go (a new PATCH: one writer at a time)
+RELEASE_IF_IDLE = "idle"  # only a writer receiving nothing (a HEAD: not a monitor's)
 
 
 @dataclass(frozen=True)
@@ -169,19 +171,23 @@ class SessionStore:
     def lease_held(self, upload_id: str) -> bool:
         return bool(self.r.exists(writer_key(upload_id)))
 
-    def request_release(self, upload_id: str) -> None:
+    def request_release(self, upload_id: str, kind: str = RELEASE_NOW) -> None:
         """Ask the writer of ``upload_id``, on whatever node, to save what it has and let
-        go: a flag its next check-in sees, and a message for a writer blocked in a read."""
+        go: a flag its next check-in sees, and a message for a writer blocked in a read.
+        RELEASE_NOW asks any writer; RELEASE_IF_IDLE only one that receives nothing."""
         with self.r.pipeline(transaction=False) as pipe:
-            pipe.set(release_key(upload_id), "1", px=RELEASE_REQUEST_MS)
-            pipe.publish(RELEASE_CHANNEL, upload_id)
+            # An idle-only request never weakens a pending unconditional one.
+            pipe.set(
+                release_key(upload_id), kind, px=RELEASE_REQUEST_MS, nx=kind == RELEASE_IF_IDLE
+            )
+            pipe.publish(RELEASE_CHANNEL, f"{kind} {upload_id}")
             pipe.execute()
 
     def renew(self, upload_id: str, token: str) -> bool:
         """Extend our lease (Fenced if it was lost or the upload ended); True when another
-        request asked us to let go."""
+        request asked us to let go even while bytes are flowing."""
         self._fenced(upload_id, token, None, lambda pipe: None)
-        return bool(self.r.exists(release_key(upload_id)))
+        return self.r.get(release_key(upload_id)) == RELEASE_NOW
 
     def release(self, upload_id: str, token: str) -> None:
         """Drop the lease if it is still ours (a lost lease is someone else's now)."""

@@ -28,7 +28,7 @@ from rindle.config import MAX_PARTS, Settings
 from rindle.errors import ChecksumMismatch, LeaseHeld, TailMissing, TusError
 from rindle.release import ActiveWrite, ReleaseWatcher
 from rindle.storage import S3Storage, Tail
-from rindle.store import ASSEMBLING, WRITABLE, SessionStore, Upload
+from rindle.store import ASSEMBLING, RELEASE_NOW, WRITABLE, SessionStore, Upload
 
 log = logging.getLogger("rindle")
 
@@ -64,7 +64,9 @@ class Writer:
         self.watcher = watcher
         self.notify = notify
 
-    def wait_for_release(self, upload_id: str, attempt: Callable[[], T]) -> T:
+    def wait_for_release(
+        self, upload_id: str, attempt: Callable[[], T], kind: str = RELEASE_NOW
+    ) -> T:
         """Run ``attempt`` (which raises LeaseHeld while someone else writes the upload);
         meanwhile ask that writer to let go. LeaseHeld after RINDLE_RELEASE_WAIT seconds."""
         deadline = time.monotonic() + self.settings.release_wait
@@ -77,7 +79,7 @@ class Writer:
                 if now >= deadline:
                     raise
                 if now - asked_at >= 1.0:  # again each second, in case a message was missed
-                    self.store.request_release(upload_id)
+                    self.store.request_release(upload_id, kind)
                     asked_at = now
                 time.sleep(0.05)
 

@@ -73,3 +73,35 @@ def test_a_new_request_makes_a_stalled_writer_save_and_let_go(
     )
     assert r.status_code == 204
     uploads.assert_stored(url, data)
+
+
+def test_polling_heads_do_not_interrupt_a_live_upload(module_stack, uploads: Uploads):
+    """A progress monitor polling HEAD must not split a PATCH whose bytes keep coming."""
+    import threading
+
+    data = payload(20 * 1024 * 1024, seed=12)
+    r = requests.post(
+        module_stack.files_url, headers={**TUS, "Upload-Length": str(len(data))}, timeout=10
+    )
+    url = r.headers["Location"]
+    uploads.track(url)
+    sock = stalled_patch(url, data, 0)  # the headers only, so far
+
+    def steady_client() -> None:
+        for start in range(0, len(data), 256 * 1024):
+            sock.sendall(data[start : start + 256 * 1024])
+            time.sleep(0.02)  # a steady client, never idle for long
+
+    sender = threading.Thread(target=steady_client)
+    sender.start()
+    heads = []
+    while sender.is_alive():
+        heads.append(requests.head(url, headers=TUS, timeout=30).status_code)
+        time.sleep(0.2)
+    sender.join()
+    answer = sock.recv(65536).decode("latin-1")
+    sock.close()
+    assert answer.startswith("HTTP/1.1 204"), answer
+    assert f"Upload-Offset: {len(data)}" in answer, "one PATCH took it all"
+    assert set(heads) <= {200, 423}
+    uploads.assert_stored(url, data)

@@ -579,7 +579,18 @@ def web_command(port: int, *, workers: int = 2, threads: int = 8) -> list[str]:
 
 def worker_command(redis_url: str, queue: str = "rindle") -> list[str]:
     """The rq worker command line (run it from the repo root, so ``workers.jobs`` imports)."""
-    return [sys.executable, "-m", "rq.cli", "worker", "--with-scheduler", "--url", redis_url, queue]
+    return [
+        sys.executable,
+        "-m",
+        "rq.cli",
+        "worker",
+        "--with-scheduler",
+        "--worker-class",
+        "workers.worker.RindleWorker",
+        "--url",
+        redis_url,
+        queue,
+    ]
 
 
 def clock_command(redis_url: str) -> list[str]:

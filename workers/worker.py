@@ -1,0 +1,22 @@
+"""The RQ worker class for rindle: ``rq worker --worker-class workers.worker.RindleWorker``.
+
+RQ forks a work horse per job. Importing boto3 and building the app's clients takes most
+of a second, which each fork would otherwise pay again; this worker does it once, before
+it forks. Nothing is connected yet at that point (redis-py reconnects after a fork, and the
+S3 client opens its connections lazily), so the children share no sockets.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rq.worker import Worker
+
+from workers.jobs import worker_app
+
+
+class RindleWorker(Worker):
+    def work(self, *args: Any, **kwargs: Any) -> bool:
+        services = worker_app().extensions["rindle"]
+        _ = services.store, services.storage, services.jobs, services.maintenance
+        return super().work(*args, **kwargs)

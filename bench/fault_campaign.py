@@ -417,7 +417,17 @@ class Campaign:
                 lost.append((upload, f"the client gave up: {upload.error}"))
                 continue
             if state != "completed":
-                lost.append((upload, f"state {state!r}, not completed"))
+                why = f"state {state!r}, not completed"
+                if state == "assembling" and not client.exists(
+                    f"rq:job:rindle-complete-{upload.upload_id}"
+                ):
+                    offset = client.hget(key, "offset")
+                    why += (
+                        f" (offset {offset} = length, every part in Redis, but no completion"
+                        " job was ever enqueued: the web process died between the final"
+                        " commit and the enqueue)"
+                    )
+                lost.append((upload, why))
                 continue
             try:
                 body = s3.get_object(Bucket="campaign", Key=PREFIX + upload.upload_id)["Body"]
@@ -435,13 +445,24 @@ class Campaign:
         client.close()
         return exact, corrupt, lost
 
-    def leftovers(self) -> tuple[int, int]:
+    def leftovers(self) -> tuple[int, int, int]:
+        """Tail files on disk; open multipart uploads that an upload references (one that
+        never completed) and orphans (created, then the process died before their id
+        was saved: the orphan sweep aborts them after RINDLE_ORPHAN_GRACE)."""
         tails = len(list((self.stack.tmp_dir / "tus").glob("*.tail")))
+        client = redis.Redis.from_url(self.stack.redis.url, decode_responses=True)
         s3 = self.stack.s3_client()
-        open_uploads = 0
+        referenced = orphans = 0
         for page in s3.get_paginator("list_multipart_uploads").paginate(Bucket="campaign"):
-            open_uploads += len(page.get("Uploads", []))
-        return tails, open_uploads
+            for item in page.get("Uploads", []):
+                upload_id = item["Key"][len(PREFIX) :]
+                saved = client.hget(f"rindle:upload:{{{upload_id}}}", "upload_id")
+                if saved == item["UploadId"]:
+                    referenced += 1
+                else:
+                    orphans += 1
+        client.close()
+        return tails, referenced, orphans
 
 
 def log_lines(path: Path, needle: str) -> int:
@@ -492,7 +513,7 @@ def main(argv: list[str] | None = None) -> int:
         for thread in clients:
             thread.join(args.upload_timeout)
         exact, corrupt, lost = campaign.verify()
-        tails, open_uploads = campaign.leftovers()
+        tails, referenced, orphans = campaign.leftovers()
         elapsed = time.monotonic() - started
 
         created = [u for u in campaign.uploads if u.url]
@@ -528,7 +549,10 @@ def main(argv: list[str] | None = None) -> int:
             f"{log_lines(gunicorn_log, 'Traceback')} tracebacks; worker: "
             f"{log_lines(root / 'worker.log', 'Traceback')} tracebacks"
         )
-        print(f"left for maintenance: {tails} tail files, {open_uploads} open multipart uploads")
+        print(
+            f"left behind: {tails} tail files; open multipart uploads: {referenced} of "
+            f"uploads that never completed, {orphans} orphans (for the orphan sweep)"
+        )
         code = 1 if corrupt or lost else 0
     except KeyboardInterrupt:
         print("interrupted")

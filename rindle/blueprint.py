@@ -317,7 +317,7 @@ def patch(upload_id: str) -> Response:
     limit = length if length is not None else services().writer.deferred_limit(upload)
     if request.content_length is not None and offset + request.content_length > limit:
         raise TusError(413, "exceeds_upload_length", "the body goes beyond Upload-Length")
-    if upload.length is not None and upload.offset == upload.length:
+    if upload.state not in WRITABLE and upload.offset == upload.length:
         if upload.state == ASSEMBLING:
             services().jobs.ensure_completion(upload_id)
         return patched(upload)  # nothing left to take (e.g. a retried last PATCH)

@@ -32,6 +32,10 @@ ASSEMBLY_CHECK_SECONDS = 600
 EXPIRY_INDEX = "rindle:expiry"
 
 
+def _declared(length: int | None) -> dict[str, int]:
+    return {} if length is None else {"length": length}
+
+
 def upload_key(upload_id: str) -> str:
     return f"rindle:upload:{{{upload_id}}}"
 
@@ -243,12 +247,6 @@ class SessionStore:
                 except redis.WatchError:
                     continue  # re-check: either it still holds, or Fenced
 
-    def set_length(self, upload_id: str, token: str, length: int) -> None:
-        """Declare the length of a deferred-length upload (once)."""
-        self._fenced(
-            upload_id, token, None, lambda pipe: pipe.hset(upload_key(upload_id), "length", length)
-        )
-
     def save_s3_upload_id(self, upload_id: str, token: str, s3_upload_id: str) -> None:
         self._fenced(
             upload_id,
@@ -265,20 +263,26 @@ class SessionStore:
         new_offset: int,
         part: tuple[int, str, int],
         node: str,
+        length: int | None = None,
     ) -> None:
         """Record an uploaded (number, etag, size) part; the offset moves to the part's
-        end, ``new_offset`` (the committed bytes, as the tail is now empty)."""
-        self._progress(
-            upload_id, token, expected_offset, new_offset, {"state": RECEIVING, "node": node}, part
-        )
+        end, ``new_offset`` (the committed bytes, as the tail is now empty). ``length``:
+        a deferred length this request declared, saved with its first commit."""
+        fields = {"state": RECEIVING, "node": node, **_declared(length)}
+        self._progress(upload_id, token, expected_offset, new_offset, fields, part)
 
     def commit_offset(
-        self, upload_id: str, token: str, expected_offset: int, new_offset: int, node: str
+        self,
+        upload_id: str,
+        token: str,
+        expected_offset: int,
+        new_offset: int,
+        node: str,
+        length: int | None = None,
     ) -> None:
-        """Acknowledge bytes now held (synced) in this node's tail."""
-        self._progress(
-            upload_id, token, expected_offset, new_offset, {"state": RECEIVING, "node": node}
-        )
+        """Acknowledge bytes now held (synced) in ``node``'s tail (and a declared length)."""
+        fields = {"state": RECEIVING, "node": node, **_declared(length)}
+        self._progress(upload_id, token, expected_offset, new_offset, fields)
 
     def finish_receiving(
         self,
@@ -289,7 +293,8 @@ class SessionStore:
         last_part: tuple[int, str, int] | None,
     ) -> None:
         """All bytes are in S3: offset = length, state assembling, in one transaction."""
-        self._progress(upload_id, token, expected_offset, length, {"state": ASSEMBLING}, last_part)
+        fields = {"state": ASSEMBLING, "length": length}
+        self._progress(upload_id, token, expected_offset, length, fields, last_part)
         # The sweep looks again soon, in case the completion job never runs.
         self.index_expiry(upload_id, time.time() + ASSEMBLY_CHECK_SECONDS)
 
@@ -299,7 +304,7 @@ class SessionStore:
         token: str,
         expected_offset: int,
         new_offset: int,
-        fields: dict[str, str],
+        fields: dict[str, str | int],
         part: tuple[int, str, int] | None = None,
     ) -> None:
         """One fenced step forward; activity pushes the upload's expiry back."""

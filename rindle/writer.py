@@ -17,6 +17,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import BinaryIO, TypeVar
 
@@ -63,6 +64,8 @@ class Writer:
         self.enqueue_completion = enqueue_completion
         self.watcher = watcher
         self.notify = notify
+        # Part uploads that overlap with receiving the next part: one per PATCH at most.
+        self.part_uploads = ThreadPoolExecutor(max_workers=64, thread_name_prefix="rindle-part")
 
     def wait_for_release(
         self, upload_id: str, attempt: Callable[[], T], kind: str = RELEASE_NOW
@@ -114,8 +117,9 @@ class Writer:
                     "Upload-Offset does not match",
                     {"Upload-Offset": str(upload.offset)},
                 )
+            declared = None
             if declared_length is not None:
-                upload = self._declare_length(upload, token, declared_length)
+                declared = self._check_declared_length(upload, declared_length)
             if upload.buffered and upload.node != self.settings.node_id:
                 # The buffered bytes are in another node's tail. A file here would be
                 # stale leftovers from an older stretch of the upload: never use it.
@@ -126,7 +130,8 @@ class Writer:
             )
             try:
                 with self.watcher.watching(upload_id, sock) as active:
-                    overflow = _Patch(self, upload, token, tail, active).run(body, checksum)
+                    patch = _Patch(self, upload, token, tail, active, declared)
+                    overflow = patch.run(body, checksum)
             finally:
                 tail.close()
             after = self.store.get(upload_id)
@@ -143,41 +148,57 @@ class Writer:
         """The most a deferred-length upload can hold: its part size fixes its ceiling."""
         return min(self.settings.max_size, upload.part_size * MAX_PARTS)
 
-    def _declare_length(self, upload: Upload, token: str, length: int) -> Upload:
+    def _check_declared_length(self, upload: Upload, length: int) -> int | None:
+        """The length this PATCH declares for a deferred-length upload (None if it was
+        already known). It is saved with the PATCH's commits, so a PATCH that keeps
+        nothing (a checksum mismatch, an S3 failure) leaves no length behind either."""
         if upload.length is not None:
             if length != upload.length:
                 raise TusError(400, "length_already_set", "Upload-Length cannot change")
-            return upload
+            return None
         if length < upload.offset:
             raise TusError(400, "invalid_length", "Upload-Length is smaller than Upload-Offset")
         if length > self.deferred_limit(upload):
             raise TusError(413, "upload_too_large", f"at most {self.deferred_limit(upload)}")
-        self.store.set_length(upload.id, token, length)
-        return replace(upload, length=length)
+        return length
 
 
 class _Patch:
-    """One PATCH request holding the lease and the tail of one upload."""
+    """One PATCH request holding the lease and the tail of one upload.
+
+    The request thread reads the body into the tail. A full part at the front of the
+    tail is uploaded, committed and dropped by a background thread while the next part
+    arrives; ``lock`` keeps the tail and the committed state consistent between the two.
+    """
 
     def __init__(
-        self, writer: Writer, upload: Upload, token: str, tail: Tail, active: ActiveWrite
+        self,
+        writer: Writer,
+        upload: Upload,
+        token: str,
+        tail: Tail,
+        active: ActiveWrite,
+        declared: int | None,
     ) -> None:
         self.w = writer
-        self.upload = upload
+        self.upload = upload if declared is None else replace(upload, length=declared)
+        self.declared = declared  # a deferred length this PATCH declares, not yet saved
         self.token = token
         self.tail = tail
         self.active = active
         self.offset = upload.offset  # as committed in Redis
         self.committed = upload.committed  # bytes in committed parts
         self.s3_upload_id = upload.s3_upload_id
+        self.lock = threading.Lock()
+        self.inflight: Future[None] | None = None  # the part shipped meanwhile
         self.object_headers = protocol.object_headers(protocol.parse_metadata(upload.metadata))
 
     def run(self, body: BinaryIO, checksum: protocol.Checksum | None) -> bool:
         """Stream the body; True when the client sent bytes beyond Upload-Length.
 
-        Without a checksum, each part is shipped as soon as the tail fills it. With one,
-        the whole body is spooled to the tail first and checked, then shipped: a body
-        that does not match leaves no trace.
+        Without a checksum, full parts are shipped while the body keeps arriving (at
+        most two parts on disk). With one, the whole body is spooled to the tail first
+        and checked, then shipped: a body that does not match leaves no trace.
         """
         upload, tail, part_size = self.upload, self.tail, self.upload.part_size
         limit = upload.length if upload.length is not None else self.w.deferred_limit(upload)
@@ -186,56 +207,142 @@ class _Patch:
         received = 0
         check_in_at = time.monotonic() + CHECK_IN_SECONDS
         ended_early = False
-        while received < room:
-            want = min(self.w.settings.read_chunk, room - received)
-            if hasher is None:
-                want = min(want, part_size - tail.size)
-            try:
-                data = body.read(want)
-            except READ_ERRORS as exc:
-                reason = self.active.stop_reason or exc
-                log.info("upload %s: body ended early (%s)", upload.id, reason)
-                ended_early = True
-                break
-            if not data:
-                break
-            self.active.touch()
-            tail.write(data)
-            received += len(data)
-            if hasher is not None:
-                hasher.update(data)
-            elif tail.size == part_size and received < room:
-                self._ship_part(0)
-                tail.clear()
-            if time.monotonic() >= check_in_at:
-                # Renews the lease; Fenced when it was lost or the upload ended (DELETE).
-                if self.w.store.renew(upload.id, self.token):
-                    log.info("upload %s: letting go on request", upload.id)
+        try:
+            while received < room:
+                want = min(self.w.settings.read_chunk, room - received)
+                if hasher is None:
+                    if tail.size >= 2 * part_size:
+                        self._wait_inflight()  # S3 is slower than the client
+                    want = min(want, 2 * part_size - tail.size)
+                try:
+                    data = body.read(want)
+                except READ_ERRORS as exc:
+                    reason = self.active.stop_reason or exc
+                    log.info("upload %s: body ended early (%s)", upload.id, reason)
                     ended_early = True
                     break
-                check_in_at = time.monotonic() + CHECK_IN_SECONDS
+                if not data:
+                    break
+                self.active.touch()
+                with self.lock:
+                    tail.write(data)
+                received += len(data)
+                if hasher is not None:
+                    hasher.update(data)
+                elif self._full_part_waiting():
+                    self._ship_front_part_meanwhile()
+                if time.monotonic() >= check_in_at:
+                    # Renews the lease; Fenced when it was lost or the upload ended.
+                    if self.w.store.renew(upload.id, self.token):
+                        log.info("upload %s: letting go on request", upload.id)
+                        ended_early = True
+                        break
+                    check_in_at = time.monotonic() + CHECK_IN_SECONDS
+            self._wait_inflight()
+        finally:
+            self._let_inflight_end()
 
         overflow = False
         if received == room and not ended_early:
             with contextlib.suppress(READ_ERRORS):
                 overflow = bool(body.read(1))
-        if hasher is not None and checksum is not None:
-            if ended_early or hasher.digest() != checksum.digest:
-                tail.truncate(self.offset - self.committed)  # as it was before this PATCH
-                if ended_early:
-                    return False  # an incomplete body cannot match: nothing kept
-                raise ChecksumMismatch(upload.id)
-            self._ship_spooled_parts()
+        if (
+            hasher is not None
+            and checksum is not None
+            and (ended_early or hasher.digest() != checksum.digest)
+        ):
+            tail.truncate(self.offset - self.committed)  # as it was before this PATCH
+            if ended_early:
+                return False  # an incomplete body cannot match: nothing kept
+            raise ChecksumMismatch(upload.id)
+        while self._full_part_waiting():  # a spooled body, or an early end
+            self._ship_front_part()
         if upload.length is not None and self.committed + tail.size == upload.length:
             self._ship_last()
-        elif self.committed + tail.size != self.offset:
+        elif self.committed + tail.size != self.offset or self.declared is not None:
             tail.sync()  # the bytes must be on disk before Redis acknowledges them
             new_offset = self.committed + tail.size
             self.w.store.commit_offset(
-                upload.id, self.token, self.offset, new_offset, self.w.settings.node_id
+                upload.id,
+                self.token,
+                self.offset,
+                new_offset,
+                self.w.settings.node_id,
+                self.declared,
             )
-            self.offset = new_offset
+            self.offset, self.declared = new_offset, None
         return overflow
+
+    def _full_part_waiting(self) -> bool:
+        """Nothing in flight, and a full part at the front of the tail that is not the
+        upload's last part (the last part is _ship_last's)."""
+        part_size, length = self.upload.part_size, self.upload.length
+        if self.inflight is not None and self.inflight.done():
+            self._wait_inflight()  # its outcome: raises what the part upload raised
+        if self.inflight is not None or self.tail.size < part_size:
+            return False
+        return length is None or self.committed + part_size < length
+
+    def _ship_front_part_meanwhile(self) -> None:
+        self._ensure_multipart()
+
+        def ship() -> None:
+            try:
+                self._ship_front_part()
+            except BaseException:
+                # The request thread may be waiting for a client that sends nothing:
+                # end its read, so that the client hears of the failure now.
+                self.active.stop("part upload failed")
+                raise
+
+        self.inflight = self.w.part_uploads.submit(ship)
+
+    def _wait_inflight(self) -> None:
+        if self.inflight is not None:
+            inflight, self.inflight = self.inflight, None
+            inflight.result()  # S3's or Redis's error, if any: nothing more committed
+
+    def _let_inflight_end(self) -> None:
+        """On the way out by an error: a part in flight reads the tail, and a late
+        UploadPart must not follow a newer writer's: let it end first."""
+        if self.inflight is not None:
+            with contextlib.suppress(Exception):
+                self.inflight.result()
+            self.inflight = None
+
+    def _ensure_multipart(self) -> None:
+        if not self.s3_upload_id:
+            self.s3_upload_id = self.w.storage.create_multipart(
+                self.upload.key, self.object_headers
+            )
+            # Saved at once, so that an abort can always find it.
+            self.w.store.save_s3_upload_id(self.upload.id, self.token, self.s3_upload_id)
+
+    def _ship_front_part(self) -> None:
+        """Upload the full part at the front of the tail, commit it, then drop it from
+        the tail. A crash before the drop is safe: Redis then says nothing is buffered,
+        so the next request cuts the file back to empty and the client resends the rest."""
+        self._ensure_multipart()
+        size = self.upload.part_size
+        number = self.committed // size + 1
+        with self.tail.slice(0, size) as body, self.lease_kept():
+            etag = self.w.storage.upload_part(
+                self.upload.key, self.s3_upload_id, number, body, size
+            )
+        with self.lock:
+            new_offset = self.committed + size
+            self.w.store.commit_part(
+                self.upload.id,
+                self.token,
+                self.offset,
+                new_offset,
+                (number, etag, size),
+                self.w.settings.node_id,
+                self.declared,
+            )
+            self.committed = self.offset = new_offset
+            self.declared = None
+            self.tail.drop_front(size)
 
     @contextlib.contextmanager
     def lease_kept(self) -> Iterator[None]:
@@ -258,43 +365,6 @@ class _Patch:
         finally:
             done.set()
             thread.join()
-
-    def _ship_spooled_parts(self) -> None:
-        """Ship every full part of a spooled (checksum-verified) body, then keep the rest
-        at the front of the tail. The last part of a complete upload is _ship_last's."""
-        part_size, upload = self.upload.part_size, self.upload
-        start = 0
-        while self.tail.size - start > part_size or (
-            self.tail.size - start == part_size and self.committed + part_size != upload.length
-        ):
-            self._ship_part(start)
-            start += part_size
-        if start:
-            # A crash meanwhile is safe: Redis says nothing is buffered, so the next
-            # request cuts this file back to empty and the client resends the rest.
-            self.tail.drop_front(start)
-
-    def _ship_part(self, start: int) -> None:
-        """Upload one part from the tail (at ``start``) and commit it; the caller then
-        drops it from the tail."""
-        upload, store, size = self.upload, self.w.store, self.upload.part_size
-        if not self.s3_upload_id:
-            self.s3_upload_id = self.w.storage.create_multipart(upload.key, self.object_headers)
-            # Saved at once, so that an abort can always find it.
-            store.save_s3_upload_id(upload.id, self.token, self.s3_upload_id)
-        number = self.committed // size + 1
-        with self.tail.slice(start, size) as body, self.lease_kept():
-            etag = self.w.storage.upload_part(upload.key, self.s3_upload_id, number, body, size)
-        new_offset = self.committed + size
-        store.commit_part(
-            upload.id,
-            self.token,
-            self.offset,
-            new_offset,
-            (number, etag, size),
-            self.w.settings.node_id,
-        )
-        self.committed = self.offset = new_offset
 
     def _ship_last(self) -> None:
         """Ship the remaining bytes, then move to assembling and enqueue completion."""

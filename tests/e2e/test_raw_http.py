@@ -57,7 +57,7 @@ def test_wrong_offset_is_refused_before_the_body_is_sent(module_stack, uploads: 
             "Content-Type: application/offset+octet-stream\r\nUpload-Offset: 5\r\n"
             f"Content-Length: {100 * 1024 * 1024}\r\n\r\n".encode()
         )
-        status, headers, body = read_response(sock)  # not one body byte was sent
+        status, _headers, body = read_response(sock)  # not one body byte was sent
     assert status == 409
     assert b"offset_mismatch" in body
     assert uploads.offset(url) == 0

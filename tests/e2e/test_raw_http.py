@@ -92,7 +92,8 @@ def test_client_gone_mid_body_keeps_what_arrived(module_stack, uploads: Uploads)
     sock.sendall(
         f"PATCH {path} HTTP/1.1\r\nHost: x\r\nTus-Resumable: 1.0.0\r\n"
         "Content-Type: application/offset+octet-stream\r\nUpload-Offset: 0\r\n"
-        f"Content-Length: {len(data)}\r\n\r\n".encode() + data[:sent]
+        f"Content-Length: {len(data)}\r\n\r\n".encode()
+        + data[:sent]
     )
     sock.shutdown(socket.SHUT_WR)
     sock.close()
@@ -103,8 +104,11 @@ def test_client_gone_mid_body_keeps_what_arrived(module_stack, uploads: Uploads)
     r = requests.patch(
         url,
         data=data[sent:],
-        headers={**TUS, "Upload-Offset": str(sent),
-                 "Content-Type": "application/offset+octet-stream"},
+        headers={
+            **TUS,
+            "Upload-Offset": str(sent),
+            "Content-Type": "application/offset+octet-stream",
+        },
         timeout=30,
     )
     assert r.status_code == 204

@@ -445,12 +445,20 @@ class Campaign:
         client.close()
         return exact, corrupt, lost
 
-    def leftovers(self) -> tuple[int, int, int]:
-        """Tail files on disk; open multipart uploads that an upload references (one that
-        never completed) and orphans (created, then the process died before their id
-        was saved: the orphan sweep aborts them after RINDLE_ORPHAN_GRACE)."""
-        tails = len(list((self.stack.tmp_dir / "tus").glob("*.tail")))
+    def leftovers(self) -> tuple[Counter[str], int, int]:
+        """Tail files on disk (by the state of their upload: a kill after the last bytes
+        were shipped leaves one for the tail reaper); open multipart uploads that an
+        upload references (one that never completed) and orphans (created, then the
+        process died before their id was saved: the orphan sweep aborts them after
+        RINDLE_ORPHAN_GRACE)."""
+        from rindle.storage import upload_id_from_tail
+
         client = redis.Redis.from_url(self.stack.redis.url, decode_responses=True)
+        tails: Counter[str] = Counter()
+        for path in (self.stack.tmp_dir / "tus").glob("*.tail"):
+            upload_id = upload_id_from_tail(str(path), str(self.stack.tmp_dir))
+            state = upload_id and client.hget(f"rindle:upload:{{{upload_id}}}", "state")
+            tails[state or "unknown"] += 1
         s3 = self.stack.s3_client()
         referenced = orphans = 0
         for page in s3.get_paginator("list_multipart_uploads").paginate(Bucket="campaign"):
@@ -549,9 +557,11 @@ def main(argv: list[str] | None = None) -> int:
             f"{log_lines(gunicorn_log, 'Traceback')} tracebacks; worker: "
             f"{log_lines(root / 'worker.log', 'Traceback')} tracebacks"
         )
+        kinds = ", ".join(f"{n} of {state} uploads" for state, n in sorted(tails.items()))
         print(
-            f"left behind: {tails} tail files; open multipart uploads: {referenced} of "
-            f"uploads that never completed, {orphans} orphans (for the orphan sweep)"
+            f"left behind: {sum(tails.values())} tail files{f' ({kinds})' if kinds else ''};"
+            f" open multipart uploads: {referenced} of uploads that never completed,"
+            f" {orphans} orphans (for the orphan sweep)"
         )
         code = 1 if corrupt or lost else 0
     except KeyboardInterrupt:

@@ -8,6 +8,7 @@ recovery loop, a stack with its own settings and an S3 proxy) serve test_faults_
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import hashlib
 import io
@@ -84,14 +85,22 @@ class RawPatch:
     """A PATCH over a raw socket: the test sends the body piece by piece, stops when it
     likes, and reads the answer whenever there is one."""
 
-    def __init__(self, url: str, offset: int, content_length: int, timeout: float = 60) -> None:
+    def __init__(
+        self,
+        url: str,
+        offset: int,
+        content_length: int,
+        timeout: float = 60,
+        checksum: str | None = None,
+    ) -> None:
         parts = urlsplit(url)
         self.sock = socket.create_connection((parts.hostname, parts.port), timeout=timeout)
         self.sent = 0
+        extra = f"Upload-Checksum: {checksum}\r\n" if checksum else ""
         self.sock.sendall(
             f"PATCH {parts.path} HTTP/1.1\r\nHost: {parts.netloc}\r\nTus-Resumable: 1.0.0\r\n"
             "Content-Type: application/offset+octet-stream\r\n"
-            f"Upload-Offset: {offset}\r\nContent-Length: {content_length}\r\n\r\n".encode()
+            f"Upload-Offset: {offset}\r\nContent-Length: {content_length}\r\n{extra}\r\n".encode()
         )
 
     def send(self, data: bytes) -> None:
@@ -219,28 +228,33 @@ def tus_resume(
     chunk: int | None = None,
     timeout: float = 90,
     pace: tuple[int, float] | None = None,
+    start: int | None = None,
 ) -> list[int | str]:
     """The tus recovery loop of a careful client: HEAD, PATCH from the offset the server
     has; on 409, 423, 5xx or a dropped connection, HEAD again. Returns what it met: HTTP
     statuses, "204<" for a PATCH that kept only part of its body (its writer was asked
     to let go), exception names for dropped connections.
-    ``pace`` = (piece, pause) sends each body as a trickle (see ``paced``)."""
+    ``pace`` = (piece, pause) sends each body as a trickle (see ``paced``); ``start``: the
+    offset the client believes in, PATCHed first without asking (as right after POST)."""
     seen: list[int | str] = []
     deadline = time.monotonic() + timeout
     while True:
         assert time.monotonic() < deadline, f"no end to the resume of {url}: {seen}"
-        try:
-            r = requests.head(url, headers=TUS, timeout=10)
-        except requests.ConnectionError as exc:
-            seen.append(type(exc).__name__)
-            time.sleep(0.2)
-            continue
-        if r.status_code != 200:
-            seen.append(r.status_code)
-            assert r.status_code in (423, 503), r.status_code
-            time.sleep(0.2)
-            continue
-        offset = int(r.headers["Upload-Offset"])
+        if start is not None:
+            offset, start = start, None
+        else:
+            try:
+                r = requests.head(url, headers=TUS, timeout=10)
+            except requests.ConnectionError as exc:
+                seen.append(type(exc).__name__)
+                time.sleep(0.2)
+                continue
+            if r.status_code != 200:
+                seen.append(r.status_code)
+                assert r.status_code in (423, 503), r.status_code
+                time.sleep(0.2)
+                continue
+            offset = int(r.headers["Upload-Offset"])
         if offset == len(data):
             return seen
         end = len(data) if chunk is None else min(len(data), offset + chunk)
@@ -598,7 +612,8 @@ def test_two_clients_on_one_upload_never_write_at_the_same_time(crashed: Uploads
         try:
             # Slow bodies (about 25 MB/s), so that the two clients' PATCHes overlap.
             pace = (256 * 1024, 0.01)
-            results[name] = tus_resume(url, data, chunk=chunk, timeout=120, pace=pace)
+            # Both start as if they had just created the upload: a PATCH at offset 0.
+            results[name] = tus_resume(url, data, chunk=chunk, timeout=120, pace=pace, start=0)
         except BaseException as exc:
             results[name] = exc
 
@@ -624,4 +639,41 @@ def test_two_clients_on_one_upload_never_write_at_the_same_time(crashed: Uploads
     assert all(s in (204, 409, 423) or isinstance(s, str) for s in seen), seen
     assert any(s != 204 for s in seen), f"the clients never met: {results}"
     assert offsets == sorted(offsets), "the offset went backwards"
+    crashed.assert_stored(url, data)
+
+
+def test_kill_while_a_checksummed_body_is_shipped_part_by_part(
+    crashed: Uploads, s3_proxy: FaultProxy
+):
+    """With Upload-Checksum the body is spooled whole to the tail, checked, then shipped
+    part by part. Killed after part 1 was committed, with part 2's UploadPart lost at the
+    proxy: Redis says part 1 and nothing buffered, the tail still holds the whole spooled
+    body (cut back on resume); the client resends from the end of part 1, exact."""
+    stack = crashed.stack
+    data = payload(3 * P + 5, seed=105)
+    url = create(stack, len(data))
+    upload_id = crashed.track(url)
+    body = data[: 3 * P]
+    digest = base64.b64encode(hashlib.sha1(body).digest()).decode()
+    s3_proxy.blackhole_once(b"&partNumber=2 ")
+    patch = RawPatch(url, 0, len(body), checksum=f"sha1 {digest}")
+    patch.send(body)
+    s3_proxy.wait(lambda p: p.triggered.is_set(), 30, "for part 2 on its way to S3")
+    poll(lambda: committed_at_least(stack, upload_id, P, 0), 30, "for part 1 to be committed")
+    kill_web(stack, patch)
+    s3_proxy.heal()
+
+    after = assert_consistent(stack, upload_id, data)
+    assert (after["offset"], after["committed"], after["parts"]) == (P, P, 1)
+    assert after["tail"] > 0  # spooled bytes, never acknowledged as a tail: cut back
+    assert head_offset(url) == P
+    rest = data[P:]
+    digest = base64.b64encode(hashlib.sha1(rest).digest()).decode()
+    r = requests.patch(
+        url,
+        data=rest,
+        headers={**PATCH, "Upload-Offset": str(P), "Upload-Checksum": f"sha1 {digest}"},
+        timeout=60,
+    )
+    assert r.status_code == 204, r.text
     crashed.assert_stored(url, data)

@@ -16,6 +16,7 @@ import requests
 
 from devstack.services import REPO_ROOT, RedisServer, SeaweedS3
 from rindle.jobqueue import completion_job_id
+from rindle.store import EXPIRY_INDEX
 from tests.conftest import _STACKS, Stack
 from tests.e2e.conftest import MIB, TUS, Uploads, payload, poll
 from tests.e2e.test_faults import (
@@ -239,16 +240,19 @@ def test_an_unanswered_lease_claim_locks_the_upload_until_the_lease_expires(
     uploads.assert_stored(url, data)
 
 
+@pytest.mark.parametrize("repair", ["head", "sweep"])
 def test_a_crash_between_the_final_commit_and_the_completion_job_still_completes(
-    uploads: Uploads, redis_proxy: FaultProxy
+    uploads: Uploads, redis_proxy: FaultProxy, repair: str
 ):
     """The PATCH that ends an upload commits it (offset = length, state assembling) and
     then enqueues the completion job; the web process dies in between (the enqueue is
     held at the proxy, then gunicorn is SIGKILLed). Every client now sees a finished
     upload (HEAD: offset = length), so nobody will send it again: something must still
-    make the object. Not even the maintenance sweep (``flask rindle sweep``, what the
-    clock process runs) does: it re-enqueues an assembling upload only once its
-    Upload-Expires has passed (RINDLE_TUS_EXPIRATION, 24 h by default)."""
+    make the object. Either the HEAD of the resuming client, or the maintenance sweep
+    (``flask rindle sweep``, what the clock process runs) once the upload has been
+    assembling for a while (10 minutes; the test moves the upload's check time to now),
+    enqueues the job again. (Before the fix, the sweep did so only after Upload-Expires,
+    24 h later, and nothing else did.)"""
     stack = uploads.stack
     data = payload(P + MIB, seed=506)
     url = create(stack, len(data))
@@ -262,7 +266,10 @@ def test_a_crash_between_the_final_commit_and_the_completion_job_still_completes
     patch.close()
     redis_proxy.heal()
 
-    assert head_offset(url) == len(data)
+    if repair == "head":
+        assert head_offset(url) == len(data)
+    else:
+        stack.redis.zadd(EXPIRY_INDEX, {upload_id: time.time() - 1})  # the check is due
     sweep = subprocess.run(
         ["flask", "rindle", "sweep"],
         cwd=REPO_ROOT,
@@ -282,4 +289,5 @@ def test_a_crash_between_the_final_commit_and_the_completion_job_still_completes
             f"sweep said: {sweep.stdout.strip()}",
             pytrace=False,
         )
+    assert head_offset(url) == len(data)  # 423 while the dead writer's lease lives on
     uploads.assert_stored(url, data)

@@ -183,10 +183,10 @@ def test_lost_answers_from_s3_cost_a_retry_not_a_byte(crashed: Uploads, s3_proxy
 def test_a_part_upload_slower_than_the_lease_still_commits(crashed: Uploads, s3_proxy: FaultProxy):
     """S3 is slow (640 KiB/s), so one 5 MiB UploadPart takes longer than the writer's lease
     (5 s here; 60 s by default, with parts that can be hundreds of MiB for large
-    uploads). Nobody else wants the upload, yet: the writer does not renew its lease
-    while it waits for S3, so its commit is refused (409 conflict, "writer lease lost")
-    and the part it just uploaded counts for nothing. The client resends the same part,
-    which is as slow: the upload can never make progress."""
+    uploads). Nobody else wants the upload, so the writer must keep its lease while it
+    waits for S3 and commit the part. (Before the fix, it did not renew the lease during
+    S3 calls: its commit was refused, 409 "writer lease lost", the part counted for
+    nothing, and the resent part was as slow: the upload could never make progress.)"""
     stack = crashed.stack
     data = payload(P + 100, seed=405)
     url = create(stack, len(data))

@@ -125,10 +125,6 @@ class Tail:
     def sync(self) -> None:
         os.fsync(self._fd)
 
-    def clear(self) -> None:
-        """Drop the bytes once they are committed as a part."""
-        self.truncate(0)
-
     def remove(self) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path)

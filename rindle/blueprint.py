@@ -238,9 +238,11 @@ def load(upload_id: str) -> Upload:
 
 @blueprint.route("/<upload_id>", methods=["HEAD"], endpoint="upload")
 def head(upload_id: str) -> Response:
-    authorize("head", load(upload_id))
-    take_over(upload_id, RELEASE_IF_IDLE)
     upload = load(upload_id)
+    authorize("head", upload)
+    if upload.state in WRITABLE:
+        take_over(upload_id, RELEASE_IF_IDLE)
+        upload = load(upload_id)
     if upload.state == ASSEMBLING:
         services().jobs.ensure_completion(upload_id)  # in case the last PATCH lost it
     response = Response(status=200)

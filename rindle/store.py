@@ -175,6 +175,9 @@ class SessionStore:
     def lease_held(self, upload_id: str) -> bool:
         return bool(self.r.exists(writer_key(upload_id)))
 
+    def lease_holder(self, upload_id: str) -> str | None:
+        return self.r.get(writer_key(upload_id))
+
     def request_release(self, upload_id: str, kind: str = RELEASE_NOW) -> None:
         """Ask the writer of ``upload_id``, on whatever node, to save what it has and let
         go: a flag its next check-in sees, and a message for a writer blocked in a read.

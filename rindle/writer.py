@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import secrets
 import socket
 import threading
@@ -40,6 +41,26 @@ READ_ERRORS = (OSError, ValueError, HTTPException)
 # How often a running writer checks in with Redis (renews its lease, sees a DELETE).
 CHECK_IN_SECONDS = 1.0
 T = TypeVar("T")
+
+
+def new_token() -> str:
+    """A writer token: random, and naming its host and process, so that a request on
+    the same host can tell that a holder died."""
+    return f"{socket.gethostname()}/{os.getpid()}/{secrets.token_urlsafe(16)}"
+
+
+def holder_is_dead(token: str) -> bool:
+    host, _, rest = token.partition("/")
+    pid, _, _ = rest.partition("/")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False  # another host's: only its lease's expiry tells
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False  # alive, someone else's
+    return False
 
 
 @dataclass
@@ -78,6 +99,14 @@ class Writer:
             try:
                 return attempt()
             except LeaseHeld:
+                holder = self.store.lease_holder(upload_id)
+                if holder is not None and holder_is_dead(holder):
+                    # Its process is gone (a crash, a restart): no need to wait for the
+                    # lease to expire. The dead cannot commit, and the kernel freed its
+                    # lock on the tail.
+                    log.warning("upload %s: taking over the lease of dead %s", upload_id, holder)
+                    self.store.release(upload_id, holder)
+                    continue
                 now = time.monotonic()
                 if now >= deadline:
                     raise
@@ -103,7 +132,7 @@ class Writer:
         deferred-length upload. Raises LeaseHeld, TailMissing, Fenced, ChecksumMismatch,
         TusError, or storage errors (nothing of the failed step is committed).
         """
-        token = secrets.token_urlsafe(16)
+        token = new_token()
         self.wait_for_release(upload_id, lambda: self.store.acquire(upload_id, token))
         try:
             # Re-read under the lease: this is the state we build on.

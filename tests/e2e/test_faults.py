@@ -35,7 +35,16 @@ from devstack.services import (
 )
 from rindle import tail_path
 from tests.conftest import _STACKS, PART_SIZE, S3_PREFIX, Stack, stack_env
-from tests.e2e.conftest import MIB, TUS, Uploads, payload, poll, upload_id_of, with_deadline
+from tests.e2e.conftest import (
+    MIB,
+    TUS,
+    Uploads,
+    payload,
+    poll,
+    read_response,
+    upload_id_of,
+    with_deadline,
+)
 from tests.faultproxy import FaultProxy
 
 pytestmark = pytest.mark.e2e
@@ -56,29 +65,6 @@ def create(stack: Stack, length: int) -> str:
 
 def ukey(upload_id: str) -> str:
     return f"rindle:upload:{{{upload_id}}}"
-
-
-def read_response(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
-    """One HTTP/1.1 response (status, lower-cased headers, body by Content-Length)."""
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = sock.recv(65536)
-        if not chunk:
-            raise ConnectionError(f"connection closed before a response: {data[:200]!r}")
-        data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    headers = {}
-    for line in lines[1:]:
-        name, _, value = line.partition(":")
-        headers[name.strip().lower()] = value.strip()
-    length = int(headers.get("content-length", "0"))
-    while len(body) < length:
-        chunk = sock.recv(65536)
-        if not chunk:
-            break
-        body += chunk
-    return int(lines[0].split()[1]), headers, body
 
 
 class RawPatch:

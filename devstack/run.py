@@ -16,7 +16,6 @@ import contextlib
 import importlib.util
 import os
 import signal
-import socket
 import sys
 import threading
 import time
@@ -33,6 +32,7 @@ from devstack.services import (
     SeaweedS3,
     ServiceFailed,
     ServiceUnavailable,
+    bindable,
     clock_command,
     free_port,
     http_ok,
@@ -59,16 +59,6 @@ class Shutdown(Exception):
 
 def say(message: str) -> None:
     print(f"[devstack] {message}", flush=True)
-
-
-def port_in_use(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((LOOPBACK, port))
-        except OSError:
-            return True
-    return False
 
 
 class FakeRedis:
@@ -185,7 +175,7 @@ def run(port: int, data_dir: Path) -> int:
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     try:
-        if port_in_use(port):
+        if not bindable(LOOPBACK, port):
             raise Abort(f"port {port} on {LOOPBACK} is in use: stop what runs there or set PORT")
         if os.environ.get("AWS_ENDPOINT_URL_S3") and not os.environ.get("RINDLE_S3_BUCKET"):
             raise Abort(

@@ -76,12 +76,13 @@ def free_port_pair(offset: int, host: str = LOOPBACK, avoid: set[int] | None = N
         port = rng.randrange(20000, 65536 - offset)
         if {port, port + offset} & avoid:
             continue
-        if all(_bindable(host, p) for p in (port, port + offset)):
+        if all(bindable(host, p) for p in (port, port + offset)):
             return port
     raise ServiceFailed(f"found no free port pair (p, p+{offset}) on {host}")
 
 
-def _bindable(host: str, port: int) -> bool:
+def bindable(host: str, port: int) -> bool:
+    """Whether a server could bind ``host:port`` now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         # As servers bind (Go and redis set SO_REUSEADDR): a port whose old connections
         # linger in TIME_WAIT counts as free.
@@ -470,7 +471,7 @@ class SeaweedS3:
         flags = {flag for pair in self._PORT_PAIRS for flag in pair}
         if not isinstance(ports, dict) or set(ports) != flags:
             return None
-        if all(isinstance(p, int) and _bindable(LOOPBACK, p) for p in ports.values()):
+        if all(isinstance(p, int) and bindable(LOOPBACK, p) for p in ports.values()):
             return ports
         return None
 

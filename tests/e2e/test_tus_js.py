@@ -73,9 +73,9 @@ def ensure_node_modules(npm: str, node_major: int) -> None:
         stamp_path.write_text(wanted)
 
 
-@pytest.fixture(scope="module")
-def node() -> str:
-    """The node program, with tus-js-client installed beside upload.mjs."""
+def node_program() -> str:
+    """The node program, with tus-js-client installed in tests/e2e/js (skip, or fail with
+    RINDLE_REQUIRE_SERVICES=1, when Node.js is missing or too old)."""
     node, npm = shutil.which("node"), shutil.which("npm")
     if node is None or npm is None:
         _unavailable("node and npm are needed for the tus-js-client tests (Node.js >= 18)")
@@ -86,6 +86,11 @@ def node() -> str:
         _unavailable(f"Node.js >= {MIN_NODE_MAJOR} is needed, found {version.stdout.strip()!r}")
     ensure_node_modules(npm, int(match.group(1)))
     return node
+
+
+@pytest.fixture(scope="module")
+def node() -> str:
+    return node_program()
 
 
 @pytest.fixture(scope="module")

@@ -14,8 +14,6 @@ import hashlib
 import json
 import math
 import queue
-import re
-import shutil
 import subprocess
 import threading
 import time
@@ -28,7 +26,7 @@ import pytest
 from tests.conftest import PART_SIZE, Stack
 from tests.e2e.conftest import MIB, payload, upload_id_of, upload_key
 from tests.e2e.test_faults import own_stack
-from tests.e2e.test_tus_js import JS_DIR, MIN_NODE_MAJOR, _unavailable, ensure_node_modules
+from tests.e2e.test_tus_js import JS_DIR, node_program
 from tests.e2e.test_tuspy_extensions import TrackedUploads
 
 pytestmark = pytest.mark.e2e
@@ -41,18 +39,8 @@ Event = dict[str, Any]
 
 @pytest.fixture(scope="module")
 def node_js() -> str:
-    """The node program, with tus-js-client installed beside extensions.mjs (as the
-    ``node`` fixture of test_tus_js.py: skip, or fail with RINDLE_REQUIRE_SERVICES=1)."""
-    node, npm = shutil.which("node"), shutil.which("npm")
-    if node is None or npm is None:
-        _unavailable("node and npm are needed for the tus-js-client tests (Node.js >= 18)")
-    assert node is not None and npm is not None
-    version = subprocess.run([node, "--version"], capture_output=True, text=True, timeout=30)
-    match = re.match(r"v(\d+)\.", version.stdout.strip())
-    if not match or int(match.group(1)) < MIN_NODE_MAJOR:
-        _unavailable(f"Node.js >= {MIN_NODE_MAJOR} is needed, found {version.stdout.strip()!r}")
-    ensure_node_modules(npm, int(match.group(1)))
-    return node
+    """The node program, with tus-js-client installed beside extensions.mjs."""
+    return node_program()
 
 
 @pytest.fixture(scope="module")

@@ -241,8 +241,7 @@ def head(upload_id: str) -> Response:
     upload = load(upload_id)
     authorize("head", upload)
     if upload.state in WRITABLE:
-        take_over(upload_id, RELEASE_IF_IDLE)
-        upload = load(upload_id)
+        upload = take_over(upload, RELEASE_IF_IDLE)
     if upload.state == ASSEMBLING:
         services().jobs.ensure_completion(upload_id)  # in case the last PATCH lost it
     response = Response(status=200)
@@ -263,15 +262,16 @@ def head(upload_id: str) -> Response:
     return with_expiry(tus_headers(response), upload)
 
 
-def take_over(upload_id: str, kind: str) -> None:
+def take_over(upload: Upload, kind: str) -> Upload:
     """If a request holds the upload, ask it to save what it has and let go; 423 if it
     does not in time. Typically the client reconnected while its old PATCH still hangs
     on a dead connection: the answer must report what that request received. A PATCH
     asks any writer (RELEASE_NOW: one writer at a time); a HEAD only a writer that
-    receives nothing (RELEASE_IF_IDLE), so that polling HEADs never slow a live upload."""
-    svc = services()
+    receives nothing (RELEASE_IF_IDLE), so that polling HEADs never slow a live upload.
+    Returns the upload as the holder left it."""
+    svc, upload_id = services(), upload.id
     if not svc.store.lease_held(upload_id):
-        return
+        return upload
 
     def free() -> None:
         if svc.store.lease_held(upload_id):
@@ -283,6 +283,7 @@ def take_over(upload_id: str, kind: str) -> None:
         raise TusError(
             423, "upload_locked", "another request is writing this upload", {"Retry-After": "1"}
         ) from None
+    return load(upload_id)
 
 
 @blueprint.route("/<upload_id>", methods=["PATCH"])
@@ -299,9 +300,9 @@ def patch(upload_id: str) -> Response:
     declared_length = (
         None if declared is None else protocol.parse_non_negative(declared, "Upload-Length")
     )
-    authorize("patch", load(upload_id))
-    take_over(upload_id, RELEASE_NOW)
     upload = load(upload_id)
+    authorize("patch", upload)
+    upload = take_over(upload, RELEASE_NOW)
     if upload.is_final:
         raise TusError(403, "final_upload", "a final upload is assembled from its partials")
     if offset != upload.offset:

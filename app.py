@@ -25,12 +25,12 @@ def create_app(settings: rindle.Settings | None = None) -> Flask:
             x_port=settings.trusted_proxies,
             x_prefix=settings.trusted_proxies,
         )
-    services = rindle.init_app(app, settings)
+    uploads = rindle.init_app(app, settings)
 
     @app.get("/healthz")
     def healthz() -> tuple[Response, int]:
         try:
-            services.redis.ping()
+            uploads.redis.ping()
         except redis.RedisError as exc:
             return jsonify(status="redis_unavailable", message=str(exc)), 503
         return jsonify(status="ok"), 200

@@ -1,7 +1,36 @@
 """rindle: tus 1.0.0 resumable uploads for Flask, streamed into S3 multipart uploads."""
 
 from rindle.config import Settings
-from rindle.extension import init_app
+from rindle.core import Rindle
+from rindle.hooks import (
+    Hooks,
+    Refuse,
+    upload_completed,
+    upload_created,
+    upload_expired,
+    upload_failed,
+    upload_progress,
+    upload_received,
+    upload_terminated,
+)
 from rindle.storage import tail_path
+from rindle.upload import State, Upload
+from rindle.web import init_app
 
-__all__ = ["Settings", "init_app", "tail_path"]
+__all__ = [
+    "Hooks",
+    "Refuse",
+    "Rindle",
+    "Settings",
+    "State",
+    "Upload",
+    "init_app",
+    "tail_path",
+    "upload_completed",
+    "upload_created",
+    "upload_expired",
+    "upload_failed",
+    "upload_progress",
+    "upload_received",
+    "upload_terminated",
+]

@@ -1,4 +1,8 @@
-"""Settings read once from the environment (12-factor) into ``app.config``."""
+"""Settings read once from the environment (12-factor): the only module that reads it.
+
+boto3 reads its own variables (credentials, region) itself; the S3 endpoint is read here
+too, since it decides the addressing style.
+"""
 
 from __future__ import annotations
 
@@ -8,15 +12,13 @@ import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from rindle.errors import ConfigError
+
 MIB = 1024 * 1024
 MIN_PART_SIZE = 5 * MIB  # S3's floor for every part but the last
 MAX_PART_SIZE = 5 * 1024 * MIB  # S3's ceiling for one part
 MAX_PARTS = 10_000
 MAX_OBJECT_SIZE = 5 * 1024 * 1024 * MIB  # S3's largest object: 5 TiB
-
-
-class ConfigError(ValueError):
-    """A setting in the environment is missing or malformed."""
 
 
 def default_tmp_dir(environ: Mapping[str, str] | None = None) -> str:
@@ -67,6 +69,10 @@ class Settings:
     max_metadata: int
     download: str
     on_complete: str
+    app: str  # module:attribute of the app the RQ worker imports
+    sweep_interval: int
+    orphan_sweep_interval: int
+    s3_endpoint: str  # "" for AWS itself
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -105,4 +111,8 @@ class Settings:
             max_metadata=_int(env, "RINDLE_TUS_MAX_METADATA", 4096),
             download=_choice(env, "RINDLE_DOWNLOAD", ("redirect", "stream", "off")),
             on_complete=env.get("RINDLE_ON_COMPLETE", ""),
+            app=env.get("RINDLE_APP") or "app:app",
+            sweep_interval=max(1, _int(env, "RINDLE_SWEEP_INTERVAL", 300)),
+            orphan_sweep_interval=max(1, _int(env, "RINDLE_ORPHAN_SWEEP_INTERVAL", 3600)),
+            s3_endpoint=env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL") or "",
         )

@@ -1,41 +1,128 @@
-"""Errors with an HTTP status and a stable, machine-readable code."""
+"""Every exception of rindle, and the one table of named tus errors.
+
+The core raises these; only the web layer turns them into HTTP answers, through
+``STATUS`` (code -> status). A client sees ``{"error": code, "message": ...}``.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 
-class TusError(Exception):
-    """A refusal sent to the client as ``{"error": code, "message": ...}``."""
+STATUS: dict[str, int] = {
+    "missing_header": 400,
+    "invalid_header": 400,
+    "invalid_metadata": 400,
+    "metadata_too_large": 400,
+    "invalid_length": 400,
+    "length_already_set": 400,
+    "invalid_checksum": 400,
+    "unsupported_checksum_algorithm": 400,
+    "invalid_concat": 400,
+    "partial_not_finished": 400,
+    "final_upload": 403,
+    "not_found": 404,
+    "download_disabled": 405,
+    "offset_mismatch": 409,
+    "conflict": 409,
+    "upload_not_writable": 409,
+    "not_ready": 409,
+    "gone": 410,
+    "unsupported_version": 412,
+    "upload_too_large": 413,
+    "exceeds_upload_length": 413,
+    "unsupported_media_type": 415,
+    "invalid_range": 416,
+    "upload_locked": 423,
+    "checksum_mismatch": 460,
+    "tus_tail_missing": 500,
+    "redis_unavailable": 503,
+    "storage_unavailable": 503,
+}
 
-    def __init__(
-        self, status: int, code: str, message: str, headers: dict[str, str] | None = None
-    ) -> None:
+
+class RindleError(Exception):
+    """A named error: ``code`` is a key of STATUS; ``headers`` go with the answer."""
+
+    code = "conflict"
+
+    def __init__(self, message: str, headers: Mapping[str, str] | None = None) -> None:
         super().__init__(message)
-        self.status = status
-        self.code = code
         self.message = message
-        self.headers = headers or {}
+        self.headers = dict(headers or {})
+
+    @property
+    def status(self) -> int:
+        return STATUS[self.code]
 
 
-class TailMissing(Exception):
+class TusError(RindleError):
+    """The request cannot be served as sent (a malformed header, a wrong offset...)."""
+
+    def __init__(self, code: str, message: str, headers: Mapping[str, str] | None = None) -> None:
+        if code not in STATUS:
+            raise ValueError(f"unknown error code {code!r}")
+        super().__init__(message, headers)
+        self.code = code
+
+
+class LeaseHeld(RindleError):
+    """Another request holds the writer lease of this upload."""
+
+    code = "upload_locked"
+
+    def __init__(self, upload_id: str) -> None:
+        super().__init__("another request is writing this upload", {"Retry-After": "1"})
+        self.upload_id = upload_id
+
+
+class Fenced(RindleError):
+    """A commit lost its race: the writer lease or the offset moved underneath it."""
+
+    code = "conflict"
+
+
+class ChecksumMismatch(RindleError):
+    """The PATCH body does not match its Upload-Checksum: nothing of it was kept."""
+
+    code = "checksum_mismatch"
+
+    def __init__(self, upload_id: str) -> None:
+        super().__init__("the body does not match Upload-Checksum")
+        self.upload_id = upload_id
+
+
+class TailMissing(RindleError):
     """Redis says bytes are buffered in a tail this node does not hold (or holds short)."""
 
-    def __init__(self, upload_id: str, expected: int, found: int | None) -> None:
+    code = "tus_tail_missing"
+
+    def __init__(self, upload_id: str, expected: int, found: int | None, node: str = "") -> None:
+        """``node``: the node Redis says holds the bytes, when known."""
         super().__init__(
-            f"upload {upload_id}: {expected} buffered bytes expected, "
-            f"{'no tail file' if found is None else f'{found} bytes found'}"
+            "this node does not hold the buffered bytes of this upload; "
+            "resumes must reach the node that received them"
         )
         self.upload_id = upload_id
+        self.node = node
         self.expected = expected
         self.found = found
 
-
-class Fenced(Exception):
-    """A commit lost its race: the writer lease or the offset moved underneath it."""
-
-
-class LeaseHeld(Exception):
-    """Another request holds the writer lease of this upload."""
+    def __str__(self) -> str:
+        found = "no tail file" if self.found is None else f"{self.found} bytes found"
+        return f"upload {self.upload_id}: {self.expected} buffered bytes expected, {found}"
 
 
-class ChecksumMismatch(Exception):
-    """The PATCH body does not match its Upload-Checksum: nothing of it was kept."""
+class BodyEnded(Exception):
+    """Reading the request body failed: the client went away, stalled, or was stopped."""
+
+
+class ConfigError(ValueError):
+    """A setting in the environment is missing or malformed."""
+
+
+class AssemblyError(RuntimeError):
+    """The object in S3 does not match the upload (the completion job is retried)."""
+
+
+class PartialsNotReady(RuntimeError):
+    """A partial upload of a final one is still being assembled (retried)."""

@@ -28,7 +28,7 @@ from typing import Any
 
 from blinker import Namespace
 
-from rindle.store import Upload
+from rindle.upload import Upload
 
 _signals = Namespace()
 upload_created = _signals.signal("rindle.upload-created")

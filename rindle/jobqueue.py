@@ -1,5 +1,5 @@
-"""Enqueueing rindle's RQ jobs. The job functions live in ``workers.jobs``; they are named
-by string so that the library never imports the workers."""
+"""Enqueueing rindle's RQ jobs. The job functions live in ``rindle.jobs``; they are named
+by string so that enqueueing never imports them (nor what they import)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from rq import Queue, Retry
 from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 
-COMPLETE_JOB = "workers.jobs.complete_upload"
-CLEANUP_JOB = "workers.jobs.clean_up_upload"
+COMPLETE_JOB = "rindle.jobs.complete_upload"
+CLEANUP_JOB = "rindle.jobs.clean_up_upload"
 # S3 hiccups are short, an outage may not be; the sweeps pick up what still fails.
 RETRY_INTERVALS = [2, 10, 30, 120, 600]
 PENDING = (JobStatus.QUEUED, JobStatus.STARTED, JobStatus.SCHEDULED, JobStatus.DEFERRED)
@@ -35,6 +35,19 @@ class JobQueue:
             retry=Retry(max=len(RETRY_INTERVALS), interval=RETRY_INTERVALS),
             job_timeout=3600,
             failure_ttl=30 * 24 * 3600,
+        )
+
+    def on_complete(
+        self, func: str, upload_id: str, key: str, size: int, metadata: dict[str, str | None]
+    ) -> None:
+        """The app's RINDLE_ON_COMPLETE job for a completed upload (one per upload)."""
+        self.queue.enqueue(
+            func,
+            upload_id=upload_id,
+            key=key,
+            size=size,
+            metadata=metadata,
+            job_id=f"rindle-on-complete-{upload_id}",
         )
 
     def complete(self, upload_id: str) -> None:

@@ -4,45 +4,36 @@ left open in S3, no tail left on a disk, no Redis key without an expiry.
 Every operation is idempotent and safe to run on several workers at once: state changes
 are WATCH/MULTI transitions that only one caller wins, aborts of an already-aborted
 upload count as done, and a tail is only deleted when no writer holds its lock.
-Used by the RQ jobs (``workers.jobs``), the CLI and the web process's tail reaper.
+Used by the RQ jobs (``rindle.jobs``), the CLI and the tail reaper of each web process.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
+import redis
 from blinker import NamedSignal
-from botocore.exceptions import BotoCoreError, ClientError
 
 from rindle import hooks
 from rindle.config import Settings
 from rindle.jobqueue import JobQueue
-from rindle.storage import S3Storage, try_remove_idle_tail, upload_id_from_tail
-from rindle.store import (
-    ASSEMBLING,
-    ASSEMBLY_CHECK_SECONDS,
-    COMPLETED,
-    EXPIRED,
-    TERMINATED,
-    WRITABLE,
-    SessionStore,
-    Upload,
-)
+from rindle.storage import S3_ERRORS, S3Storage, try_remove_idle_tail, upload_id_from_tail
+from rindle.store import ASSEMBLY_CHECK_SECONDS, UploadStore
+from rindle.upload import OPEN, WRITABLE, State, Upload
 
 log = logging.getLogger("rindle.maintenance")
-
-OPEN_STATES = (*WRITABLE, ASSEMBLING)  # states that still need their multipart upload
 
 
 @dataclass
 class Maintenance:
-    store: SessionStore
-    storage: S3Storage
+    store: UploadStore
+    s3: S3Storage
     settings: Settings
     jobs: JobQueue
     notify: Callable[[NamedSignal, Upload], None] = lambda signal, upload: None
@@ -53,13 +44,13 @@ class Maintenance:
         upload = self.store.get(upload_id)
         if upload is None:
             return "unknown"
-        if upload.state in OPEN_STATES or upload.state == COMPLETED:
+        if upload.state in OPEN or upload.state == State.COMPLETED:
             return f"skipped ({upload.state})"
-        aborted = bool(upload.s3_upload_id) and self.storage.abort_multipart(
+        aborted = bool(upload.s3_upload_id) and self.s3.abort_multipart(
             upload.key, upload.s3_upload_id
         )
-        if upload.state == TERMINATED:
-            self.storage.delete_object(upload.key)
+        if upload.state == State.TERMINATED:
+            self.s3.delete_object(upload.key)
         return "aborted" if aborted else "nothing to abort"
 
     def sweep_expired(self, now: float | None = None, dry_run: bool = False) -> dict[str, int]:
@@ -76,11 +67,11 @@ class Maintenance:
                     continue  # active again since it was indexed
                 if dry_run:
                     counts["expired"] += 1
-                elif self.store.set_state(upload_id, EXPIRED, WRITABLE, before=now):
+                elif self.store.set_state(upload_id, State.EXPIRED, WRITABLE, before=now):
                     counts["expired"] += 1
                     counts[self._abort_quietly(upload)] += 1
-                    self.notify(hooks.upload_expired, replace(upload, state=EXPIRED))
-            elif upload.state == ASSEMBLING:
+                    self.notify(hooks.upload_expired, replace(upload, state=State.EXPIRED))
+            elif upload.state == State.ASSEMBLING:
                 # The completion job never finished: try again, and look again later.
                 if not dry_run and self.jobs.ensure_completion(upload_id):
                     counts["requeued"] += 1
@@ -94,8 +85,8 @@ class Maintenance:
         if not upload.s3_upload_id:
             return "nothing to abort"
         try:
-            self.storage.abort_multipart(upload.key, upload.s3_upload_id)
-        except (BotoCoreError, ClientError) as exc:
+            self.s3.abort_multipart(upload.key, upload.s3_upload_id)
+        except S3_ERRORS as exc:
             # The orphan sweep aborts it later: nothing references it any more.
             log.warning("upload %s: abort failed, left to the orphan sweep: %s", upload.id, exc)
             return "errors"
@@ -141,20 +132,51 @@ class Maintenance:
         now = time.time() if now is None else now
         counts: Counter[str] = Counter(aborted=0, kept=0, young=0)
         listed = []
-        for key, s3_upload_id, initiated in self.storage.list_multipart_uploads(
-            self.settings.s3_prefix
-        ):
+        for key, s3_upload_id, initiated in self.s3.list_multipart_uploads(self.settings.s3_prefix):
             if initiated.timestamp() > now - grace:
                 counts["young"] += 1
             else:
                 listed.append((key, s3_upload_id))
         # Read after listing: a multipart upload created meanwhile is young, hence kept.
-        referenced = self.store.open_multipart_ids(OPEN_STATES) if listed else set()
+        referenced = self.store.open_multipart_ids(OPEN) if listed else set()
         for key, s3_upload_id in listed:
             if s3_upload_id in referenced:
                 counts["kept"] += 1
                 continue
             if not dry_run:
-                self.storage.abort_multipart(key, s3_upload_id)
+                self.s3.abort_multipart(key, s3_upload_id)
             counts["aborted"] += 1
         return dict(counts)
+
+
+class TailReaper:
+    """Reaps this node's tails every ``interval`` seconds, in a thread of a process that
+    writes tails (a worker elsewhere cannot see them). Several processes of one node
+    may run one: a per-node lock in Redis lets one of them reap per interval."""
+
+    def __init__(self, maintenance: Maintenance, client: redis.Redis, interval: int) -> None:
+        self.maintenance = maintenance
+        self.redis = client
+        self.interval = interval
+        self._pid = 0  # the process the thread runs in (a fork has none)
+        self._lock = threading.Lock()
+
+    def ensure_running(self) -> None:
+        """Start the thread in this process, once (cheap to call on every PATCH)."""
+        if self.interval <= 0 or self._pid == os.getpid():
+            return
+        with self._lock:
+            if self._pid != os.getpid():
+                self._pid = os.getpid()
+                threading.Thread(target=self._run, name="rindle-tail-reaper", daemon=True).start()
+
+    def _run(self) -> None:
+        settings = self.maintenance.settings
+        lock = f"rindle:reaper:{settings.node_id}:{settings.tmp_dir}"
+        while True:
+            time.sleep(self.interval)
+            try:
+                if self.redis.set(lock, "1", nx=True, ex=max(1, self.interval - 1)):
+                    log.info("tail reaper: %s", self.maintenance.reap_tails())
+            except Exception:  # keep reaping next time; never take the web process down
+                log.exception("tail reaper failed")

@@ -1,4 +1,8 @@
-"""tus 1.0.0 header parsing and rules: pure functions, no I/O."""
+"""tus 1.0.0 header parsing and rules: pure functions, no I/O.
+
+The checks here run before a request body is read, so that everything that can be
+refused is refused first; the writer runs ``check_append`` again under the lease.
+"""
 
 from __future__ import annotations
 
@@ -8,12 +12,14 @@ import hashlib
 import math
 import re
 import zlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
 from urllib.parse import quote
 
 from rindle.config import MAX_PART_SIZE, MAX_PARTS, MIN_PART_SIZE
 from rindle.errors import TusError
+from rindle.upload import Upload
 
 TUS_VERSION = "1.0.0"
 SUPPORTED_VERSIONS = (TUS_VERSION,)
@@ -69,9 +75,9 @@ _B64 = re.compile(r"[A-Za-z0-9+/]*={0,2}")
 def parse_non_negative(value: str | None, header: str) -> int:
     """An integer header of digits only (no sign, no spaces): 400 otherwise."""
     if value is None:
-        raise TusError(400, "missing_header", f"{header} is required")
+        raise TusError("missing_header", f"{header} is required")
     if not _DIGITS.fullmatch(value) or len(value) > 19:
-        raise TusError(400, "invalid_header", f"{header} must be a non-negative integer")
+        raise TusError("invalid_header", f"{header} must be a non-negative integer")
     return int(value)
 
 
@@ -84,25 +90,25 @@ def parse_metadata(value: str | None, max_size: int | None = None) -> dict[str, 
     if value is None or value.strip() == "":
         return {}
     if max_size is not None and len(value) > max_size:
-        raise TusError(400, "metadata_too_large", f"Upload-Metadata exceeds {max_size} bytes")
+        raise TusError("metadata_too_large", f"Upload-Metadata exceeds {max_size} bytes")
     result: dict[str, bytes | None] = {}
     for pair in value.split(","):
         parts = pair.strip().split(" ")
         key = parts[0]
         if not key or len(parts) > 2 or not key.isascii() or not key.isprintable():
-            raise TusError(400, "invalid_metadata", f"malformed Upload-Metadata pair {pair!r}")
+            raise TusError("invalid_metadata", f"malformed Upload-Metadata pair {pair!r}")
         if key in result:
-            raise TusError(400, "invalid_metadata", f"duplicate Upload-Metadata key {key!r}")
+            raise TusError("invalid_metadata", f"duplicate Upload-Metadata key {key!r}")
         if len(parts) == 1 or parts[1] == "":
             result[key] = None
             continue
         encoded = parts[1]
         if not _B64.fullmatch(encoded) or len(encoded) % 4:
-            raise TusError(400, "invalid_metadata", f"value of {key!r} is not base64")
+            raise TusError("invalid_metadata", f"value of {key!r} is not base64")
         try:
             result[key] = base64.b64decode(encoded, validate=True)
         except binascii.Error:
-            raise TusError(400, "invalid_metadata", f"value of {key!r} is not base64") from None
+            raise TusError("invalid_metadata", f"value of {key!r} is not base64") from None
     return result
 
 
@@ -119,7 +125,7 @@ def part_size_for(length: int, configured: int) -> int:
     needs at most 10,000 parts, never below S3's 5 MiB floor."""
     size = max(configured, MIN_PART_SIZE, math.ceil(length / MAX_PARTS))
     if size > MAX_PART_SIZE:
-        raise TusError(413, "upload_too_large", "the upload is larger than S3 can store")
+        raise TusError("upload_too_large", "the upload is larger than S3 can store")
     return size
 
 
@@ -180,11 +186,10 @@ def parse_checksum(value: str | None) -> Checksum | None:
         return None
     parts = value.strip().split(" ")
     if len(parts) != 2 or not parts[0] or not parts[1]:
-        raise TusError(400, "invalid_checksum", "Upload-Checksum must be '<algorithm> <base64>'")
+        raise TusError("invalid_checksum", "Upload-Checksum must be '<algorithm> <base64>'")
     algorithm = parts[0].lower()
     if algorithm not in CHECKSUM_ALGORITHMS:
         raise TusError(
-            400,
             "unsupported_checksum_algorithm",
             f"supported: {', '.join(CHECKSUM_ALGORITHMS)}",
             {"Tus-Checksum-Algorithm": ",".join(CHECKSUM_ALGORITHMS)},
@@ -192,7 +197,7 @@ def parse_checksum(value: str | None) -> Checksum | None:
     try:
         digest = base64.b64decode(parts[1], validate=True)
     except binascii.Error:
-        raise TusError(400, "invalid_checksum", "the checksum is not base64") from None
+        raise TusError("invalid_checksum", "the checksum is not base64") from None
     return Checksum(algorithm, digest)
 
 
@@ -206,5 +211,95 @@ def parse_concat(value: str | None) -> tuple[str, list[str]]:
         return "partial", []
     kind, _, urls = value.partition(";")
     if kind.strip() != "final" or not urls.split():
-        raise TusError(400, "invalid_concat", "Upload-Concat is 'partial' or 'final;<urls>'")
+        raise TusError("invalid_concat", "Upload-Concat is 'partial' or 'final;<urls>'")
     return "final", urls.split()
+
+
+def check_version(version: str | None) -> None:
+    """Tus-Resumable must name a version this server speaks (412 otherwise)."""
+    if version not in SUPPORTED_VERSIONS:
+        raise TusError(
+            "unsupported_version",
+            "Tus-Resumable 1.0.0 is required",
+            {"Tus-Version": ",".join(SUPPORTED_VERSIONS)},
+        )
+
+
+def media_type(headers: Mapping[str, str]) -> str:
+    return headers.get("Content-Type", "").split(";")[0].strip().lower()
+
+
+def has_upload_body(headers: Mapping[str, str], content_length: int | None) -> bool:
+    """A creation request that carries bytes (creation-with-upload)."""
+    chunked = "chunked" in headers.get("Transfer-Encoding", "")
+    return media_type(headers) == PATCH_CONTENT_TYPE and (bool(content_length) or chunked)
+
+
+def creation_length(headers: Mapping[str, str]) -> int | None:
+    """Upload-Length, or None with Upload-Defer-Length: 1 (exactly one of them)."""
+    defer = headers.get("Upload-Defer-Length")
+    raw = headers.get("Upload-Length")
+    if defer is not None and raw is not None:
+        raise TusError("invalid_length", "send Upload-Length or Upload-Defer-Length, not both")
+    if defer is not None:
+        if defer.strip() != "1":
+            raise TusError("invalid_header", "Upload-Defer-Length must be 1")
+        return None
+    return parse_non_negative(raw, "Upload-Length")
+
+
+@dataclass(frozen=True)
+class Append:
+    """What a PATCH asks for, parsed before its body is read."""
+
+    offset: int
+    checksum: Checksum | None
+    declared_length: int | None  # Upload-Length sent with a PATCH (deferred length)
+
+
+def parse_append(headers: Mapping[str, str]) -> Append:
+    """Content type (415), Upload-Offset, Upload-Checksum and Upload-Length (400)."""
+    if media_type(headers) != PATCH_CONTENT_TYPE:
+        raise TusError("unsupported_media_type", f"Content-Type must be {PATCH_CONTENT_TYPE}")
+    offset = parse_non_negative(headers.get("Upload-Offset"), "Upload-Offset")
+    checksum = parse_checksum(headers.get("Upload-Checksum"))
+    declared = headers.get("Upload-Length")
+    length = None if declared is None else parse_non_negative(declared, "Upload-Length")
+    return Append(offset, checksum, length)
+
+
+def deferred_limit(upload: Upload, max_size: int) -> int:
+    """The most a deferred-length upload can hold: its part size fixes its ceiling."""
+    return min(max_size, upload.part_size * MAX_PARTS)
+
+
+def check_append(
+    upload: Upload, append: Append, max_size: int, body_length: int | None = None
+) -> int | None:
+    """Whether ``append`` fits ``upload`` as recorded; returns the length it declares for
+    a deferred-length upload (None when the length was known already).
+
+    409 on a wrong offset, 400 on a contradictory length, 413 when the declared length
+    or a body of ``body_length`` bytes cannot fit.
+    """
+    if append.offset != upload.offset:
+        raise TusError(
+            "offset_mismatch",
+            "Upload-Offset does not match the upload's",
+            {"Upload-Offset": str(upload.offset)},
+        )
+    declared = append.declared_length
+    if declared is not None and upload.length is not None:
+        if declared != upload.length:
+            raise TusError("length_already_set", "Upload-Length cannot change")
+        declared = None
+    if declared is not None:
+        if declared < upload.offset:
+            raise TusError("invalid_length", "Upload-Length is smaller than Upload-Offset")
+        if declared > deferred_limit(upload, max_size):
+            raise TusError("upload_too_large", f"at most {deferred_limit(upload, max_size)}")
+    length = upload.length if declared is None else declared
+    limit = length if length is not None else deferred_limit(upload, max_size)
+    if body_length is not None and upload.offset + body_length > limit:
+        raise TusError("exceeds_upload_length", "the body goes beyond Upload-Length")
+    return declared

@@ -1,6 +1,9 @@
-"""The PATCH body writer: streams a request body into S3 parts and the node-local tail.
+"""The PATCH engine: streams a request body into S3 parts and the node-local tail.
 
-Ordering (DESIGN.md, invariants of a PATCH): a full part is uploaded to S3, then
+It knows no HTTP: it takes a body reader (raising BodyEnded when the client is gone) and
+an interrupt callback (ending a blocked read), and raises domain errors.
+
+Ordering (docs/design.md, invariants of a PATCH): a full part is uploaded to S3, then
 committed in Redis (fenced by the writer token and the previous offset), then dropped
 from the tail. A body that ends early keeps what arrived: the tail is synced, then its
 bytes are acknowledged. The last bytes of an upload are shipped (last part, or one
@@ -12,55 +15,27 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
-import secrets
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from typing import BinaryIO, TypeVar
 
 from blinker import NamedSignal
-from werkzeug.exceptions import HTTPException
 
 from rindle import hooks, protocol
-from rindle.config import MAX_PARTS, Settings
-from rindle.errors import ChecksumMismatch, LeaseHeld, TailMissing, TusError
-from rindle.release import ActiveWrite, ReleaseWatcher
-from rindle.storage import S3Storage, Tail
-from rindle.store import ASSEMBLING, RELEASE_NOW, WRITABLE, SessionStore, Upload
+from rindle.config import Settings
+from rindle.errors import BodyEnded, ChecksumMismatch, TailMissing, TusError
+from rindle.lease import ActiveWrite, Lease, ReleaseWatcher, new_token
+from rindle.storage import S3Storage, Tail, TailLocked
+from rindle.store import UploadStore
+from rindle.upload import WRITABLE, State, Upload
 
 log = logging.getLogger("rindle")
 
-# What a body read raises when the client goes away or sends a broken body: werkzeug's
-# ClientDisconnected (an HTTPException), gunicorn's NoMoreData and friends (IOError or
-# ValueError subclasses), socket timeouts (OSError).
-READ_ERRORS = (OSError, ValueError, HTTPException)
 # How often a running writer checks in with Redis (renews its lease, sees a DELETE).
 CHECK_IN_SECONDS = 1.0
-T = TypeVar("T")
-
-
-def new_token() -> str:
-    """A writer token: random, and naming its host and process, so that a request on
-    the same host can tell that a holder died."""
-    return f"{socket.gethostname()}/{os.getpid()}/{secrets.token_urlsafe(16)}"
-
-
-def holder_is_dead(token: str) -> bool:
-    host, _, rest = token.partition("/")
-    pid, _, _ = rest.partition("/")
-    if host != socket.gethostname() or not pid.isdigit():
-        return False  # another host's: only its lease's expiry tells
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False  # alive, someone else's
-    return False
+Reader = Callable[[int], bytes]  # read(n): up to n bytes, b"" at the end; BodyEnded
 
 
 @dataclass
@@ -72,124 +47,79 @@ class WriteResult:
 class Writer:
     def __init__(
         self,
-        store: SessionStore,
-        storage: S3Storage,
+        store: UploadStore,
+        lease: Lease,
+        s3: S3Storage,
         settings: Settings,
-        enqueue_completion: Callable[[str], None],
         watcher: ReleaseWatcher,
+        enqueue_completion: Callable[[str], None],
         notify: Callable[[NamedSignal, Upload], None] = lambda signal, upload: None,
+        on_tail_opened: Callable[[], None] = lambda: None,
     ) -> None:
         self.store = store
-        self.storage = storage
+        self.lease = lease
+        self.s3 = s3
         self.settings = settings
-        self.enqueue_completion = enqueue_completion
         self.watcher = watcher
+        self.enqueue_completion = enqueue_completion
         self.notify = notify
+        self.on_tail_opened = on_tail_opened  # starts this node's tail reaper
         # Part uploads that overlap with receiving the next part: one per PATCH at most.
         self.part_uploads = ThreadPoolExecutor(max_workers=64, thread_name_prefix="rindle-part")
-
-    def wait_for_release(
-        self, upload_id: str, attempt: Callable[[], T], kind: str = RELEASE_NOW
-    ) -> T:
-        """Run ``attempt`` (which raises LeaseHeld while someone else writes the upload);
-        meanwhile ask that writer to let go. LeaseHeld after RINDLE_RELEASE_WAIT seconds."""
-        deadline = time.monotonic() + self.settings.release_wait
-        asked_at = 0.0
-        while True:
-            try:
-                return attempt()
-            except LeaseHeld:
-                holder = self.store.lease_holder(upload_id)
-                if holder is not None and holder_is_dead(holder):
-                    # Its process is gone (a crash, a restart): no need to wait for the
-                    # lease to expire. The dead cannot commit, and the kernel freed its
-                    # lock on the tail.
-                    log.warning("upload %s: taking over the lease of dead %s", upload_id, holder)
-                    self.store.release(upload_id, holder)
-                    continue
-                now = time.monotonic()
-                if now >= deadline:
-                    raise
-                if now - asked_at >= 1.0:  # again each second, in case a message was missed
-                    self.store.request_release(upload_id, kind)
-                    asked_at = now
-                time.sleep(0.05)
 
     def write(
         self,
         upload_id: str,
-        client_offset: int,
-        body: BinaryIO,
-        sock: socket.socket | None = None,
-        checksum: protocol.Checksum | None = None,
-        declared_length: int | None = None,
+        append: protocol.Append,
+        read: Reader,
+        interrupt: Callable[[], None] = lambda: None,
     ) -> WriteResult:
-        """Append ``body`` at ``client_offset``.
+        """Append the body that ``read`` returns at ``append.offset``.
 
-        ``sock`` is the client connection, shut down for reading when another request
-        needs the upload or the client stalls. With ``checksum``, the body is kept only if
-        it matches (ChecksumMismatch otherwise). ``declared_length`` sets the length of a
+        ``interrupt`` ends a blocked ``read`` (another request needs the upload, or the
+        client stalls). With ``append.checksum``, the body is kept only if it matches
+        (ChecksumMismatch otherwise); ``append.declared_length`` sets the length of a
         deferred-length upload. Raises LeaseHeld, TailMissing, Fenced, ChecksumMismatch,
-        TusError, or storage errors (nothing of the failed step is committed).
+        TusError, or S3 errors (nothing of the failed step is committed).
         """
         token = new_token()
-        self.wait_for_release(upload_id, lambda: self.store.acquire(upload_id, token))
+        self.lease.wait_for_release(upload_id, lambda: self.lease.acquire(upload_id, token))
         try:
             # Re-read under the lease: this is the state we build on.
             upload = self.store.get(upload_id)
             if upload is None or upload.state not in WRITABLE:
-                raise TusError(409, "upload_not_writable", "the upload cannot take bytes now")
-            if upload.offset != client_offset:
-                raise TusError(
-                    409,
-                    "offset_mismatch",
-                    "Upload-Offset does not match",
-                    {"Upload-Offset": str(upload.offset)},
-                )
-            declared = None
-            if declared_length is not None:
-                declared = self._check_declared_length(upload, declared_length)
+                raise TusError("upload_not_writable", "the upload cannot take bytes now")
+            declared = protocol.check_append(upload, append, self.settings.max_size)
             if upload.buffered and upload.node != self.settings.node_id:
                 # The buffered bytes are in another node's tail. A file here would be
                 # stale leftovers from an older stretch of the upload: never use it.
-                raise TailMissing(upload_id, upload.buffered, None)
+                raise TailMissing(upload_id, upload.buffered, None, upload.node)
             # A stale request of this node may still hold the file (its lease expired).
-            tail = self.wait_for_release(
-                upload_id, lambda: Tail.open(upload_id, upload.buffered, self.settings.tmp_dir)
-            )
             try:
-                with self.watcher.watching(upload_id, sock) as active:
+                tail = self.lease.wait_for_release(
+                    upload_id,
+                    lambda: Tail.open(upload_id, upload.buffered, self.settings.tmp_dir),
+                    busy=(TailLocked,),
+                )
+            except TailMissing as exc:
+                exc.node = upload.node
+                raise
+            self.on_tail_opened()
+            try:
+                with self.watcher.watching(upload_id, interrupt) as active:
                     patch = _Patch(self, upload, token, tail, active, declared)
-                    overflow = patch.run(body, checksum)
+                    overflow = patch.run(read, append.checksum)
             finally:
                 tail.close()
             after = self.store.get(upload_id)
             assert after is not None
             if after.offset != upload.offset:
                 self.notify(hooks.upload_progress, after)
-                if after.state == ASSEMBLING:
+                if after.state == State.ASSEMBLING:
                     self.notify(hooks.upload_received, after)
             return WriteResult(after, overflow)
         finally:
-            self.store.release(upload_id, token)
-
-    def deferred_limit(self, upload: Upload) -> int:
-        """The most a deferred-length upload can hold: its part size fixes its ceiling."""
-        return min(self.settings.max_size, upload.part_size * MAX_PARTS)
-
-    def _check_declared_length(self, upload: Upload, length: int) -> int | None:
-        """The length this PATCH declares for a deferred-length upload (None if it was
-        already known). It is saved with the PATCH's commits, so a PATCH that keeps
-        nothing (a checksum mismatch, an S3 failure) leaves no length behind either."""
-        if upload.length is not None:
-            if length != upload.length:
-                raise TusError(400, "length_already_set", "Upload-Length cannot change")
-            return None
-        if length < upload.offset:
-            raise TusError(400, "invalid_length", "Upload-Length is smaller than Upload-Offset")
-        if length > self.deferred_limit(upload):
-            raise TusError(413, "upload_too_large", f"at most {self.deferred_limit(upload)}")
-        return length
+            self.lease.release(upload_id, token)
 
 
 class _Patch:
@@ -209,7 +139,7 @@ class _Patch:
         active: ActiveWrite,
         declared: int | None,
     ) -> None:
-        self.w = writer
+        self.writer = writer
         self.upload = upload if declared is None else replace(upload, length=declared)
         self.declared = declared  # a deferred length this PATCH declares, not yet saved
         self.token = token
@@ -222,7 +152,7 @@ class _Patch:
         self.inflight: Future[None] | None = None  # the part shipped meanwhile
         self.object_headers = protocol.object_headers(protocol.parse_metadata(upload.metadata))
 
-    def run(self, body: BinaryIO, checksum: protocol.Checksum | None) -> bool:
+    def run(self, read: Reader, checksum: protocol.Checksum | None) -> bool:
         """Stream the body; True when the client sent bytes beyond Upload-Length.
 
         Without a checksum, full parts are shipped while the body keeps arriving (at
@@ -230,7 +160,9 @@ class _Patch:
         and checked, then shipped: a body that does not match leaves no trace.
         """
         upload, tail, part_size = self.upload, self.tail, self.upload.part_size
-        limit = upload.length if upload.length is not None else self.w.deferred_limit(upload)
+        limit = upload.length
+        if limit is None:
+            limit = protocol.deferred_limit(upload, self.writer.settings.max_size)
         room = limit - upload.offset  # bytes this upload can still take
         hasher = checksum.hasher() if checksum else None
         received = 0
@@ -238,14 +170,14 @@ class _Patch:
         ended_early = False
         try:
             while received < room:
-                want = min(self.w.settings.read_chunk, room - received)
+                want = min(self.writer.settings.read_chunk, room - received)
                 if hasher is None:
                     if tail.size >= 2 * part_size:
                         self._wait_inflight()  # S3 is slower than the client
                     want = min(want, 2 * part_size - tail.size)
                 try:
-                    data = body.read(want)
-                except READ_ERRORS as exc:
+                    data = read(want)
+                except BodyEnded as exc:
                     reason = self.active.stop_reason or exc
                     log.info("upload %s: body ended early (%s)", upload.id, reason)
                     ended_early = True
@@ -262,7 +194,7 @@ class _Patch:
                     self._ship_front_part_meanwhile()
                 if time.monotonic() >= check_in_at:
                     # Renews the lease; Fenced when it was lost or the upload ended.
-                    if self.w.store.renew(upload.id, self.token):
+                    if self.writer.lease.renew(upload.id, self.token):
                         log.info("upload %s: letting go on request", upload.id)
                         ended_early = True
                         break
@@ -273,8 +205,8 @@ class _Patch:
 
         overflow = False
         if received == room and not ended_early:
-            with contextlib.suppress(READ_ERRORS):
-                overflow = bool(body.read(1))
+            with contextlib.suppress(BodyEnded):
+                overflow = bool(read(1))
         if (
             hasher is not None
             and checksum is not None
@@ -291,12 +223,12 @@ class _Patch:
         elif self.committed + tail.size != self.offset or self.declared is not None:
             tail.sync()  # the bytes must be on disk before Redis acknowledges them
             new_offset = self.committed + tail.size
-            self.w.store.commit_offset(
+            self.writer.store.commit_offset(
                 upload.id,
                 self.token,
                 self.offset,
                 new_offset,
-                self.w.settings.node_id,
+                self.writer.settings.node_id,
                 self.declared,
             )
             self.offset, self.declared = new_offset, None
@@ -324,7 +256,7 @@ class _Patch:
                 self.active.stop("part upload failed")
                 raise
 
-        self.inflight = self.w.part_uploads.submit(ship)
+        self.inflight = self.writer.part_uploads.submit(ship)
 
     def _wait_inflight(self) -> None:
         if self.inflight is not None:
@@ -341,11 +273,11 @@ class _Patch:
 
     def _ensure_multipart(self) -> None:
         if not self.s3_upload_id:
-            self.s3_upload_id = self.w.storage.create_multipart(
+            self.s3_upload_id = self.writer.s3.create_multipart(
                 self.upload.key, self.object_headers
             )
             # Saved at once, so that an abort can always find it.
-            self.w.store.save_s3_upload_id(self.upload.id, self.token, self.s3_upload_id)
+            self.writer.store.save_s3_upload_id(self.upload.id, self.token, self.s3_upload_id)
 
     def _ship_front_part(self) -> None:
         """Upload the full part at the front of the tail, commit it, then drop it from
@@ -355,18 +287,18 @@ class _Patch:
         size = self.upload.part_size
         number = self.committed // size + 1
         with self.tail.slice(0, size) as body, self.lease_kept():
-            etag = self.w.storage.upload_part(
+            etag = self.writer.s3.upload_part(
                 self.upload.key, self.s3_upload_id, number, body, size
             )
         with self.lock:
             new_offset = self.committed + size
-            self.w.store.commit_part(
+            self.writer.store.commit_part(
                 self.upload.id,
                 self.token,
                 self.offset,
                 new_offset,
                 (number, etag, size),
-                self.w.settings.node_id,
+                self.writer.settings.node_id,
                 self.declared,
             )
             self.committed = self.offset = new_offset
@@ -383,7 +315,7 @@ class _Patch:
         def renew() -> None:
             while not done.wait(CHECK_IN_SECONDS):
                 try:
-                    self.w.store.renew(self.upload.id, self.token)
+                    self.writer.lease.renew(self.upload.id, self.token)
                 except Exception:  # lost or unreachable: the commit will tell
                     return
 
@@ -397,22 +329,24 @@ class _Patch:
 
     def _ship_last(self) -> None:
         """Ship the remaining bytes, then move to assembling and enqueue completion."""
-        upload, storage, size = self.upload, self.w.storage, self.tail.size
+        upload, s3, size = self.upload, self.writer.s3, self.tail.size
         assert upload.length is not None
         last_part = None
         if self.s3_upload_id and size:
             number = self.committed // upload.part_size + 1
             with self.tail.slice(0, size) as body, self.lease_kept():
-                etag = storage.upload_part(upload.key, self.s3_upload_id, number, body, size)
+                etag = s3.upload_part(upload.key, self.s3_upload_id, number, body, size)
             last_part = (number, etag, size)
         elif not self.s3_upload_id:
             with self.tail.slice(0, size) as body, self.lease_kept():
-                storage.put_object(upload.key, body, size, self.object_headers)
+                s3.put_object(upload.key, body, size, self.object_headers)
         # (A multipart upload and nothing left: the last full part was the last part.)
-        self.w.store.finish_receiving(upload.id, self.token, self.offset, upload.length, last_part)
+        self.writer.store.finish_receiving(
+            upload.id, self.token, self.offset, upload.length, last_part
+        )
         self.offset = upload.length
         self.tail.remove()
         try:
-            self.w.enqueue_completion(upload.id)
+            self.writer.enqueue_completion(upload.id)
         except Exception:  # the upload is safe in S3; the maintenance sweep re-enqueues
             log.exception("upload %s: could not enqueue completion", upload.id)

@@ -1,11 +1,20 @@
 """Where bytes live: S3 for parts and objects, a node-local file for the tail."""
 
-from rindle.storage.s3 import S3Storage, make_s3_client
-from rindle.storage.tail import Tail, tail_path, try_remove_idle_tail, upload_id_from_tail
+from rindle.storage.s3 import S3_ERRORS, S3Storage, error_code, make_s3_client
+from rindle.storage.tail import (
+    Tail,
+    TailLocked,
+    tail_path,
+    try_remove_idle_tail,
+    upload_id_from_tail,
+)
 
 __all__ = [
+    "S3_ERRORS",
     "S3Storage",
     "Tail",
+    "TailLocked",
+    "error_code",
     "make_s3_client",
     "tail_path",
     "try_remove_idle_tail",

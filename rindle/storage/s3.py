@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator, Mapping
 from datetime import datetime
 from typing import BinaryIO
@@ -10,17 +9,20 @@ from typing import BinaryIO
 import boto3
 from botocore.client import BaseClient
 from botocore.config import Config
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
+
+# What an S3 call raises when S3 fails or refuses: callers catch this, not botocore's.
+S3_ERRORS = (BotoCoreError, ClientError)
 
 
-def make_s3_client(max_pool_connections: int = 32) -> BaseClient:
-    """A boto3 S3 client that works with S3-compatible stores.
+def make_s3_client(max_pool_connections: int = 32, path_style: bool = False) -> BaseClient:
+    """A boto3 S3 client that works with S3-compatible stores (endpoint and credentials
+    from boto3's own variables).
 
     Checksums only when an operation requires them (boto3 >= 1.36 otherwise sends CRC
     trailers that R2, B2 and older MinIO reject), a pool sized for the request threads,
-    and path-style addressing when a custom endpoint is set.
+    and path-style addressing for custom endpoints (``path_style``).
     """
-    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
     config = Config(
         request_checksum_calculation="when_required",
         response_checksum_validation="when_required",
@@ -28,7 +30,7 @@ def make_s3_client(max_pool_connections: int = 32) -> BaseClient:
         connect_timeout=5,
         read_timeout=60,
         retries={"mode": "standard", "max_attempts": 3},
-        s3={"addressing_style": "path"} if endpoint else None,
+        s3={"addressing_style": "path"} if path_style else None,
     )
     return boto3.session.Session().client("s3", config=config)
 
@@ -38,6 +40,8 @@ def error_code(exc: ClientError) -> str:
 
 
 class S3Storage:
+    """The bucket's multipart uploads and objects; boto3's exceptions pass through."""
+
     def __init__(self, client: BaseClient, bucket: str) -> None:
         self.client = client
         self.bucket = bucket

@@ -13,7 +13,11 @@ import io
 import os
 
 from rindle.config import default_tmp_dir
-from rindle.errors import LeaseHeld, TailMissing
+from rindle.errors import TailMissing
+
+
+class TailLocked(Exception):
+    """Another writer of this node holds the tail file (its flock)."""
 
 
 def tail_path(session_id: str, root: str | None = None) -> str:
@@ -83,7 +87,7 @@ class Tail:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            raise LeaseHeld(session_id) from None
+            raise TailLocked(session_id) from None
         size = os.fstat(fd).st_size
         if size < expected:
             os.close(fd)

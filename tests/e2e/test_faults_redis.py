@@ -16,7 +16,7 @@ import requests
 
 from devstack.services import REPO_ROOT, RedisServer, SeaweedS3
 from rindle.jobqueue import completion_job_id
-from rindle.store import EXPIRY_INDEX
+from rindle.keys import EXPIRY_INDEX
 from tests.conftest import _STACKS, Stack
 from tests.e2e.conftest import MIB, TUS, Uploads, payload, poll
 from tests.e2e.test_faults import (

@@ -19,7 +19,7 @@ import pytest
 import requests
 
 from rindle import tail_path
-from rindle.store import EXPIRY_INDEX
+from rindle.keys import EXPIRY_INDEX
 from tests.conftest import PART_SIZE
 from tests.e2e.conftest import TUS, payload, poll
 

@@ -586,7 +586,7 @@ def test_expiration(module_stack: Stack, uploads: TrackedUploads) -> None:
     queue = Queue(
         module_stack.env.get("RINDLE_QUEUE", "rindle"), connection=jobs_redis(module_stack)
     )
-    job = queue.enqueue("workers.jobs.sweep_expired")
+    job = queue.enqueue("rindle.jobs.sweep_expired")
     try:
         result = poll(job.return_value, 30, "for the sweep job")
         assert result["expired"] >= 1, result

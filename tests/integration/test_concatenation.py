@@ -62,7 +62,7 @@ def test_partials_still_assembling_are_waited_for(app, tus, rq_burst, s3_client)
     rq_burst()  # runs the partials' completions, and the final's (retried if first)
     final_id = r.headers["Location"].rsplit("/", 1)[1]
     for _ in range(20):
-        if app.extensions["rindle"].store.get(final_id).state == "completed":
+        if app.extensions["rindle"].uploads.get(final_id).state == "completed":
             break
         rq_burst_with_scheduler(app)
     body = object_bytes(s3_client, app.config["RINDLE"].s3_bucket, "uploads/" + final_id)

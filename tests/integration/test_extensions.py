@@ -29,7 +29,7 @@ def stored(app, s3_client, upload_id: str) -> bytes:
 
 
 def state(app, rdb, s3_client, upload_id: str) -> tuple:
-    upload = app.extensions["rindle"].store.get(upload_id)
+    upload = app.extensions["rindle"].uploads.get(upload_id)
     path = tail_path(upload_id, app.config["RINDLE"].tmp_dir)
     parts = rdb.hgetall(f"rindle:upload:{{{upload_id}}}:parts")
     listed = []

@@ -11,7 +11,7 @@ import pytest
 from app import create_app
 from rindle import Settings, hooks, init_app
 from rindle.hooks import Hooks, Refuse
-from rindle.store import EXPIRY_INDEX
+from rindle.keys import EXPIRY_INDEX
 from tests.integration.conftest import PART, TUS, Tus, random_bytes
 
 pytestmark = pytest.mark.integration

@@ -11,7 +11,7 @@ from rq import SimpleWorker
 from werkzeug.http import parse_date
 
 from rindle import tail_path
-from rindle.store import EXPIRY_INDEX
+from rindle.keys import EXPIRY_INDEX
 from tests.integration.conftest import PART, TUS, random_bytes
 
 pytestmark = pytest.mark.integration
@@ -91,7 +91,7 @@ def test_delete_of_a_completed_upload_deletes_its_object(app, tus, rq_burst, s3_
 
 def test_abort_that_fails_once_is_retried_until_it_succeeds(app, tus, s3_client, monkeypatch):
     upload_id, _ = half_upload(tus)
-    storage = app.extensions["rindle"].storage
+    storage = app.extensions["rindle"].s3
     real_abort = storage.client.abort_multipart_upload
     calls = []
 

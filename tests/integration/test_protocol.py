@@ -124,7 +124,7 @@ def test_unknown_upload_is_404(tus):
 
 def test_ended_upload_is_410(app, tus):
     upload_id = tus.create(10)
-    store = app.extensions["rindle"].store
+    store = app.extensions["rindle"].uploads
     assert store.set_state(upload_id, "terminated", ("created",))
     assert tus.head(upload_id).status_code == 410
     r = tus.patch(upload_id, 0, b"x")
@@ -166,12 +166,12 @@ def test_body_beyond_the_length_is_413_before_reading(tus):
 
 def test_a_second_writer_gets_423_while_the_lease_is_held(app, tus):
     upload_id = tus.create(10)
-    store = app.extensions["rindle"].store
-    store.acquire(upload_id, "another-request")
+    lease = app.extensions["rindle"].lease
+    lease.acquire(upload_id, "another-request")
     r = tus.patch(upload_id, 0, b"abc")
     assert r.status_code == 423
     assert r.get_json()["error"] == "upload_locked"
-    store.release(upload_id, "another-request")
+    lease.release(upload_id, "another-request")
     assert tus.patch(upload_id, 0, b"abc").status_code == 204
 
 
@@ -179,7 +179,7 @@ def test_zero_length_upload_is_complete_at_creation(app, tus, s3_client):
     upload_id = tus.create(0)
     r = tus.head(upload_id)
     assert (r.headers["Upload-Offset"], r.headers["Upload-Length"]) == ("0", "0")
-    upload = app.extensions["rindle"].store.get(upload_id)
+    upload = app.extensions["rindle"].uploads.get(upload_id)
     assert upload.state == "completed"
     assert object_bytes(s3_client, app.config["RINDLE"].s3_bucket, upload.key) == b""
 
@@ -202,14 +202,14 @@ def test_object_key_is_prefix_plus_id_and_parts_are_equal(app, tus, rq_burst, s3
 
 
 def test_completion_job_is_idempotent(app, tus, rq_burst):
-    from workers.jobs import complete_upload
+    from rindle.jobs import complete_upload
 
     data = random_bytes(PART + 1)
     upload_id = tus.create(len(data))
     assert tus.patch(upload_id, 0, data).status_code == 204
-    assert app.extensions["rindle"].store.get(upload_id).state == "assembling"
+    assert app.extensions["rindle"].uploads.get(upload_id).state == "assembling"
     rq_burst()
-    assert app.extensions["rindle"].store.get(upload_id).state == "completed"
+    assert app.extensions["rindle"].uploads.get(upload_id).state == "completed"
     with app.app_context():
         assert complete_upload(upload_id) == "skipped (completed)"
 

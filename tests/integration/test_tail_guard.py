@@ -15,7 +15,7 @@ pytestmark = pytest.mark.integration
 
 def upload_state(app, rdb, s3_client, upload_id: str) -> dict:
     """Everything a resume could change: the upload's Redis keys and its S3 state."""
-    store = app.extensions["rindle"].store
+    store = app.extensions["rindle"].uploads
     upload = store.get(upload_id)
     bucket = app.config["RINDLE"].s3_bucket
     state = {
@@ -45,7 +45,7 @@ def finish_and_check(app, tus, rq_burst, s3_client, upload_id: str, data: bytes)
     assert r.status_code == 204, r.get_data(as_text=True)
     assert int(r.headers["Upload-Offset"]) == len(data)
     rq_burst()
-    upload = app.extensions["rindle"].store.get(upload_id)
+    upload = app.extensions["rindle"].uploads.get(upload_id)
     assert upload.state == "completed"
     body = object_bytes(s3_client, app.config["RINDLE"].s3_bucket, upload.key)
     assert sha256(body) == sha256(data)

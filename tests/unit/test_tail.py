@@ -3,8 +3,8 @@ import os
 
 import pytest
 
-from rindle.errors import LeaseHeld, TailMissing
-from rindle.storage import Tail, tail_path
+from rindle.errors import TailMissing
+from rindle.storage import Tail, TailLocked, tail_path
 
 
 @pytest.mark.parametrize("upload_id", ["abc", "a/b", "a+b=c", "with space", "../../etc/passwd"])
@@ -61,7 +61,7 @@ def test_long_tail_is_cut_to_the_committed_length(tmp_path):
 
 def test_second_writer_on_this_node_is_locked_out(tmp_path):
     first = Tail.open("u", 0, root=str(tmp_path))
-    with pytest.raises(LeaseHeld):
+    with pytest.raises(TailLocked):
         Tail.open("u", 0, root=str(tmp_path))
     first.close()
     Tail.open("u", 0, root=str(tmp_path)).close()

@@ -6,21 +6,16 @@ import json
 import time
 
 import click
-from flask import current_app
 from flask.cli import AppGroup
 from werkzeug.http import http_date
 
-from rindle.extension import Services
+from rindle.web.context import current_rindle
 
 cli = AppGroup("rindle", help="Maintain rindle uploads (tails, expired uploads, orphans).")
 
 dry_run_option = click.option(
     "--dry-run", is_flag=True, help="Only count what would be done; change nothing."
 )
-
-
-def services() -> Services:
-    return current_app.extensions["rindle"]
 
 
 def report(what: str, counts: dict[str, int], dry_run: bool) -> None:
@@ -32,7 +27,7 @@ def report(what: str, counts: dict[str, int], dry_run: bool) -> None:
 @dry_run_option
 def sweep(dry_run: bool) -> None:
     """Expire uploads past Upload-Expires and abort their multipart uploads."""
-    report("sweep", services().maintenance.sweep_expired(dry_run=dry_run), dry_run)
+    report("sweep", current_rindle().maintenance.sweep_expired(dry_run=dry_run), dry_run)
 
 
 @cli.command("reap-tails")
@@ -40,7 +35,9 @@ def sweep(dry_run: bool) -> None:
 @click.option("--root", default=None, help="Tmp dir to reap (default: RINDLE_TMP_DIR).")
 def reap_tails(dry_run: bool, root: str | None) -> None:
     """Delete this node's tails of ended, unknown or expired uploads."""
-    report("reap-tails", services().maintenance.reap_tails(root=root, dry_run=dry_run), dry_run)
+    report(
+        "reap-tails", current_rindle().maintenance.reap_tails(root=root, dry_run=dry_run), dry_run
+    )
 
 
 @cli.command("abort-orphans")
@@ -48,23 +45,23 @@ def reap_tails(dry_run: bool, root: str | None) -> None:
 @click.option("--grace", type=int, default=None, help="Seconds (default: RINDLE_ORPHAN_GRACE).")
 def abort_orphans(dry_run: bool, grace: int | None) -> None:
     """Abort multipart uploads under the prefix that no open upload references."""
-    svc = services()
-    grace = svc.settings.orphan_grace if grace is None else grace
-    report("abort-orphans", svc.maintenance.abort_orphans(grace, dry_run=dry_run), dry_run)
+    rindle = current_rindle()
+    grace = rindle.settings.orphan_grace if grace is None else grace
+    report("abort-orphans", rindle.maintenance.abort_orphans(grace, dry_run=dry_run), dry_run)
 
 
 @cli.command("status")
 @click.argument("upload_id")
 def status(upload_id: str) -> None:
     """Show one upload's bookkeeping as JSON."""
-    svc = services()
-    upload = svc.store.get(upload_id)
+    rindle = current_rindle()
+    upload = rindle.uploads.get(upload_id)
     if upload is None:
         raise click.ClickException(f"no upload {upload_id}")
     info = {
         **upload.__dict__,
         "buffered": upload.buffered,
-        "parts": len(svc.store.parts(upload_id)),
+        "parts": len(rindle.uploads.parts(upload_id)),
         "expires": http_date(upload.expires_at),
     }
     click.echo(json.dumps(info, indent=2))
@@ -74,11 +71,11 @@ def status(upload_id: str) -> None:
 @click.option("--state", default=None, help="Only uploads in this state.")
 def list_uploads(state: str | None) -> None:
     """One line per upload: id, state, offset/length, age."""
-    svc = services()
+    rindle = current_rindle()
     now = time.time()
     shown = 0
-    for upload_id in svc.store.ids():
-        upload = svc.store.get(upload_id)
+    for upload_id in rindle.uploads.ids():
+        upload = rindle.uploads.get(upload_id)
         if upload is None or (state and upload.state != state):
             continue
         age = int(now - upload.created_at)

@@ -1,4 +1,4 @@
-"""The RQ worker class for rindle: ``rq worker --worker-class workers.worker.RindleWorker``.
+"""The RQ worker class for rindle: ``rq worker --worker-class rindle.worker.RindleWorker``.
 
 RQ forks a work horse per job. Importing boto3 and building the app's clients takes most
 of a second, which each fork would otherwise pay again; this worker does it once, before
@@ -12,11 +12,11 @@ from typing import Any
 
 from rq.worker import Worker
 
-from workers.jobs import worker_app
+from rindle.jobs import worker_rindle
 
 
 class RindleWorker(Worker):
     def work(self, *args: Any, **kwargs: Any) -> bool:
-        services = worker_app().extensions["rindle"]
-        _ = services.store, services.storage, services.jobs, services.maintenance
+        rindle = worker_rindle()
+        _ = rindle.uploads, rindle.s3, rindle.jobs, rindle.assembly, rindle.maintenance
         return super().work(*args, **kwargs)

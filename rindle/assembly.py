@@ -1,0 +1,172 @@
+"""Completion: the object of an upload whose bytes are all in S3.
+
+For a plain upload, CompleteMultipartUpload of the recorded parts (nothing to do for one
+PutObject); for a final upload (concatenation), the partials' objects become its parts.
+Then a HEAD checks the size, and only then is the upload ``completed``. Every step is
+idempotent: the completion job may run again after a crash or a lost answer.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+from blinker import NamedSignal
+from botocore.exceptions import ClientError
+
+from rindle import hooks, protocol
+from rindle.config import MAX_PART_SIZE, MIN_PART_SIZE, Settings
+from rindle.errors import AssemblyError, PartialsNotReady
+from rindle.jobqueue import JobQueue
+from rindle.storage import S3Storage, error_code
+from rindle.store import UploadStore
+from rindle.upload import ENDED, State, Upload
+
+log = logging.getLogger("rindle.assembly")
+
+# S3 answers that no retry can fix: the recorded parts do not assemble.
+PERMANENT_COMPLETE_ERRORS = ("InvalidPart", "InvalidPartOrder", "EntityTooSmall")
+
+
+@dataclass
+class Assembly:
+    store: UploadStore
+    s3: S3Storage
+    settings: Settings
+    jobs: JobQueue
+    notify: Callable[[NamedSignal, Upload], None] = lambda signal, upload: None
+
+    def complete(self, upload_id: str) -> str:
+        """Assemble the object of an upload in ``assembling`` and mark it ``completed``.
+
+        A retry after success, or of a completion S3 already did, is a no-op. Raises on
+        a failure worth retrying; marks the upload ``failed`` when no retry can help.
+        """
+        upload = self.store.get(upload_id)
+        if upload is None:
+            return "unknown"
+        if upload.state != State.ASSEMBLING:
+            return f"skipped ({upload.state})"
+        if upload.is_final:
+            return self._concatenate(upload)
+        return self._complete_multipart(upload)
+
+    def _complete_multipart(self, upload: Upload) -> str:
+        if upload.s3_upload_id:
+            parts = self.store.parts(upload.id)
+            numbers = [n for n, _, _ in parts]
+            if numbers != list(range(1, len(parts) + 1)) or sum(s for *_, s in parts) != (
+                upload.length
+            ):
+                log.error(
+                    "upload %s: recorded parts do not cover the upload: %s", upload.id, numbers
+                )
+                return self._fail(upload.id, "failed (parts)")
+            try:
+                self.s3.complete_multipart(
+                    upload.key, upload.s3_upload_id, [(n, etag) for n, etag, _ in parts]
+                )
+            except ClientError as exc:
+                code = error_code(exc)
+                if code in PERMANENT_COMPLETE_ERRORS:
+                    log.error("upload %s: S3 refused assembly: %s", upload.id, exc)
+                    return self._fail(upload.id, f"failed ({code})")
+                if code != "NoSuchUpload":  # NoSuchUpload: completed by an earlier try
+                    raise
+        return self._verify_and_finish(upload)
+
+    def _verify_and_finish(self, upload: Upload) -> str:
+        """HEAD the object, then mark the upload completed (once) and tell the app."""
+        size = self.s3.head_size(upload.key)
+        if size != upload.length:
+            raise AssemblyError(f"upload {upload.id}: object has {size} bytes, not {upload.length}")
+        if not self.store.set_state(upload.id, State.COMPLETED, (State.ASSEMBLING,)):
+            current = self.store.get(upload.id)
+            if current is not None and current.state == State.TERMINATED:
+                self.s3.delete_object(upload.key)  # terminated while we assembled it
+            return f"skipped ({current.state if current else 'unknown'})"
+        log.info("upload %s: completed, %d bytes at %s", upload.id, size, upload.key)
+        self.notify(hooks.upload_completed, replace(upload, state=State.COMPLETED))
+        if self.settings.on_complete:
+            metadata = hooks.metadata_dict(protocol.parse_metadata(upload.metadata))
+            self.jobs.on_complete(self.settings.on_complete, upload.id, upload.key, size, metadata)
+        return "completed"
+
+    def _fail(self, upload_id: str, outcome: str) -> str:
+        if self.store.set_state(upload_id, State.FAILED, (State.ASSEMBLING,)):
+            self.jobs.clean_up(upload_id)  # abort its multipart upload
+            upload = self.store.get(upload_id)
+            if upload is not None:
+                self.notify(hooks.upload_failed, upload)
+        return outcome
+
+    def _concatenate(self, upload: Upload) -> str:
+        """Assemble a final upload from its partial uploads' objects.
+
+        When every partial but the last is at least 5 MiB (and none above S3's 5 GiB part
+        limit), each partial becomes one part, copied inside S3 (UploadPartCopy): no bytes
+        travel. Otherwise the partials are streamed through this process into parts of the
+        upload's part size, one part in memory at a time.
+        """
+        partials = [self.store.get(partial_id) for partial_id in upload.partials]
+        if any(p is None or p.state in ENDED for p in partials):
+            log.error("upload %s: a partial upload is gone", upload.id)
+            return self._fail(upload.id, "failed (partial gone)")
+        ready = [p for p in partials if p is not None and p.state == State.COMPLETED]
+        if len(ready) != len(partials):
+            raise PartialsNotReady(f"upload {upload.id}: partial uploads still assembling")
+        sources = [(p.key, p.length or 0) for p in ready if p.length]
+        headers = protocol.object_headers(protocol.parse_metadata(upload.metadata))
+        if not sources:
+            self.s3.put_object(upload.key, b"", 0, headers)
+            return self._verify_and_finish(upload)
+
+        s3_upload_id = upload.s3_upload_id or self.store.save_assembly_upload_id(
+            upload.id, self.s3.create_multipart(upload.key, headers)
+        )
+        copyable = all(MIN_PART_SIZE <= size <= MAX_PART_SIZE for _, size in sources[:-1])
+        if copyable and sources[-1][1] <= MAX_PART_SIZE:
+            parts = [
+                (n, self.s3.upload_part_copy(upload.key, s3_upload_id, n, key))
+                for n, (key, _) in enumerate(sources, start=1)
+            ]
+        else:
+            parts = self._restream(upload, s3_upload_id, [key for key, _ in sources])
+        try:
+            self.s3.complete_multipart(upload.key, s3_upload_id, parts)
+        except ClientError as exc:
+            if error_code(exc) != "NoSuchUpload":  # NoSuchUpload: completed by an earlier try
+                raise
+        return self._verify_and_finish(upload)
+
+    def _restream(
+        self, upload: Upload, s3_upload_id: str, keys: list[str]
+    ) -> list[tuple[int, str]]:
+        """Copy objects, in order, into parts of exactly the upload's part size (the last
+        one shorter), holding at most one part in memory."""
+        parts: list[tuple[int, str]] = []
+        buffer = bytearray()
+
+        def ship() -> None:
+            number = len(parts) + 1
+            etag = self.s3.upload_part(
+                upload.key, s3_upload_id, number, io.BytesIO(buffer), len(buffer)
+            )
+            parts.append((number, etag))
+            buffer.clear()
+
+        for key in keys:
+            body = self.s3.get_object(key)["Body"]
+            for chunk in body.iter_chunks(1024 * 1024):
+                view = memoryview(chunk)
+                while view:
+                    take = min(len(view), upload.part_size - len(buffer))
+                    buffer += view[:take]
+                    view = view[take:]
+                    if len(buffer) == upload.part_size:
+                        ship()
+        if buffer or not parts:
+            ship()
+        return parts

@@ -1,0 +1,105 @@
+"""The services of one rindle deployment: clients and the parts built on them.
+
+Built lazily, on first use: after gunicorn (or RQ) forked the process, then shared by
+its threads (boto3 clients and redis-py pools are thread-safe). No web framework here:
+the web layer and the RQ jobs both use a ``Rindle``.
+"""
+
+from __future__ import annotations
+
+import logging
+from functools import cached_property
+from typing import Any
+
+import redis
+from blinker import NamedSignal
+from rq import Queue
+
+from rindle.assembly import Assembly
+from rindle.config import Settings
+from rindle.hooks import Hooks
+from rindle.jobqueue import JobQueue
+from rindle.lease import Lease, ReleaseWatcher
+from rindle.maintenance import Maintenance, TailReaper
+from rindle.storage import S3Storage, make_s3_client
+from rindle.store import UploadStore
+from rindle.upload import Upload
+from rindle.writer import Writer
+
+log = logging.getLogger("rindle")
+
+
+class Rindle:
+    def __init__(
+        self, settings: Settings, hooks: Hooks | None = None, sender: Any = None, s3_pool: int = 32
+    ) -> None:
+        """``sender``: what signals are sent from (the app, for its receivers)."""
+        self.settings = settings
+        self.hooks = hooks or Hooks()
+        self.sender = sender
+        self.s3_pool = s3_pool
+
+    def notify(self, signal: NamedSignal, upload: Upload) -> None:
+        """Send a signal to the app's receivers; their failures never fail an upload."""
+        try:
+            signal.send(self.sender, upload=upload)
+        except Exception:
+            log.exception("upload %s: a receiver of %s failed", upload.id, signal.name)
+
+    @cached_property
+    def redis(self) -> redis.Redis:
+        return redis.Redis.from_url(
+            self.settings.redis_url,
+            decode_responses=True,
+            socket_timeout=10,
+            socket_connect_timeout=5,
+            health_check_interval=30,
+        )
+
+    @cached_property
+    def jobs(self) -> JobQueue:
+        # rq stores pickled payloads: it needs a client that does not decode.
+        connection = redis.Redis.from_url(self.settings.redis_url)
+        return JobQueue(Queue(self.settings.queue, connection=connection))
+
+    @cached_property
+    def uploads(self) -> UploadStore:
+        return UploadStore(self.redis, self.settings.expiration, self.settings.lease_seconds)
+
+    @cached_property
+    def lease(self) -> Lease:
+        return Lease(self.uploads, self.settings.release_wait)
+
+    @cached_property
+    def s3(self) -> S3Storage:
+        client = make_s3_client(self.s3_pool, path_style=bool(self.settings.s3_endpoint))
+        return S3Storage(client, self.settings.s3_bucket)
+
+    @cached_property
+    def watcher(self) -> ReleaseWatcher:
+        return ReleaseWatcher(self.settings.redis_url, self.settings.read_timeout)
+
+    @cached_property
+    def writer(self) -> Writer:
+        return Writer(
+            self.uploads,
+            self.lease,
+            self.s3,
+            self.settings,
+            self.watcher,
+            self.jobs.complete,
+            self.notify,
+            self.reaper.ensure_running,
+        )
+
+    @cached_property
+    def assembly(self) -> Assembly:
+        return Assembly(self.uploads, self.s3, self.settings, self.jobs, self.notify)
+
+    @cached_property
+    def maintenance(self) -> Maintenance:
+        return Maintenance(self.uploads, self.s3, self.settings, self.jobs, self.notify)
+
+    @cached_property
+    def reaper(self) -> TailReaper:
+        return TailReaper(self.maintenance, self.redis, self.settings.reap_interval)

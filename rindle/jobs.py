@@ -1,0 +1,66 @@
+"""RQ job functions: thin entry points over ``Assembly`` and ``Maintenance``.
+
+A job runs with the services of the app, so that settings, hooks and signal receivers
+are the app's own: those of the running context when a lookup finds one (the web layer
+adds Flask's app context: jobs run in-process inside ``app.app_context()`` use that app),
+else those of the app named by RINDLE_APP (``module:attribute``, default ``app:app``),
+imported once per worker process.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from functools import cache
+
+from rindle.config import Settings
+from rindle.core import Rindle
+
+Lookup = Callable[[], Rindle | None]
+_lookups: list[Lookup] = []
+
+
+@cache
+def worker_rindle() -> Rindle:
+    """The services of the app named by RINDLE_APP (an app given to ``init_app``)."""
+    module, _, attribute = Settings.from_env().app.partition(":")
+    app = getattr(importlib.import_module(module), attribute or "app")
+    return app.extensions["rindle"]
+
+
+def add_lookup(lookup: Lookup) -> None:
+    """Let jobs find the services of the running context (once per lookup)."""
+    if lookup not in _lookups:
+        _lookups.append(lookup)
+
+
+def current() -> Rindle:
+    for lookup in _lookups:
+        if (found := lookup()) is not None:
+            return found
+    return worker_rindle()
+
+
+def complete_upload(upload_id: str) -> str:
+    """Assemble the object of an upload in ``assembling`` and mark it ``completed``."""
+    return current().assembly.complete(upload_id)
+
+
+def clean_up_upload(upload_id: str) -> str:
+    """After DELETE or expiry: abort the multipart upload (and delete the object of a
+    terminated upload). NoSuchUpload counts as done; other failures are retried."""
+    return current().maintenance.clean_up(upload_id)
+
+
+def sweep_expired() -> dict[str, int]:
+    return current().maintenance.sweep_expired()
+
+
+def abort_orphans() -> dict[str, int]:
+    rindle = current()
+    return rindle.maintenance.abort_orphans(grace=rindle.settings.orphan_grace)
+
+
+def reap_tails() -> dict[str, int]:
+    """Reap the tails of the node this worker runs on (only useful on a web node)."""
+    return current().maintenance.reap_tails()

@@ -1,0 +1,270 @@
+"""The writer lease: one request writes an upload at a time, across all nodes.
+
+A request claims the lease (a token in Redis with a TTL) before it touches the tail and
+renews it while it works; every commit re-checks the token in the same transaction
+(``UploadStore.fenced``), so a request that lost its lease can never commit. A request
+that finds the lease held asks the holder to let go (a flag plus a pub/sub message) and
+waits a bounded time; a holder whose process died on this host is taken over at once.
+
+The release watcher is the holder's side: one thread per process that knows how to
+interrupt its writers' blocked reads, on a release request or when a client stalls.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import secrets
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+import redis
+
+from rindle.errors import LeaseHeld
+from rindle.keys import RELEASE_CHANNEL, release_key, writer_key
+from rindle.store import UploadStore
+
+log = logging.getLogger("rindle")
+T = TypeVar("T")
+
+RELEASE_REQUEST_MS = 10_000
+RELEASE_NOW = "now"  # any writer lets go (a new PATCH: one writer at a time)
+RELEASE_IF_IDLE = "idle"  # only a writer receiving nothing (a HEAD: not a monitor's)
+# A writer that received nothing for this long lets go when a HEAD asks.
+IDLE_SECONDS = 1.0
+# The watcher thread exits after this long without writers (the next one restarts it).
+IDLE_EXIT_SECONDS = 60
+
+
+def new_token() -> str:
+    """A writer token: random, and naming its host and process, so that a request on
+    the same host can tell that a holder died."""
+    return f"{socket.gethostname()}/{os.getpid()}/{secrets.token_urlsafe(16)}"
+
+
+def holder_is_dead(token: str) -> bool:
+    host, _, rest = token.partition("/")
+    pid, _, _ = rest.partition("/")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False  # another host's: only its lease's expiry tells
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False  # alive, someone else's
+    return False
+
+
+class Lease:
+    def __init__(self, store: UploadStore, release_wait: float) -> None:
+        self.store = store
+        self.redis = store.redis
+        self.release_wait = release_wait
+
+    def acquire(self, upload_id: str, token: str) -> None:
+        if not self.redis.set(writer_key(upload_id), token, nx=True, px=self.store.lease_ms):
+            raise LeaseHeld(upload_id)
+        self.redis.delete(release_key(upload_id))  # meant for the previous holder
+
+    def held(self, upload_id: str) -> bool:
+        return bool(self.redis.exists(writer_key(upload_id)))
+
+    def holder(self, upload_id: str) -> str | None:
+        return self.redis.get(writer_key(upload_id))
+
+    def renew(self, upload_id: str, token: str) -> bool:
+        """Extend our lease (Fenced if it was lost or the upload ended); True when another
+        request asked us to let go even while bytes are flowing."""
+        self.store.fenced(upload_id, token, None, lambda pipe: None)
+        return self.redis.get(release_key(upload_id)) == RELEASE_NOW
+
+    def release(self, upload_id: str, token: str) -> None:
+        """Drop the lease if it is still ours (a lost lease is someone else's now)."""
+        lease = writer_key(upload_id)
+
+        def attempt(pipe: redis.client.Pipeline) -> None:
+            if pipe.get(lease) == token:  # else it changed hands: not ours to delete
+                pipe.multi()
+                pipe.delete(lease)
+
+        self.redis.transaction(attempt, lease)
+
+    def request_release(self, upload_id: str, kind: str = RELEASE_NOW) -> None:
+        """Ask the writer of ``upload_id``, on whatever node, to save what it has and let
+        go: a flag its next check-in sees, and a message for a writer blocked in a read.
+        RELEASE_NOW asks any writer; RELEASE_IF_IDLE only one that receives nothing."""
+        with self.redis.pipeline(transaction=False) as pipe:
+            # An idle-only request never weakens a pending unconditional one.
+            pipe.set(
+                release_key(upload_id), kind, px=RELEASE_REQUEST_MS, nx=kind == RELEASE_IF_IDLE
+            )
+            pipe.publish(RELEASE_CHANNEL, f"{kind} {upload_id}")
+            pipe.execute()
+
+    def wait_for_release(
+        self,
+        upload_id: str,
+        attempt: Callable[[], T],
+        kind: str = RELEASE_NOW,
+        busy: tuple[type[Exception], ...] = (LeaseHeld,),
+    ) -> T:
+        """Run ``attempt``, which raises one of ``busy`` while someone else writes the
+        upload; meanwhile ask that writer to let go, and take over a dead one's lease.
+        LeaseHeld after RINDLE_RELEASE_WAIT seconds."""
+        deadline = time.monotonic() + self.release_wait
+        asked_at = 0.0
+        while True:
+            try:
+                return attempt()
+            except busy:
+                holder = self.holder(upload_id)
+                if holder is not None and holder_is_dead(holder):
+                    # Its process is gone (a crash, a restart): no need to wait for the
+                    # lease to expire. The dead cannot commit, and the kernel freed its
+                    # lock on the tail.
+                    log.warning("upload %s: taking over the lease of dead %s", upload_id, holder)
+                    self.release(upload_id, holder)
+                    continue
+                now = time.monotonic()
+                if now >= deadline:
+                    raise LeaseHeld(upload_id) from None
+                if now - asked_at >= 1.0:  # again each second, in case a message was missed
+                    self.request_release(upload_id, kind)
+                    asked_at = now
+                time.sleep(0.05)
+
+    def wait_until_free(self, upload_id: str, kind: str) -> None:
+        """Until no request holds the upload (asking the holder to let go): a HEAD must
+        report what a hanging PATCH received. LeaseHeld if it does not let go in time."""
+
+        def free() -> None:
+            if self.held(upload_id):
+                raise LeaseHeld(upload_id)
+
+        if self.held(upload_id):
+            self.wait_for_release(upload_id, free, kind)
+
+
+# -- the holder's side --------------------------------------------------------------
+
+
+@dataclass
+class ActiveWrite:
+    """A running writer of this process. ``interrupt`` ends its blocked body read."""
+
+    interrupt: Callable[[], None]
+    last_read: float = field(default_factory=time.monotonic)
+    stop_reason: str = ""
+
+    def touch(self) -> None:
+        self.last_read = time.monotonic()
+
+    def stop(self, reason: str) -> None:
+        if self.stop_reason:
+            return
+        self.stop_reason = reason
+        with contextlib.suppress(OSError):
+            self.interrupt()
+
+
+class ReleaseWatcher:
+    """Ends this process's writers' reads on a release request or a stalled client.
+
+    A writer blocked in a read of a dead connection cannot check in with Redis. When a
+    release request for one of them is published, or when a writer has read nothing for
+    ``read_timeout`` seconds, the watcher interrupts its read: the writer keeps what it
+    received (tail synced, offset committed) and lets go of the lease.
+    """
+
+    def __init__(self, redis_url: str, read_timeout: float) -> None:
+        self.redis_url = redis_url
+        self.read_timeout = read_timeout
+        self._active: dict[str, ActiveWrite] = {}
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    @contextlib.contextmanager
+    def watching(self, upload_id: str, interrupt: Callable[[], None]) -> Iterator[ActiveWrite]:
+        """Register the writer of ``upload_id`` (this process holds its lease)."""
+        write = ActiveWrite(interrupt)
+        with self._lock:
+            self._active[upload_id] = write
+        self._ensure_thread()  # after registering: an idle watcher exits only when empty
+        try:
+            yield write
+        finally:
+            with self._lock:
+                if self._active.get(upload_id) is write:
+                    del self._active[upload_id]
+
+    def _ensure_thread(self) -> None:
+        if self._thread is None:
+            with self._lock:
+                if self._thread is None:
+                    self._thread = threading.Thread(
+                        target=self._run, name="rindle-release-watcher", daemon=True
+                    )
+                    self._thread.start()
+
+    def _run(self) -> None:
+        """Watch while this process has writers; exit after a quiet minute (restarted by
+        the next ``watching``)."""
+        idle_since = time.monotonic()
+        client = None
+        while True:
+            try:
+                client = redis.Redis.from_url(self.redis_url, socket_connect_timeout=5)
+                pubsub = client.pubsub(ignore_subscribe_messages=True)
+                pubsub.subscribe(RELEASE_CHANNEL)
+                while True:
+                    message = pubsub.get_message(timeout=1.0)
+                    if message is not None:
+                        kind, _, upload_id = (
+                            message["data"].decode("utf-8", "replace").partition(" ")
+                        )
+                        self._release(upload_id, kind)
+                    self._stop_stalled()
+                    if self._active:
+                        idle_since = time.monotonic()
+                    elif time.monotonic() - idle_since > IDLE_EXIT_SECONDS and self._exit():
+                        pubsub.close()
+                        return
+            except redis.RedisError as exc:  # keep watching for stalls, reconnect later
+                if self._exit():
+                    return  # nobody to watch; the next writer starts a new watcher
+                log.warning("release watcher: Redis unavailable (%s), retrying", exc)
+                deadline = time.monotonic() + 2
+                while time.monotonic() < deadline:
+                    self._stop_stalled()
+                    time.sleep(0.5)
+            finally:
+                if client is not None:
+                    client.close()
+
+    def _exit(self) -> bool:
+        with self._lock:
+            if self._active:
+                return False
+            self._thread = None
+            return True
+
+    def _release(self, upload_id: str, kind: str) -> None:
+        with self._lock:
+            write = self._active.get(upload_id)
+        if write is None:
+            return
+        if kind == RELEASE_NOW or time.monotonic() - write.last_read >= IDLE_SECONDS:
+            write.stop("release requested")
+
+    def _stop_stalled(self) -> None:
+        now = time.monotonic()
+        with self._lock:
+            stalled = [w for w in self._active.values() if now - w.last_read > self.read_timeout]
+        for write in stalled:
+            write.stop("read timeout")

@@ -1,0 +1,380 @@
+"""The tus 1.0.0 endpoints: OPTIONS, POST (creation), HEAD, PATCH, DELETE (termination)
+and GET (download); answers carry Upload-Expires (expiration).
+
+Each view parses the request (``rindle.protocol``), calls the core, and builds the
+answer. Errors are answered in one place: a ``RindleError`` by its code (``STATUS``),
+Redis and S3 failures as 503.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import secrets
+import socket
+import time
+from dataclasses import replace
+
+import redis
+from botocore.exceptions import ClientError
+from flask import Blueprint, Response, jsonify, redirect, request, stream_with_context, url_for
+from werkzeug.exceptions import HTTPException
+from werkzeug.http import http_date
+
+from rindle import hooks, protocol
+from rindle.errors import BodyEnded, Fenced, RindleError, TailMissing, TusError
+from rindle.hooks import Refuse
+from rindle.lease import RELEASE_IF_IDLE, RELEASE_NOW
+from rindle.storage import S3_ERRORS, error_code, tail_path
+from rindle.upload import ENDED, WRITABLE, State, Upload
+from rindle.web.context import current_rindle
+from rindle.writer import WriteResult
+
+log = logging.getLogger("rindle")
+
+blueprint = Blueprint("rindle", __name__)
+
+# What a body read raises when the client goes away or sends a broken body: werkzeug's
+# ClientDisconnected (an HTTPException), gunicorn's NoMoreData and friends (IOError or
+# ValueError subclasses), socket timeouts (OSError).
+READ_ERRORS = (OSError, ValueError, HTTPException)
+PRESIGNED_SECONDS = 300
+
+
+# -- answers -------------------------------------------------------------------------
+
+
+def tus_headers(response: Response) -> Response:
+    response.headers["Tus-Resumable"] = protocol.TUS_VERSION
+    if not response.is_json:
+        del response.headers["Content-Type"]  # bodiless answers: no text/html default
+    return response
+
+
+def error_response(status: int, code: str, message: str, headers: dict[str, str]) -> Response:
+    response = jsonify(error=code, message=message)
+    response.status_code = status
+    response.headers.update(headers)
+    if request.content_length or "chunked" in request.headers.get("Transfer-Encoding", ""):
+        # The body may be unread: ask the server to close rather than drain it (gunicorn
+        # decides by itself: it drains a capped amount, then closes).
+        response.headers["Connection"] = "close"
+    return tus_headers(response)
+
+
+@blueprint.errorhandler(RindleError)
+def _rindle_error(err: RindleError) -> Response:
+    if isinstance(err, TailMissing):
+        rindle = current_rindle()
+        log.error(
+            "tus_tail_missing: upload=%s node=%s tail_node=%s expected=%d found=%s path=%s",
+            err.upload_id,
+            rindle.settings.node_id,
+            err.node or "?",
+            err.expected,
+            "none" if err.found is None else err.found,
+            tail_path(err.upload_id, rindle.settings.tmp_dir),
+        )
+    return error_response(err.status, err.code, err.message, err.headers)
+
+
+@blueprint.errorhandler(Refuse)
+def _refused(err: Refuse) -> Response:
+    return error_response(err.status, err.code, err.message, {})
+
+
+@blueprint.errorhandler(redis.RedisError)
+def _redis_down(err: redis.RedisError) -> Response:
+    log.error("redis unavailable: %s", err)
+    return error_response(
+        503, "redis_unavailable", "bookkeeping store unavailable", {"Retry-After": "5"}
+    )
+
+
+def _s3_down(err: Exception) -> Response:
+    log.error("S3 request failed: %s", err)
+    return error_response(503, "storage_unavailable", "object storage failed", {"Retry-After": "5"})
+
+
+for _s3_error in S3_ERRORS:
+    blueprint.register_error_handler(_s3_error, _s3_down)
+
+
+def with_expiry(response: Response, upload: Upload) -> Response:
+    """Upload-Expires, while the upload still takes bytes."""
+    if upload.state in WRITABLE:
+        response.headers["Upload-Expires"] = http_date(upload.expires_at)
+    return response
+
+
+def patched(upload: Upload) -> Response:
+    response = Response(status=204)
+    response.headers["Upload-Offset"] = str(upload.offset)
+    return with_expiry(tus_headers(response), upload)
+
+
+# -- shared steps --------------------------------------------------------------------
+
+
+@blueprint.before_request
+def _check_version() -> None:
+    if request.method not in ("OPTIONS", "GET"):  # GET is a plain download, not tus
+        protocol.check_version(request.headers.get("Tus-Resumable"))
+
+
+def load(upload_id: str) -> Upload:
+    upload = current_rindle().uploads.get(upload_id)
+    if upload is None:
+        raise TusError("not_found", "no such upload")
+    if upload.state in ENDED:
+        raise TusError("gone", f"the upload is {upload.state}")
+    if upload.state in WRITABLE and upload.expires_at <= time.time():
+        raise TusError("gone", "the upload expired")  # the sweep will mark it
+    return upload
+
+
+def authorize(action: str, upload: Upload | None) -> None:
+    """The app's authorize hook, if any: it raises Refuse to deny."""
+    check = current_rindle().hooks.authorize
+    if check is not None:
+        check(request, action, upload)
+
+
+def take_over(upload: Upload, kind: str) -> Upload:
+    """If a request holds the upload, ask it to save what it has and let go; 423 if it
+    does not in time. Typically the client reconnected while its old PATCH still hangs
+    on a dead connection: the answer must report what that request received. A PATCH
+    asks any writer (RELEASE_NOW: one writer at a time); a HEAD only a writer that
+    receives nothing (RELEASE_IF_IDLE), so that polling HEADs never slow a live upload.
+    Returns the upload as the holder left it, re-read only if it had to wait."""
+    lease = current_rindle().lease
+    if not lease.held(upload.id):
+        return upload
+    lease.wait_until_free(upload.id, kind)
+    return load(upload.id)
+
+
+def read_body(n: int) -> bytes:
+    """The request body, as the writer reads it: client trouble is BodyEnded."""
+    try:
+        return request.stream.read(n)
+    except READ_ERRORS as exc:
+        raise BodyEnded(str(exc) or type(exc).__name__) from exc
+
+
+def write_body(upload: Upload, append: protocol.Append) -> WriteResult:
+    """Stream the request body into the upload."""
+    sock = request.environ.get("gunicorn.socket")
+
+    def interrupt() -> None:
+        """End a read blocked on this request's connection (for gunicorn)."""
+        if sock is not None:
+            sock.shutdown(socket.SHUT_RD)
+
+    try:
+        return current_rindle().writer.write(upload.id, append, read_body, interrupt)
+    except Fenced:
+        load(upload.id)  # 410 when a DELETE or the expiry sweep ended it meanwhile
+        raise
+
+
+# -- the endpoints -------------------------------------------------------------------
+
+
+@blueprint.route("/", methods=["OPTIONS"])
+@blueprint.route("/<upload_id>", methods=["OPTIONS"])
+def options(upload_id: str | None = None) -> Response:
+    response = Response(status=204)
+    response.headers["Tus-Version"] = ",".join(protocol.SUPPORTED_VERSIONS)
+    response.headers["Tus-Extension"] = ",".join(protocol.EXTENSIONS)
+    response.headers["Tus-Max-Size"] = str(current_rindle().settings.max_size)
+    response.headers["Tus-Checksum-Algorithm"] = ",".join(protocol.CHECKSUM_ALGORITHMS)
+    return tus_headers(response)
+
+
+@blueprint.route("/", methods=["POST"])
+def create() -> Response:
+    rindle = current_rindle()
+    settings = rindle.settings
+    concat, urls = protocol.parse_concat(request.headers.get("Upload-Concat"))
+    partials = final_partials(urls) if concat == "final" else []
+    length = (
+        sum(p.length or 0 for p in partials)
+        if partials
+        else protocol.creation_length(request.headers)
+    )
+    if length is not None and length > settings.max_size:
+        raise TusError("upload_too_large", f"Upload-Length exceeds {settings.max_size}")
+    metadata = protocol.parse_metadata(
+        request.headers.get("Upload-Metadata"), settings.max_metadata
+    )
+    part_size = protocol.part_size_for(length or 0, settings.part_size)
+    with_body = protocol.has_upload_body(request.headers, request.content_length) and not partials
+    checksum = protocol.parse_checksum(request.headers.get("Upload-Checksum"))
+    if with_body and length is not None and (request.content_length or 0) > length:
+        raise TusError("exceeds_upload_length", "the body goes beyond Upload-Length")
+
+    authorize("create", None)
+    upload_id = secrets.token_urlsafe(24)  # 192 random bits, URL-safe
+    key = settings.s3_prefix + upload_id
+    if rindle.hooks.pre_create is not None:
+        key = rindle.hooks.pre_create(request, length, hooks.metadata_dict(metadata)) or key
+    if length == 0 and not partials:
+        # Nothing to receive: the (empty) object exists before the client hears of it.
+        rindle.s3.put_object(key, b"", 0, protocol.object_headers(metadata))
+    state = State.ASSEMBLING if partials else State.COMPLETED if length == 0 else State.CREATED
+    upload = rindle.uploads.create(
+        upload_id,
+        length,
+        part_size,
+        key,
+        protocol.format_metadata(metadata),
+        state=state,
+        concat=concat,
+        partials=tuple(p.id for p in partials),
+    )
+    rindle.notify(hooks.upload_created, upload)
+    if partials:
+        rindle.jobs.complete(upload_id)  # assembles the final object from the partials
+    response = Response(status=201)
+    response.headers["Location"] = url_for(".upload", upload_id=upload_id, _external=True)
+    if with_body and length != 0:
+        # creation-with-upload. The upload exists now: whatever happens to the body, the
+        # client gets its Location and the offset that was kept, and resumes from there.
+        try:
+            upload = write_body(upload, protocol.Append(0, checksum, None)).upload
+        except RindleError as err:
+            log.warning("upload %s: first bytes with the POST not kept: %s", upload_id, err)
+            upload = load(upload_id)
+        response.headers["Upload-Offset"] = str(upload.offset)
+    return with_expiry(tus_headers(response), upload)
+
+
+def final_partials(urls: list[str]) -> list[Upload]:
+    """The partial uploads a final upload concatenates: each must be a finished partial."""
+    if "Upload-Length" in request.headers:
+        raise TusError("invalid_concat", "a final upload takes no Upload-Length")
+    partials = []
+    for url in urls:
+        upload = current_rindle().uploads.get(url.rstrip("/").rsplit("/", 1)[-1])
+        if upload is None or upload.state in ENDED or upload.concat != "partial":
+            raise TusError("invalid_concat", f"{url} is not a partial upload")
+        if upload.length is None or upload.offset != upload.length:
+            raise TusError("partial_not_finished", f"{url} is not finished")
+        partials.append(upload)
+    return partials
+
+
+@blueprint.route("/<upload_id>", methods=["HEAD"], endpoint="upload")
+def head(upload_id: str) -> Response:
+    upload = load(upload_id)
+    authorize("head", upload)
+    if upload.state in WRITABLE:
+        upload = take_over(upload, RELEASE_IF_IDLE)
+    if upload.state == State.ASSEMBLING:
+        current_rindle().jobs.ensure_completion(upload_id)  # in case the last PATCH lost it
+    response = Response(status=200)
+    if not upload.is_final or upload.state == State.COMPLETED:
+        response.headers["Upload-Offset"] = str(upload.offset)  # a final one: once assembled
+    if upload.concat == "partial":
+        response.headers["Upload-Concat"] = "partial"
+    elif upload.is_final:
+        urls = " ".join(url_for(".upload", upload_id=p, _external=True) for p in upload.partials)
+        response.headers["Upload-Concat"] = f"final;{urls}"
+    if upload.length is None:
+        response.headers["Upload-Defer-Length"] = "1"
+    else:
+        response.headers["Upload-Length"] = str(upload.length)
+    if upload.metadata:
+        response.headers["Upload-Metadata"] = upload.metadata
+    response.headers["Cache-Control"] = "no-store"
+    return with_expiry(tus_headers(response), upload)
+
+
+@blueprint.route("/<upload_id>", methods=["PATCH"])
+def patch(upload_id: str) -> Response:
+    # Everything that can be refused is refused before the body is read.
+    append = protocol.parse_append(request.headers)
+    upload = load(upload_id)
+    authorize("patch", upload)
+    upload = take_over(upload, RELEASE_NOW)
+    if upload.is_final:
+        raise TusError("final_upload", "a final upload is assembled from its partials")
+    settings = current_rindle().settings
+    protocol.check_append(upload, append, settings.max_size, request.content_length)
+    if upload.state not in WRITABLE and upload.offset == upload.length:
+        if upload.state == State.ASSEMBLING:
+            current_rindle().jobs.ensure_completion(upload_id)
+        return patched(upload)  # nothing left to take (e.g. a retried last PATCH)
+
+    result = write_body(upload, append)
+    if result.overflow:
+        raise TusError(
+            "exceeds_upload_length",
+            "bytes beyond Upload-Length were refused; the rest was kept",
+            {"Upload-Offset": str(result.upload.offset)},
+        )
+    return patched(result.upload)
+
+
+@blueprint.route("/<upload_id>", methods=["DELETE"])
+def terminate(upload_id: str) -> Response:
+    """Termination: a tombstone (410 from now on), a running writer stops at its next
+    check-in, this node's tail goes, and an RQ job aborts the multipart upload."""
+    rindle = current_rindle()
+    upload = load(upload_id)
+    authorize("delete", upload)
+    if not rindle.uploads.set_state(
+        upload_id, State.TERMINATED, (*WRITABLE, State.ASSEMBLING, State.COMPLETED)
+    ):
+        raise TusError("gone", "the upload has already ended")
+    rindle.notify(hooks.upload_terminated, replace(upload, state=State.TERMINATED))
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tail_path(upload_id, rindle.settings.tmp_dir))
+    try:
+        rindle.jobs.clean_up(upload_id)
+    except redis.RedisError:  # terminated already; the orphan sweep aborts it later
+        log.exception("upload %s: could not enqueue its clean-up", upload_id)
+    return tus_headers(Response(status=204))
+
+
+@blueprint.route("/<upload_id>", methods=["GET"])
+def download(upload_id: str) -> Response:
+    """A completed upload's object: a redirect to a short-lived presigned URL, or (with
+    RINDLE_DOWNLOAD=stream) the bytes themselves, with Range support."""
+    rindle = current_rindle()
+    if rindle.settings.download == "off":
+        raise TusError("download_disabled", "downloads are switched off")
+    upload = load(upload_id)
+    authorize("get", upload)
+    if upload.state != State.COMPLETED:
+        raise TusError(
+            "not_ready", f"the upload is {upload.state}, not completed yet", {"Retry-After": "2"}
+        )
+    if rindle.settings.download == "redirect":
+        response = redirect(rindle.s3.presigned_get(upload.key, PRESIGNED_SECONDS), 302)
+        response.headers["Cache-Control"] = "no-store"
+        return response
+    try:
+        obj = rindle.s3.get_object(upload.key, request.headers.get("Range"))
+    except ClientError as exc:
+        if error_code(exc) == "InvalidRange":
+            raise TusError("invalid_range", "the range is outside the object") from None
+        raise
+    response = Response(
+        stream_with_context(obj["Body"].iter_chunks(1024 * 1024)),
+        status=206 if "ContentRange" in obj else 200,
+        content_type=obj.get("ContentType") or "application/octet-stream",
+        direct_passthrough=True,
+    )
+    response.headers["Content-Length"] = str(obj["ContentLength"])
+    response.headers["Accept-Ranges"] = "bytes"
+    for header, field in (
+        ("Content-Range", "ContentRange"),
+        ("ETag", "ETag"),
+        ("Content-Disposition", "ContentDisposition"),
+    ):
+        if obj.get(field):
+            response.headers[header] = obj[field]
+    return response

@@ -1,0 +1,47 @@
+"""Registering rindle on a Flask app: settings, services, blueprint, CLI, CORS."""
+
+from __future__ import annotations
+
+from flask import Flask
+from flask_cors import CORS
+
+from rindle import jobs, protocol
+from rindle.config import Settings
+from rindle.core import Rindle
+from rindle.hooks import Hooks
+from rindle.web.blueprint import blueprint
+from rindle.web.cli import cli
+from rindle.web.context import EXTENSION, app_context_rindle
+from rindle.web.middleware import MethodOverride
+
+
+def init_app(
+    app: Flask,
+    settings: Settings | None = None,
+    url_prefix: str = "/files",
+    hooks: Hooks | None = None,
+) -> Rindle:
+    """Register rindle on ``app``: settings in ``app.config["RINDLE"]``, blueprint at
+    ``url_prefix``, ``flask rindle ...`` commands, the app's ``hooks``. Returns the
+    app's services (also in ``app.extensions["rindle"]``)."""
+    settings = settings or app.config.get("RINDLE") or Settings.from_env()
+    app.config["RINDLE"] = settings
+    rindle = Rindle(settings, hooks, sender=app)
+    app.extensions[EXTENSION] = rindle
+    jobs.add_lookup(app_context_rindle)
+    app.register_blueprint(blueprint, url_prefix=url_prefix)
+    app.cli.add_command(cli)
+    app.wsgi_app = MethodOverride(app.wsgi_app, url_prefix)  # type: ignore[method-assign]
+    if settings.cors_origins:
+        # flask-cors: preflights, Vary: Origin and credentials done right; we only say
+        # which tus headers a browser may send and read.
+        CORS(
+            app,
+            resources={rf"{url_prefix}(/.*)?": {}},
+            origins=list(settings.cors_origins),
+            methods=list(protocol.METHODS),
+            allow_headers=list(protocol.REQUEST_HEADERS),
+            expose_headers=list(protocol.RESPONSE_HEADERS),
+            max_age=86400,
+        )
+    return rindle

@@ -1,4 +1,4 @@
-"""The tail guard and tail reconciliation (DESIGN.md, invariant 3), with real services."""
+"""The tail guard and tail reconciliation (docs/design.md, invariant 3 of a PATCH), with real services."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The tail guard and tail reconciliation (docs/design.md, invariant 3 of a PATCH), with real services."""
+"""The tail guard and tail reconciliation (docs/design.md, PATCH invariant 3), real services."""
 
 from __future__ import annotations
 

@@ -21,6 +21,7 @@ from rindle.config import MAX_PART_SIZE, MIN_PART_SIZE, Settings
 from rindle.errors import AssemblyError, PartialsNotReady
 from rindle.jobqueue import JobQueue
 from rindle.storage import S3Storage, error_code
+from rindle.storage.shared_tail import SharedTails
 from rindle.store import UploadStore
 from rindle.upload import ENDED, State, Upload
 
@@ -34,6 +35,7 @@ PERMANENT_COMPLETE_ERRORS = ("InvalidPart", "InvalidPartOrder", "EntityTooSmall"
 class Assembly:
     store: UploadStore
     s3: S3Storage
+    shared: SharedTails
     settings: Settings
     jobs: JobQueue
     notify: Callable[[NamedSignal, Upload], None] = lambda signal, upload: None
@@ -88,6 +90,8 @@ class Assembly:
                 self.s3.delete_object(upload.key)  # terminated while we assembled it
             return f"skipped ({current.state if current else 'unknown'})"
         log.info("upload %s: completed, %d bytes at %s", upload.id, size, upload.key)
+        if self.settings.tail_store == "s3":
+            self.shared.delete_all(upload.id)  # leftovers of crashed writers, if any
         self.notify(hooks.upload_completed, replace(upload, state=State.COMPLETED))
         if self.settings.on_complete:
             metadata = hooks.metadata_dict(protocol.parse_metadata(upload.metadata))

@@ -73,6 +73,7 @@ class Settings:
     sweep_interval: int
     orphan_sweep_interval: int
     s3_endpoint: str  # "" for AWS itself
+    tail_store: str  # "local": tails on this node only; "s3": a shared copy in S3 too
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -115,4 +116,5 @@ class Settings:
             sweep_interval=max(1, _int(env, "RINDLE_SWEEP_INTERVAL", 300)),
             orphan_sweep_interval=max(1, _int(env, "RINDLE_ORPHAN_SWEEP_INTERVAL", 3600)),
             s3_endpoint=env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL") or "",
+            tail_store=_choice(env, "RINDLE_TAIL_STORE", ("local", "s3")),
         )

@@ -22,6 +22,7 @@ from rindle.jobqueue import JobQueue
 from rindle.lease import Lease, ReleaseWatcher
 from rindle.maintenance import Maintenance, TailReaper
 from rindle.storage import S3Storage, make_s3_client
+from rindle.storage.shared_tail import SharedTails
 from rindle.store import UploadStore
 from rindle.upload import Upload
 from rindle.writer import Writer
@@ -76,6 +77,10 @@ class Rindle:
         return S3Storage(client, self.settings.s3_bucket)
 
     @cached_property
+    def shared_tails(self) -> SharedTails:
+        return SharedTails(self.s3, self.settings.s3_prefix)
+
+    @cached_property
     def watcher(self) -> ReleaseWatcher:
         return ReleaseWatcher(self.settings.redis_url, self.settings.read_timeout)
 
@@ -90,15 +95,20 @@ class Rindle:
             self.jobs.complete,
             self.notify,
             self.reaper.ensure_running,
+            self.shared_tails if self.settings.tail_store == "s3" else None,
         )
 
     @cached_property
     def assembly(self) -> Assembly:
-        return Assembly(self.uploads, self.s3, self.settings, self.jobs, self.notify)
+        return Assembly(
+            self.uploads, self.s3, self.shared_tails, self.settings, self.jobs, self.notify
+        )
 
     @cached_property
     def maintenance(self) -> Maintenance:
-        return Maintenance(self.uploads, self.s3, self.settings, self.jobs, self.notify)
+        return Maintenance(
+            self.uploads, self.s3, self.shared_tails, self.settings, self.jobs, self.notify
+        )
 
     @cached_property
     def reaper(self) -> TailReaper:

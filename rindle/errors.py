@@ -35,6 +35,7 @@ STATUS: dict[str, int] = {
     "upload_locked": 423,
     "checksum_mismatch": 460,
     "tus_tail_missing": 500,
+    "invalid_key": 500,
     "redis_unavailable": 503,
     "storage_unavailable": 503,
 }

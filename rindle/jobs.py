@@ -57,8 +57,9 @@ def sweep_expired() -> dict[str, int]:
 
 
 def abort_orphans() -> dict[str, int]:
+    """Orphan multipart uploads, and shared tails that no upload needs any more."""
     rindle = current()
-    return rindle.maintenance.abort_orphans(grace=rindle.settings.orphan_grace)
+    return rindle.maintenance.sweep_orphans(grace=rindle.settings.orphan_grace)
 
 
 def reap_tails() -> dict[str, int]:

@@ -24,6 +24,7 @@ from rindle import hooks
 from rindle.config import Settings
 from rindle.jobqueue import JobQueue
 from rindle.storage import S3_ERRORS, S3Storage, try_remove_idle_tail, upload_id_from_tail
+from rindle.storage.shared_tail import SharedTails
 from rindle.store import ASSEMBLY_CHECK_SECONDS, UploadStore
 from rindle.upload import OPEN, WRITABLE, State, Upload
 
@@ -34,13 +35,15 @@ log = logging.getLogger("rindle.maintenance")
 class Maintenance:
     store: UploadStore
     s3: S3Storage
+    shared: SharedTails
     settings: Settings
     jobs: JobQueue
     notify: Callable[[NamedSignal, Upload], None] = lambda signal, upload: None
 
     def clean_up(self, upload_id: str) -> str:
-        """After termination or expiry: abort the multipart upload; a terminated upload's
-        object (if it was already assembled) is deleted too. Raises on S3 errors (retry)."""
+        """After termination or expiry: abort the multipart upload and delete the shared
+        tails; a terminated upload's object (if it was already assembled) is deleted too.
+        Raises on S3 errors (retry)."""
         upload = self.store.get(upload_id)
         if upload is None:
             return "unknown"
@@ -51,6 +54,7 @@ class Maintenance:
         )
         if upload.state == State.TERMINATED:
             self.s3.delete_object(upload.key)
+        self.shared.delete_all(upload_id)
         return "aborted" if aborted else "nothing to abort"
 
     def sweep_expired(self, now: float | None = None, dry_run: bool = False) -> dict[str, int]:
@@ -120,6 +124,8 @@ class Maintenance:
                     continue
             if dry_run or try_remove_idle_tail(entry.path):
                 counts["deleted"] += 1
+                if upload_id and not dry_run and self.settings.tail_store == "s3":
+                    self.shared.delete_all(upload_id)  # its shared copies are garbage too
             else:
                 counts["busy"] += 1
         return dict(counts)
@@ -146,6 +152,34 @@ class Maintenance:
             if not dry_run:
                 self.s3.abort_multipart(key, s3_upload_id)
             counts["aborted"] += 1
+        return dict(counts)
+
+    def sweep_orphans(self, grace: int, dry_run: bool = False) -> dict[str, int]:
+        """What no upload references any more: multipart uploads and shared tails."""
+        return {
+            **self.abort_orphans(grace, dry_run=dry_run),
+            **self.sweep_shared_tails(grace, dry_run=dry_run),
+        }
+
+    def sweep_shared_tails(
+        self, grace: int, now: float | None = None, dry_run: bool = False
+    ) -> dict[str, int]:
+        """Delete shared tails in S3 that no writable upload records, once older than
+        ``grace`` seconds (a writer puts a new one just before it commits it)."""
+        now = time.time() if now is None else now
+        counts: Counter[str] = Counter(tails_deleted=0, tails_kept=0)
+        doomed = []
+        for upload_id, key, modified in self.shared.listing():
+            upload = self.store.get(upload_id)
+            current = upload is not None and upload.state in WRITABLE and upload.tail_key == key
+            if current or modified.timestamp() > now - grace:
+                counts["tails_kept"] += 1
+            else:
+                doomed.append(key)
+        if not dry_run:
+            for start in range(0, len(doomed), 1000):
+                self.s3.delete_objects(doomed[start : start + 1000])
+        counts["tails_deleted"] = len(doomed)
         return dict(counts)
 
 

@@ -23,6 +23,7 @@ from rindle.keys import (
     upload_key,
     writer_key,
 )
+from rindle.storage.shared_tail import Generation
 from rindle.upload import ENDED, WRITABLE, State, Upload
 
 # How long keys of a finished upload stay around as a tombstone (410, not 404).
@@ -31,6 +32,8 @@ TOMBSTONE_SECONDS = 7 * 24 * 3600
 ASSEMBLY_CHECK_SECONDS = 600
 
 Part = tuple[int, str, int]  # (number, etag, size)
+# A commit that leaves no buffered bytes (or none copied to S3) records no shared tail.
+NO_SHARED_TAIL = {"tail_key": "", "tail_etag": ""}
 
 
 class UploadStore:
@@ -70,6 +73,7 @@ class UploadStore:
             "expires_at": now + self.expiration,
             "concat": concat,
             "partials": " ".join(partials),
+            **NO_SHARED_TAIL,
         }
         k = upload_key(upload_id)
         with self.redis.pipeline(transaction=True) as pipe:
@@ -117,6 +121,8 @@ class UploadStore:
             state, offset = pipe.hmget(k, "state", "offset")
             if holder != token:
                 raise Fenced(f"upload {upload_id}: writer lease lost")
+            if state is None:
+                raise Fenced(f"upload {upload_id}: its record is gone")
             if reaches is not None and (state, int(offset)) == reaches:
                 return  # an empty EXEC follows: nothing changes
             if state not in WRITABLE:
@@ -150,7 +156,7 @@ class UploadStore:
         """Record an uploaded (number, etag, size) part; the offset moves to the part's
         end, ``new_offset`` (the committed bytes, as the tail is now empty). ``length``:
         a deferred length this request declared, saved with its first commit."""
-        fields = {"state": State.RECEIVING, "node": node, **_declared(length)}
+        fields = {"state": State.RECEIVING, "node": node, **_declared(length), **NO_SHARED_TAIL}
         self._progress(upload_id, token, expected_offset, new_offset, fields, part)
 
     def commit_offset(
@@ -161,9 +167,13 @@ class UploadStore:
         new_offset: int,
         node: str,
         length: int | None = None,
+        shared: Generation | None = None,
     ) -> None:
-        """Acknowledge bytes now held (synced) in ``node``'s tail (and a declared length)."""
-        fields = {"state": State.RECEIVING, "node": node, **_declared(length)}
+        """Acknowledge bytes now held (synced) in ``node``'s tail (and a declared length);
+        ``shared``: the copy of those bytes in S3, in shared tail mode."""
+        fields = {"state": State.RECEIVING, "node": node, **_declared(length), **NO_SHARED_TAIL}
+        if shared is not None:
+            fields.update(tail_key=shared.key, tail_etag=shared.etag)
         self._progress(upload_id, token, expected_offset, new_offset, fields)
 
     def finish_receiving(
@@ -175,7 +185,7 @@ class UploadStore:
         last_part: Part | None,
     ) -> None:
         """All bytes are in S3: offset = length, state assembling, in one transaction."""
-        fields = {"state": State.ASSEMBLING, "length": length}
+        fields = {"state": State.ASSEMBLING, "length": length, **NO_SHARED_TAIL}
         self._progress(upload_id, token, expected_offset, length, fields, last_part)
         # The sweep looks again soon, in case the completion job never runs.
         self.index_expiry(upload_id, time.time() + ASSEMBLY_CHECK_SECONDS)

@@ -40,6 +40,9 @@ class Upload:
     expires_at: float
     concat: str = ""  # "", "partial", or "final" ...
     partials: tuple[str, ...] = ()  # ... with the ids of its partial uploads, in order
+    # The shared copy of the buffered bytes in S3 (RINDLE_TAIL_STORE=s3), "" without one.
+    tail_key: str = ""
+    tail_etag: str = ""
 
     @property
     def is_final(self) -> bool:
@@ -68,4 +71,6 @@ class Upload:
             expires_at=float(record["expires_at"]),
             concat=record.get("concat", ""),
             partials=tuple(record.get("partials", "").split()),
+            tail_key=record.get("tail_key", ""),
+            tail_etag=record.get("tail_etag", ""),
         )

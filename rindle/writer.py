@@ -28,6 +28,7 @@ from rindle.config import Settings
 from rindle.errors import BodyEnded, ChecksumMismatch, TailMissing, TusError
 from rindle.lease import ActiveWrite, Lease, ReleaseWatcher, new_token
 from rindle.storage import S3Storage, Tail, TailLocked
+from rindle.storage.shared_tail import Generation, SharedTailMissing, SharedTails
 from rindle.store import UploadStore
 from rindle.upload import WRITABLE, State, Upload
 
@@ -55,7 +56,9 @@ class Writer:
         enqueue_completion: Callable[[str], None],
         notify: Callable[[NamedSignal, Upload], None] = lambda signal, upload: None,
         on_tail_opened: Callable[[], None] = lambda: None,
+        shared: SharedTails | None = None,
     ) -> None:
+        """``shared``: where tails get a durable copy (shared tail mode), else None."""
         self.store = store
         self.lease = lease
         self.s3 = s3
@@ -64,6 +67,7 @@ class Writer:
         self.enqueue_completion = enqueue_completion
         self.notify = notify
         self.on_tail_opened = on_tail_opened  # starts this node's tail reaper
+        self.shared = shared
         # Part uploads that overlap with receiving the next part: one per PATCH at most.
         self.part_uploads = ThreadPoolExecutor(max_workers=64, thread_name_prefix="rindle-part")
 
@@ -90,20 +94,7 @@ class Writer:
             if upload is None or upload.state not in WRITABLE:
                 raise TusError("upload_not_writable", "the upload cannot take bytes now")
             declared = protocol.check_append(upload, append, self.settings.max_size)
-            if upload.buffered and upload.node != self.settings.node_id:
-                # The buffered bytes are in another node's tail. A file here would be
-                # stale leftovers from an older stretch of the upload: never use it.
-                raise TailMissing(upload_id, upload.buffered, None, upload.node)
-            # A stale request of this node may still hold the file (its lease expired).
-            try:
-                tail = self.lease.wait_for_release(
-                    upload_id,
-                    lambda: Tail.open(upload_id, upload.buffered, self.settings.tmp_dir),
-                    busy=(TailLocked,),
-                )
-            except TailMissing as exc:
-                exc.node = upload.node
-                raise
+            tail = self._open_tail(upload)
             self.on_tail_opened()
             try:
                 with self.watcher.watching(upload_id, interrupt) as active:
@@ -120,6 +111,63 @@ class Writer:
             return WriteResult(after, overflow)
         finally:
             self.lease.release(upload_id, token)
+
+    def _open_tail(self, upload: Upload) -> Tail:
+        """This node's tail file, locked and holding exactly the buffered bytes.
+
+        The local file counts only if Redis names this node as the holder of the
+        buffered bytes: elsewhere it would be stale leftovers from an older stretch of
+        the upload. Without a usable local file the bytes come from the shared copy
+        (shared tail mode), else it is TailMissing: never a silent re-slice.
+        """
+        expected = upload.buffered
+        here = upload.node == self.settings.node_id
+        if expected and (here or self.shared is None):
+            try:
+                if not here:
+                    raise TailMissing(upload.id, expected, None)
+                return self._lock_tail(upload.id, expected)
+            except TailMissing as exc:
+                if self.shared is None:
+                    exc.node = upload.node
+                    raise
+                # Lost with a restart: the shared copy has the bytes.
+        tail = self._lock_tail(upload.id, 0)  # empties what a stale file held
+        if expected:
+            try:
+                self._fetch_shared(upload, tail)
+            except BaseException:
+                tail.truncate(0)
+                tail.close()
+                raise
+        return tail
+
+    def _lock_tail(self, upload_id: str, expected: int) -> Tail:
+        # A stale request of this node may still hold the file (its lease expired).
+        return self.lease.wait_for_release(
+            upload_id,
+            lambda: Tail.open(upload_id, expected, self.settings.tmp_dir),
+            busy=(TailLocked,),
+        )
+
+    def _fetch_shared(self, upload: Upload, tail: Tail) -> None:
+        """Fill the (empty) local tail from the shared copy Redis records."""
+        assert self.shared is not None
+        missing = TailMissing(upload.id, upload.buffered, None, upload.node)
+        if not upload.tail_key:
+            raise missing  # buffered before shared mode was switched on
+        generation = Generation(upload.tail_key, upload.tail_etag, upload.buffered)
+        try:
+            self.shared.fetch(generation, tail.write)
+        except SharedTailMissing as exc:
+            raise missing from exc
+        tail.sync()
+        log.info(
+            "upload %s: %d buffered bytes fetched from the shared tail of node %s",
+            upload.id,
+            upload.buffered,
+            upload.node or "?",
+        )
 
 
 class _Patch:
@@ -150,6 +198,7 @@ class _Patch:
         self.s3_upload_id = upload.s3_upload_id
         self.lock = threading.Lock()
         self.inflight: Future[None] | None = None  # the part shipped meanwhile
+        self.shared_key = upload.tail_key  # the shared copy Redis records, if any
         self.object_headers = protocol.object_headers(protocol.parse_metadata(upload.metadata))
 
     def run(self, read: Reader, checksum: protocol.Checksum | None) -> bool:
@@ -221,18 +270,41 @@ class _Patch:
         if upload.length is not None and self.committed + tail.size == upload.length:
             self._ship_last()
         elif self.committed + tail.size != self.offset or self.declared is not None:
-            tail.sync()  # the bytes must be on disk before Redis acknowledges them
-            new_offset = self.committed + tail.size
+            self._commit_tail()
+        return overflow
+
+    def _commit_tail(self) -> None:
+        """Acknowledge the tail's bytes: on disk first, in S3 too in shared tail mode,
+        then the offset that covers them (with the shared copy's generation)."""
+        tail, shared = self.tail, self.writer.shared
+        tail.sync()
+        new_offset = self.committed + tail.size
+        generation = None
+        if shared is not None and tail.size:
+            with tail.slice(0, tail.size) as body, self.lease_kept():
+                generation = shared.put(self.upload.id, body, tail.size, new_offset)
+        try:
             self.writer.store.commit_offset(
-                upload.id,
+                self.upload.id,
                 self.token,
                 self.offset,
                 new_offset,
                 self.writer.settings.node_id,
                 self.declared,
+                generation,
             )
-            self.offset, self.declared = new_offset, None
-        return overflow
+        except BaseException:
+            if generation is not None:
+                shared.delete_quietly(generation.key)  # type: ignore[union-attr]
+            raise
+        self.offset, self.declared = new_offset, None
+        self._replace_shared(generation.key if generation else "")
+
+    def _replace_shared(self, key: str) -> None:
+        """After a commit: the shared copy Redis recorded before is garbage now."""
+        if self.shared_key and self.shared_key != key and self.writer.shared is not None:
+            self.writer.shared.delete_quietly(self.shared_key)
+        self.shared_key = key
 
     def _full_part_waiting(self) -> bool:
         """Nothing in flight, and a full part at the front of the tail that is not the
@@ -304,6 +376,7 @@ class _Patch:
             self.committed = self.offset = new_offset
             self.declared = None
             self.tail.drop_front(size)
+        self._replace_shared("")
 
     @contextlib.contextmanager
     def lease_kept(self) -> Iterator[None]:
@@ -346,6 +419,7 @@ class _Patch:
         )
         self.offset = upload.length
         self.tail.remove()
+        self._replace_shared("")
         try:
             self.writer.enqueue_completion(upload.id)
         except Exception:  # the upload is safe in S3; the maintenance sweep re-enqueues

@@ -95,10 +95,12 @@ class S3Storage:
 
     def put_object(
         self, key: str, body: BinaryIO | bytes, size: int, headers: Mapping[str, str] | None = None
-    ) -> None:
-        self.client.put_object(
+    ) -> str:
+        """PutObject; its ETag."""
+        response = self.client.put_object(
             Bucket=self.bucket, Key=key, Body=body, ContentLength=size, **(headers or {})
         )
+        return str(response["ETag"])
 
     def head_size(self, key: str) -> int | None:
         """The object's size, or None when it does not exist."""
@@ -124,10 +126,30 @@ class S3Storage:
             )
         )
 
-    def get_object(self, key: str, byte_range: str | None = None) -> dict:
-        """GetObject (optionally an HTTP Range): the boto3 answer, Body streaming."""
+    def get_object(
+        self, key: str, byte_range: str | None = None, if_match: str | None = None
+    ) -> dict:
+        """GetObject (optionally an HTTP Range, or only if the ETag is ``if_match``): the
+        boto3 answer, Body streaming."""
         extra = {"Range": byte_range} if byte_range else {}
+        if if_match:
+            extra["IfMatch"] = if_match
         return dict(self.client.get_object(Bucket=self.bucket, Key=key, **extra))
+
+    def list_objects(self, prefix: str) -> Iterator[tuple[str, datetime]]:
+        """Objects under ``prefix``: (key, last modified)."""
+        paginator = self.client.get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+            for obj in page.get("Contents", []):
+                yield obj["Key"], obj["LastModified"]
+
+    def delete_objects(self, keys: list[str]) -> None:
+        """Delete up to 1,000 objects in one request (missing ones count as deleted)."""
+        if keys:
+            self.client.delete_objects(
+                Bucket=self.bucket,
+                Delete={"Objects": [{"Key": key} for key in keys], "Quiet": True},
+            )
 
     def delete_object(self, key: str) -> None:
         self.client.delete_object(Bucket=self.bucket, Key=key)

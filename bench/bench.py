@@ -38,7 +38,7 @@ import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.synchronize import Barrier
 from pathlib import Path
@@ -329,37 +329,45 @@ class Memory:
 # --------------------------------------------------------------------------- the stack
 
 
-@contextlib.contextmanager
-def self_contained_stack(part_size: int | None) -> Iterator[tuple[str, int]]:
-    """redis-server + SeaweedFS + the app (devstack's Stack: the Procfile's gunicorn
-    settings and rq worker); yields (tus URL, gunicorn master pid). Torn down at the end.
+def self_contained_runs(
+    part_size: int | None, tail_stores: list[str], run_one: Callable[[str, int], dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """redis-server + SeaweedFS, then for each of ``tail_stores`` in turn the app on them
+    (devstack's Stack: the Procfile's gunicorn settings and an rq worker) with that
+    RINDLE_TAIL_STORE, and ``run_one(tus URL, gunicorn master pid)``. Torn down at the end.
 
     Sets the AWS_* and RINDLE_S3_* variables in this process for the bench's own clients.
     """
     from devstack import Stack, private_services, stack_env
 
     root = Path(tempfile.mkdtemp(prefix="rindle-bench-"))
+    results = []
     try:
         with private_services(root, bucket="rindle-bench") as (redis_server, s3):
-            settings = {
-                "REDIS_URL": redis_server.url,
-                **s3.env(),
-                "RINDLE_S3_PREFIX": "bench/",
-                "RINDLE_TMP_DIR": str(root / "node"),
-            }
-            if part_size:
-                settings["RINDLE_TUS_PART_SIZE"] = str(part_size)
-            os.environ.update({k: settings[k] for k in (*s3.env(), "RINDLE_S3_PREFIX")})
-            with Stack(stack_env(settings), log_dir=root) as stack:
-                assert stack.web is not None
-                print(f"stack: {stack.files_url} (logs and data in {root})", flush=True)
-                try:
-                    yield stack.files_url, stack.web.pid
-                except BaseException:
-                    print(stack.logs(30), file=sys.stderr)
-                    raise
+            os.environ.update({**s3.env(), "RINDLE_S3_PREFIX": "bench/"})
+            for n, tail_store in enumerate(tail_stores):
+                settings = {
+                    "REDIS_URL": redis_server.url,
+                    **s3.env(),
+                    "RINDLE_S3_PREFIX": "bench/",
+                    "RINDLE_TMP_DIR": str(root / f"node{n}"),
+                    "RINDLE_TAIL_STORE": tail_store,
+                }
+                if part_size:
+                    settings["RINDLE_TUS_PART_SIZE"] = str(part_size)
+                with Stack(stack_env(settings), log_dir=root / f"logs{n}") as stack:
+                    assert stack.web is not None
+                    print(f"--- RINDLE_TAIL_STORE={tail_store}: {stack.files_url}", flush=True)
+                    try:
+                        results.append(
+                            {"tail_store": tail_store, **run_one(stack.files_url, stack.web.pid)}
+                        )
+                    except BaseException:
+                        print(stack.logs(30), file=sys.stderr)
+                        raise
     finally:
         shutil.rmtree(root, ignore_errors=True)
+    return results
 
 
 # --------------------------------------------------------------------------- main
@@ -501,6 +509,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="part size; --self-contained sets RINDLE_TUS_PART_SIZE to it (default: the "
         "app's, 8 MiB); connected, the raw run uses the one the server used",
     )
+    p.add_argument(
+        "--tail-store",
+        default="local",
+        help="--self-contained: RINDLE_TAIL_STORE, or several, comma-separated, run one "
+        "after the other on fresh stacks and compared (e.g. local,s3)",
+    )
     p.add_argument("--gunicorn-pid", type=int, default=None, help="gunicorn master (connected)")
     p.add_argument("--timeout", type=float, default=600, help="seconds allowed per phase")
     p.add_argument("--no-verify", dest="verify", action="store_false", help="skip sha256 check")
@@ -524,8 +538,20 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.self_contained:
             part_size = args.part_mib and int(args.part_mib * MIB)
-            with self_contained_stack(part_size) as (url, master):
-                summary = run(args, url, master)
+            runs = self_contained_runs(
+                part_size,
+                args.tail_store.split(","),
+                lambda url, master: run(args, url, master),
+            )
+            if len(runs) > 1:
+                print("tail store   upload MB/s   end to end MB/s   raw S3 MB/s   ratio e2e")
+                for r in runs:
+                    print(
+                        f"{r['tail_store']:12} {r['tus_upload_mb_s']:11.1f}"
+                        f" {r['tus_end_to_end_mb_s']:17.1f} {r['raw_s3_mb_s']:13.1f}"
+                        f" {r['ratio_end_to_end']:11.2f}"
+                    )
+            summary = runs if len(runs) > 1 else runs[0]
         else:
             master = args.gunicorn_pid or find_gunicorn_master(urlsplit(args.url).port)
             summary = run(args, args.url, master)

@@ -29,6 +29,7 @@ from rindle.store import ASSEMBLY_CHECK_SECONDS, UploadStore
 from rindle.upload import OPEN, WRITABLE, State, Upload
 
 log = logging.getLogger("rindle.maintenance")
+SWEEP_BATCH = 1000  # due uploads read from the expiry index at a time
 
 
 @dataclass
@@ -62,28 +63,41 @@ class Maintenance:
         re-enqueue completion of uploads stuck in assembling."""
         now = time.time() if now is None else now
         counts: Counter[str] = Counter(expired=0, aborted=0, requeued=0, errors=0)
-        for upload_id in self.store.due_for_sweep(now):
-            upload = self.store.get(upload_id)
-            if upload is None:
-                continue
-            if upload.state in WRITABLE:
-                if upload.expires_at > now:
-                    continue  # active again since it was indexed
+        stayed = 0  # entries of the pages read so far that are still due, in front
+        while batch := self.store.due_for_sweep(now, start=stayed, limit=SWEEP_BATCH):
+            for upload_id in batch:
                 if dry_run:
-                    counts["expired"] += 1
-                elif self.store.set_state(upload_id, State.EXPIRED, WRITABLE, before=now):
-                    counts["expired"] += 1
-                    counts[self._abort_quietly(upload)] += 1
-                    self.notify(hooks.upload_expired, replace(upload, state=State.EXPIRED))
-            elif upload.state == State.ASSEMBLING:
-                # The completion job never finished: try again, and look again later.
-                if not dry_run and self.jobs.ensure_completion(upload_id):
-                    counts["requeued"] += 1
-                if not dry_run:
-                    self.store.index_expiry(upload_id, now + ASSEMBLY_CHECK_SECONDS)
-            elif not dry_run:
-                self.store.unindex(upload_id)
+                    upload = self.store.get(upload_id)
+                    if upload and upload.state in WRITABLE and upload.expires_at <= now:
+                        counts["expired"] += 1
+                    stayed += 1
+                elif not self._sweep_one(upload_id, now, counts):
+                    stayed += 1
         return dict(counts)
+
+    def _sweep_one(self, upload_id: str, now: float, counts: Counter[str]) -> bool:
+        """Expire, re-enqueue or forget one due upload; False when it stays due (its
+        writer holds the lease, or it lost a race), to be looked at next time."""
+        upload = self.store.get(upload_id)
+        if upload is None:
+            self.store.unindex(upload_id)  # its keys are gone: nothing left to end
+        elif upload.state in WRITABLE:
+            if upload.expires_at > now:  # active again, and its entry is stale
+                self.store.index_expiry(upload_id, upload.expires_at)
+            elif self.store.set_state(upload_id, State.EXPIRED, WRITABLE, before=now):
+                counts["expired"] += 1
+                counts[self._abort_quietly(upload)] += 1
+                self.notify(hooks.upload_expired, replace(upload, state=State.EXPIRED))
+            else:
+                return False  # a request is writing it: activity, not expiry
+        elif upload.state == State.ASSEMBLING:
+            # The completion job never finished: try again, and look again later.
+            if self.jobs.ensure_completion(upload_id):
+                counts["requeued"] += 1
+            self.store.index_expiry(upload_id, now + ASSEMBLY_CHECK_SECONDS)
+        else:
+            self.store.unindex(upload_id)
+        return True
 
     def _abort_quietly(self, upload: Upload) -> str:
         if not upload.s3_upload_id:

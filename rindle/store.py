@@ -244,15 +244,16 @@ class UploadStore:
         before: float | None = None,
     ) -> bool:
         """Move to ``state`` if the upload is in one of ``expect`` (and, with ``before``,
-        its expiry has passed by then). Ending or completing makes the keys tombstones."""
-        k = upload_key(upload_id)
+        its expiry has passed by then and no request holds its writer lease: a live
+        writer is activity). Ending or completing makes the keys tombstones."""
+        k, lease = upload_key(upload_id), writer_key(upload_id)
         final = state in (*ENDED, State.COMPLETED)
 
         def attempt(pipe: Pipeline) -> bool:
             current, expires_at = pipe.hmget(k, "state", "expires_at")
             if current not in expect:
                 return False
-            if before is not None and float(expires_at) > before:
+            if before is not None and (float(expires_at) > before or pipe.exists(lease)):
                 return False
             pipe.multi()
             pipe.hset(k, "state", state)
@@ -261,7 +262,7 @@ class UploadStore:
                 pipe.expire(parts_key(upload_id), TOMBSTONE_SECONDS)
             return True
 
-        moved = bool(self.redis.transaction(attempt, k, value_from_callable=True))
+        moved = bool(self.redis.transaction(attempt, k, lease, value_from_callable=True))
         if moved and final:
             self.unindex(upload_id)
         return moved
@@ -273,9 +274,9 @@ class UploadStore:
         # score only makes the sweep look at an upload early (it re-checks).
         self.redis.zadd(EXPIRY_INDEX, {upload_id: expires_at})
 
-    def due_for_sweep(self, now: float, limit: int = 1000) -> list[str]:
-        """Ids whose recorded expiry has passed, oldest first."""
-        return list(self.redis.zrangebyscore(EXPIRY_INDEX, "-inf", now, start=0, num=limit))
+    def due_for_sweep(self, now: float, start: int = 0, limit: int = 1000) -> list[str]:
+        """Ids whose recorded expiry has passed, oldest first (from the ``start``-th)."""
+        return list(self.redis.zrangebyscore(EXPIRY_INDEX, "-inf", now, start=start, num=limit))
 
     def unindex(self, upload_id: str) -> None:
         self.redis.zrem(EXPIRY_INDEX, upload_id)

@@ -98,6 +98,17 @@ class Assembly:
             self.jobs.on_complete(self.settings.on_complete, upload.id, upload.key, size, metadata)
         return "completed"
 
+    def give_up(self, upload_id: str, reason: str) -> str:
+        """No retry left for a completion whose object does not match the upload: the
+        upload is ``failed`` (410), its multipart upload aborted and the object at its
+        key, which is not what the client sent, deleted."""
+        upload = self.store.get(upload_id)
+        if upload is None or upload.state != State.ASSEMBLING:
+            return f"skipped ({upload.state if upload else 'unknown'})"
+        log.error("upload %s: giving up on its completion, marked failed: %s", upload_id, reason)
+        self.s3.delete_object(upload.key)
+        return self._fail(upload_id, "failed (object)")
+
     def _fail(self, upload_id: str, outcome: str) -> str:
         if self.store.set_state(upload_id, State.FAILED, (State.ASSEMBLING,)):
             self.jobs.clean_up(upload_id)  # abort its multipart upload

@@ -13,8 +13,11 @@ import importlib
 from collections.abc import Callable
 from functools import cache
 
+from rq import get_current_job
+
 from rindle.config import Settings
 from rindle.core import Rindle
+from rindle.errors import AssemblyError
 
 Lookup = Callable[[], Rindle | None]
 _lookups: list[Lookup] = []
@@ -42,8 +45,19 @@ def current() -> Rindle:
 
 
 def complete_upload(upload_id: str) -> str:
-    """Assemble the object of an upload in ``assembling`` and mark it ``completed``."""
-    return current().assembly.complete(upload_id)
+    """Assemble the object of an upload in ``assembling`` and mark it ``completed``.
+
+    An object that does not match the upload is retried (RQ's Retry); on the last try
+    the upload is marked failed instead of staying in ``assembling`` for ever.
+    """
+    rindle = current()
+    try:
+        return rindle.assembly.complete(upload_id)
+    except AssemblyError as exc:
+        job = get_current_job()
+        if job is not None and job.retries_left:
+            raise
+        return rindle.assembly.give_up(upload_id, str(exc))
 
 
 def clean_up_upload(upload_id: str) -> str:

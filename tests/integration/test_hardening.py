@@ -77,3 +77,28 @@ def test_the_sweep_reaches_past_the_first_thousand_due_entries(app, tus, rdb, s3
     assert counts["expired"] == 1
     assert state_of(rdb, upload_id) == "expired"
     assert open_multipart(s3_client, bucket(app)) == []
+
+
+def test_an_object_that_never_matches_ends_failed_after_the_retries(app, tus, rdb, s3_client):
+    """The object at the key has another size than the upload (here: overwritten before
+    the completion ran). The completion is retried; after the last try the upload is
+    failed (410), its object deleted, and nothing re-enqueues it any more."""
+    from rq import Retry, SimpleWorker
+
+    upload_id = tus.create(5)
+    assert tus.patch(upload_id, 0, b"hello").status_code == 204
+    key = "uploads/" + upload_id
+    s3_client.put_object(Bucket=bucket(app), Key=key, Body=b"abc")
+    queue = app.extensions["rindle"].jobs.queue
+    queue.empty()  # the PATCH's own completion job waits seconds between retries
+    job = queue.enqueue("rindle.jobs.complete_upload", upload_id, retry=Retry(max=1))
+
+    with app.app_context():
+        SimpleWorker([queue], connection=queue.connection).work(burst=True)
+
+    job.refresh()
+    assert job.retries_left == 0, "the first failure was retried"
+    assert job.return_value() == "failed (object)"
+    assert state_of(rdb, upload_id) == "failed"
+    assert tus.head(upload_id).status_code == 410
+    assert s3_client.list_objects_v2(Bucket=bucket(app)).get("Contents", []) == []

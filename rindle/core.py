@@ -47,6 +47,18 @@ class Rindle:
         except Exception:
             log.exception("upload %s: a receiver of %s failed", upload.id, signal.name)
 
+    def stop_writers(self, reason: str) -> int:
+        """The process is shutting down (SIGTERM): every PATCH it runs stops reading now,
+        keeps what it received, commits and answers with its offset; later ones stop at
+        once. Returns how many were running. The web layer refuses new uploads meanwhile
+        (``stopping``)."""
+        return self.watcher.stop_all(reason)
+
+    @property
+    def stopping(self) -> str:
+        """Why this process is stopping, or "" while it serves."""
+        return self.watcher.stopping
+
     @cached_property
     def redis(self) -> redis.Redis:
         return redis.Redis.from_url(
@@ -92,7 +104,7 @@ class Rindle:
             self.s3,
             self.settings,
             self.watcher,
-            self.jobs.complete,
+            self.jobs,
             self.notify,
             self.reaper.ensure_running,
             self.shared_tails if self.settings.tail_store == "s3" else None,

@@ -26,8 +26,9 @@ from blinker import NamedSignal
 from rindle import hooks, protocol
 from rindle.config import Settings
 from rindle.errors import BodyEnded, ChecksumMismatch, TailMissing, TusError
+from rindle.jobqueue import JobQueue
 from rindle.lease import ActiveWrite, Lease, ReleaseWatcher, new_token
-from rindle.storage import S3Storage, Tail, TailLocked
+from rindle.storage import MultipartGone, S3Storage, Tail, TailLocked
 from rindle.storage.shared_tail import Generation, SharedTailMissing, SharedTails
 from rindle.store import UploadStore
 from rindle.upload import WRITABLE, State, Upload
@@ -53,7 +54,7 @@ class Writer:
         s3: S3Storage,
         settings: Settings,
         watcher: ReleaseWatcher,
-        enqueue_completion: Callable[[str], None],
+        jobs: JobQueue,
         notify: Callable[[NamedSignal, Upload], None] = lambda signal, upload: None,
         on_tail_opened: Callable[[], None] = lambda: None,
         shared: SharedTails | None = None,
@@ -64,7 +65,7 @@ class Writer:
         self.s3 = s3
         self.settings = settings
         self.watcher = watcher
-        self.enqueue_completion = enqueue_completion
+        self.jobs = jobs
         self.notify = notify
         self.on_tail_opened = on_tail_opened  # starts this node's tail reaper
         self.shared = shared
@@ -100,6 +101,9 @@ class Writer:
                 with self.watcher.watching(upload_id, interrupt) as active:
                     patch = _Patch(self, upload, token, tail, active, declared)
                     overflow = patch.run(read, append.checksum)
+            except MultipartGone:
+                self._fail_lost_multipart(upload)
+                raise TusError("gone", "the upload failed: S3 no longer has its parts") from None
             finally:
                 tail.close()
             after = self.store.get(upload_id)
@@ -111,6 +115,19 @@ class Writer:
             return WriteResult(after, overflow)
         finally:
             self.lease.release(upload_id, token)
+
+    def _fail_lost_multipart(self, upload: Upload) -> None:
+        """S3 dropped the multipart upload (a lifecycle rule that aborts incomplete
+        uploads too early): its parts are lost for good, so the upload is failed."""
+        log.error(
+            "upload %s: S3 no longer knows its multipart upload %s (aborted outside "
+            "rindle, e.g. by a lifecycle rule): the upload failed",
+            upload.id,
+            upload.s3_upload_id,
+        )
+        if self.store.set_state(upload.id, State.FAILED, WRITABLE):
+            self.jobs.clean_up(upload.id)
+            self.notify(hooks.upload_failed, replace(upload, state=State.FAILED))
 
     def _open_tail(self, upload: Upload) -> Tail:
         """This node's tail file, locked and holding exactly the buffered bytes.
@@ -421,6 +438,6 @@ class _Patch:
         self.tail.remove()
         self._replace_shared("")
         try:
-            self.writer.enqueue_completion(upload.id)
+            self.writer.jobs.complete(upload.id)
         except Exception:  # the upload is safe in S3; the maintenance sweep re-enqueues
             log.exception("upload %s: could not enqueue completion", upload.id)

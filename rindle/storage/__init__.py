@@ -1,6 +1,12 @@
 """Where bytes live: S3 for parts and objects, a node-local file for the tail."""
 
-from rindle.storage.s3 import S3_ERRORS, S3Storage, error_code, make_s3_client
+from rindle.storage.s3 import (
+    S3_ERRORS,
+    MultipartGone,
+    S3Storage,
+    error_code,
+    make_s3_client,
+)
 from rindle.storage.tail import (
     Tail,
     TailLocked,
@@ -11,6 +17,7 @@ from rindle.storage.tail import (
 
 __all__ = [
     "S3_ERRORS",
+    "MultipartGone",
     "S3Storage",
     "Tail",
     "TailLocked",

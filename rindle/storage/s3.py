@@ -35,6 +35,10 @@ def make_s3_client(max_pool_connections: int = 32, path_style: bool = False) -> 
     return boto3.session.Session().client("s3", config=config)
 
 
+class MultipartGone(Exception):
+    """S3 no longer knows the multipart upload (aborted: a lifecycle rule, by hand)."""
+
+
 def error_code(exc: ClientError) -> str:
     return str(exc.response.get("Error", {}).get("Code", ""))
 
@@ -54,14 +58,20 @@ class S3Storage:
         return str(response["UploadId"])
 
     def upload_part(self, key: str, upload_id: str, number: int, body: BinaryIO, size: int) -> str:
-        response = self.client.upload_part(
-            Bucket=self.bucket,
-            Key=key,
-            UploadId=upload_id,
-            PartNumber=number,
-            Body=body,
-            ContentLength=size,
-        )
+        """UploadPart; its ETag. MultipartGone when S3 no longer knows the upload."""
+        try:
+            response = self.client.upload_part(
+                Bucket=self.bucket,
+                Key=key,
+                UploadId=upload_id,
+                PartNumber=number,
+                Body=body,
+                ContentLength=size,
+            )
+        except ClientError as exc:
+            if error_code(exc) == "NoSuchUpload":
+                raise MultipartGone(upload_id) from exc
+            raise
         return str(response["ETag"])
 
     def upload_part_copy(self, key: str, upload_id: str, number: int, source_key: str) -> str:

@@ -7,6 +7,7 @@ import time
 import pytest
 
 from rindle.keys import EXPIRY_INDEX
+from tests.integration.conftest import PART
 from tests.integration.test_lifecycle import (
     bucket,
     half_upload,
@@ -102,3 +103,21 @@ def test_an_object_that_never_matches_ends_failed_after_the_retries(app, tus, rd
     assert state_of(rdb, upload_id) == "failed"
     assert tus.head(upload_id).status_code == 410
     assert s3_client.list_objects_v2(Bucket=bucket(app)).get("Contents", []) == []
+
+
+def test_a_multipart_upload_aborted_outside_rindle_fails_the_upload(app, tus, rdb, s3_client):
+    """An S3 lifecycle rule aborted the multipart upload under a live upload: its parts
+    are gone for good. The next PATCH answers 410 (not 503 for ever) and the upload is
+    failed."""
+    upload_id, data = half_upload(tus)
+    upload = app.extensions["rindle"].uploads.get(upload_id)
+    s3_client.abort_multipart_upload(
+        Bucket=bucket(app), Key=upload.key, UploadId=upload.s3_upload_id
+    )
+
+    r = tus.patch(upload_id, PART + 1000, data[PART + 1000 :])
+
+    assert r.status_code == 410
+    assert r.get_json()["error"] == "gone"
+    assert state_of(rdb, upload_id) == "failed"
+    assert tus.head(upload_id).status_code == 410

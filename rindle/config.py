@@ -22,9 +22,23 @@ MAX_OBJECT_SIZE = 5 * 1024 * 1024 * MIB  # S3's largest object: 5 TiB
 
 
 def default_tmp_dir(environ: Mapping[str, str] | None = None) -> str:
-    """The root under which tails live: RINDLE_TMP_DIR, else the system temp dir."""
+    """The root under which tails live: RINDLE_TMP_DIR, else a directory of this user's
+    in the system temp dir (never the shared /tmp/tus itself)."""
     env = os.environ if environ is None else environ
-    return env.get("RINDLE_TMP_DIR") or tempfile.gettempdir()
+    return env.get("RINDLE_TMP_DIR") or os.path.join(
+        tempfile.gettempdir(), f"rindle-{os.geteuid()}"
+    )
+
+
+def _prefix(env: Mapping[str, str]) -> str:
+    prefix = env.get("RINDLE_S3_PREFIX", "uploads/")
+    if not prefix.endswith("/") or prefix.strip("/") == "":
+        # The orphan sweep aborts every unreferenced multipart upload under the prefix:
+        # "" or "up" would reach other applications' uploads in the bucket.
+        raise ConfigError(
+            f"RINDLE_S3_PREFIX must be a folder of its own ending in '/', got {prefix!r}"
+        )
+    return prefix
 
 
 def _int(env: Mapping[str, str], name: str, default: int) -> int:
@@ -89,7 +103,7 @@ class Settings:
         return cls(
             redis_url=env.get("REDIS_URL") or "redis://127.0.0.1:6379/0",
             s3_bucket=env.get("RINDLE_S3_BUCKET") or "rindle",
-            s3_prefix=env.get("RINDLE_S3_PREFIX", "uploads/"),
+            s3_prefix=_prefix(env),
             tmp_dir=default_tmp_dir(env),
             part_size=part_size,
             max_size=max_size,

@@ -17,11 +17,12 @@ from rq import Queue
 
 from rindle.assembly import Assembly
 from rindle.config import Settings
+from rindle.errors import ConfigError
 from rindle.hooks import Hooks
 from rindle.jobqueue import JobQueue
 from rindle.lease import Lease, ReleaseWatcher
 from rindle.maintenance import Maintenance, TailReaper
-from rindle.storage import S3Storage, make_s3_client
+from rindle.storage import S3Storage, check_tail_dir, make_s3_client
 from rindle.storage.shared_tail import SharedTails
 from rindle.store import UploadStore
 from rindle.upload import Upload
@@ -34,7 +35,12 @@ class Rindle:
     def __init__(
         self, settings: Settings, hooks: Hooks | None = None, sender: Any = None, s3_pool: int = 32
     ) -> None:
-        """``sender``: what signals are sent from (the app, for its receivers)."""
+        """``sender``: what signals are sent from (the app, for its receivers). The tail
+        directory is made, or checked to be private, now: at start-up, not mid-upload."""
+        try:
+            check_tail_dir(settings.tmp_dir)
+        except OSError as exc:
+            raise ConfigError(f"RINDLE_TMP_DIR: {exc}") from exc
         self.settings = settings
         self.hooks = hooks or Hooks()
         self.sender = sender

@@ -219,6 +219,17 @@ class _Patch:
         self.object_headers = protocol.object_headers(protocol.parse_metadata(upload.metadata))
 
     def run(self, read: Reader, checksum: protocol.Checksum | None) -> bool:
+        """Stream the body; True when the client sent bytes beyond Upload-Length. On any
+        failure the tail is cut back to the bytes Redis acknowledges, so that nothing
+        unacknowledged lingers (a disk error, S3 down, a lost lease)."""
+        try:
+            return self._run(read, checksum)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                self.tail.truncate(self.offset - self.committed)
+            raise
+
+    def _run(self, read: Reader, checksum: protocol.Checksum | None) -> bool:
         """Stream the body; True when the client sent bytes beyond Upload-Length.
 
         Without a checksum, full parts are shipped while the body keeps arriving (at

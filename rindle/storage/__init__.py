@@ -10,6 +10,7 @@ from rindle.storage.s3 import (
 from rindle.storage.tail import (
     Tail,
     TailLocked,
+    check_tail_dir,
     tail_path,
     try_remove_idle_tail,
     upload_id_from_tail,
@@ -21,6 +22,7 @@ __all__ = [
     "S3Storage",
     "Tail",
     "TailLocked",
+    "check_tail_dir",
     "error_code",
     "make_s3_client",
     "tail_path",

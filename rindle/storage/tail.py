@@ -11,6 +11,7 @@ import contextlib
 import fcntl
 import io
 import os
+import stat
 
 from rindle.config import default_tmp_dir
 from rindle.errors import TailMissing
@@ -25,6 +26,22 @@ def tail_path(session_id: str, root: str | None = None) -> str:
     configured tmp dir. The raw id never reaches the disk."""
     name = base64.urlsafe_b64encode(session_id.encode("utf-8")).rstrip(b"=").decode("ascii")
     return os.path.join(root or default_tmp_dir(), "tus", f"{name}.tail")
+
+
+def check_tail_dir(root: str | None = None) -> str:
+    """Create ``<root>/tus`` (mode 0700), or check that the one there is this user's
+    and writable by nobody else: tails are read back into uploads, so nobody else may
+    plant or swap them. Returns its path; OSError when it is not safe."""
+    path = os.path.dirname(tail_path("x", root))
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    info = os.lstat(path)
+    if not stat.S_ISDIR(info.st_mode):
+        raise OSError(f"{path} must be a directory, not a link or a file")
+    if info.st_uid != os.geteuid():
+        raise OSError(f"{path} belongs to uid {info.st_uid}, not to this process's user")
+    if info.st_mode & 0o022:
+        raise OSError(f"{path} is writable by other users (mode {info.st_mode & 0o777:o})")
+    return path
 
 
 def upload_id_from_tail(path: str, root: str | None = None) -> str | None:
@@ -49,7 +66,7 @@ def upload_id_from_tail(path: str, root: str | None = None) -> str | None:
 def try_remove_idle_tail(path: str) -> bool:
     """Delete a tail unless a writer holds it (its flock); True when deleted."""
     try:
-        fd = os.open(path, os.O_RDWR)
+        fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW)
     except FileNotFoundError:
         return False
     try:
@@ -82,7 +99,8 @@ class Tail:
         if expected > 0 and not os.path.exists(path):
             raise TailMissing(session_id, expected, None)
         os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        # Never through a symlink someone planted: the file must be our own.
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -104,8 +122,10 @@ class Tail:
         self.size += len(data)
 
     def slice(self, start: int, size: int) -> FileSlice:
-        """A seekable read handle on ``size`` bytes from ``start`` (an S3 request body)."""
-        return FileSlice(self.path, start, size)
+        """A seekable read handle on ``size`` bytes from ``start`` (an S3 request body).
+        It reads through this tail's descriptor (pread), so it works even after a DELETE
+        unlinked the file."""
+        return FileSlice(self._fd, start, size)
 
     def truncate(self, size: int) -> None:
         """Cut the tail back to its first ``size`` bytes (drop bytes never acknowledged)."""
@@ -116,14 +136,13 @@ class Tail:
     def drop_front(self, count: int) -> None:
         """Drop the first ``count`` bytes (shipped as parts), keeping the rest in order."""
         keep = self.size - count
-        with open(self.path, "r+b") as f:
-            copied = 0
-            while copied < keep:  # forward copy: the source is always ahead of the target
-                f.seek(count + copied)
-                chunk = f.read(min(1 << 20, keep - copied))
-                f.seek(copied)
-                f.write(chunk)
-                copied += len(chunk)
+        copied = 0
+        while copied < keep:  # forward copy: the source is always ahead of the target
+            chunk = os.pread(self._fd, min(1 << 20, keep - copied), count + copied)
+            if not chunk:
+                raise OSError(f"{self.path}: {self.size} bytes expected, the file is shorter")
+            written = os.pwrite(self._fd, chunk, copied)
+            copied += written
         self.truncate(keep)
 
     def sync(self) -> None:
@@ -140,15 +159,15 @@ class Tail:
 
 
 class FileSlice(io.RawIOBase):
-    """A window onto part of a file, seekable, so that boto3 can sign and retry it."""
+    """A window onto part of an open file, seekable, so that boto3 can sign and retry
+    it. Positional reads (pread): the file's own offset is left alone."""
 
-    def __init__(self, path: str, start: int, size: int) -> None:
+    def __init__(self, fd: int, start: int, size: int) -> None:
         super().__init__()
-        self._file = open(path, "rb")  # noqa: SIM115 - closed with the slice
+        self._fd = fd
         self._start = start
         self._size = size
         self._pos = 0
-        self._file.seek(start)
 
     def readable(self) -> bool:
         return True
@@ -156,14 +175,14 @@ class FileSlice(io.RawIOBase):
     def seekable(self) -> bool:
         return True
 
-    def read(self, n: int = -1) -> bytes:
+    def read(self, n: int | None = -1) -> bytes:
         left = self._size - self._pos
         n = left if n is None or n < 0 else min(n, left)
-        data = self._file.read(n) if n > 0 else b""
+        data = os.pread(self._fd, n, self._start + self._pos) if n > 0 else b""
         self._pos += len(data)
         return data
 
-    def readinto(self, buffer) -> int:
+    def readinto(self, buffer) -> int:  # type: ignore[no-untyped-def]
         data = self.read(len(buffer))
         buffer[: len(data)] = data
         return len(data)
@@ -171,12 +190,7 @@ class FileSlice(io.RawIOBase):
     def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
         base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
         self._pos = max(0, min(self._size, base + offset))
-        self._file.seek(self._start + self._pos)
         return self._pos
 
     def tell(self) -> int:
         return self._pos
-
-    def close(self) -> None:
-        self._file.close()
-        super().close()

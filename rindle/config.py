@@ -88,6 +88,8 @@ class Settings:
     orphan_sweep_interval: int
     s3_endpoint: str  # "" for AWS itself
     tail_store: str  # "local": tails on this node only; "s3": a shared copy in S3 too
+    max_checksum_body: int  # 0: four of the upload's parts
+    min_free_disk: int  # new PATCHes are refused below this much free space for tails
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -131,4 +133,6 @@ class Settings:
             orphan_sweep_interval=max(1, _int(env, "RINDLE_ORPHAN_SWEEP_INTERVAL", 3600)),
             s3_endpoint=env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL") or "",
             tail_store=_choice(env, "RINDLE_TAIL_STORE", ("local", "s3")),
+            max_checksum_body=_int(env, "RINDLE_MAX_CHECKSUM_BODY", 0),
+            min_free_disk=_int(env, "RINDLE_MIN_FREE_DISK", 256 * MIB),
         )

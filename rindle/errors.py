@@ -30,6 +30,7 @@ STATUS: dict[str, int] = {
     "unsupported_version": 412,
     "upload_too_large": 413,
     "exceeds_upload_length": 413,
+    "checksum_body_too_large": 413,
     "unsupported_media_type": 415,
     "invalid_range": 416,
     "upload_locked": 423,
@@ -38,6 +39,8 @@ STATUS: dict[str, int] = {
     "invalid_key": 500,
     "redis_unavailable": 503,
     "storage_unavailable": 503,
+    "insufficient_storage": 507,
+    "shutting_down": 503,
 }
 
 

@@ -33,6 +33,7 @@ EXTENSIONS = (
     "concatenation",
 )
 CHECKSUM_ALGORITHMS = ("sha1", "sha256", "sha512", "md5", "crc32")
+DIGEST_SIZES = {"sha1": 20, "sha256": 32, "sha512": 64, "md5": 16, "crc32": 4}
 PATCH_CONTENT_TYPE = "application/offset+octet-stream"
 
 # For CORS: what a browser client may send, and what it must be allowed to read.
@@ -198,6 +199,11 @@ def parse_checksum(value: str | None) -> Checksum | None:
         digest = base64.b64decode(parts[1], validate=True)
     except binascii.Error:
         raise TusError("invalid_checksum", "the checksum is not base64") from None
+    if len(digest) != DIGEST_SIZES[algorithm]:
+        # Refused before the body is read: such a checksum could never match.
+        raise TusError(
+            "invalid_checksum", f"a {algorithm} digest has {DIGEST_SIZES[algorithm]} bytes"
+        )
     return Checksum(algorithm, digest)
 
 
@@ -273,14 +279,25 @@ def deferred_limit(upload: Upload, max_size: int) -> int:
     return min(max_size, upload.part_size * MAX_PARTS)
 
 
+def checksum_body_limit(upload: Upload, configured: int = 0) -> int:
+    """The largest checksummed PATCH body (it is spooled to disk whole before it is
+    checked): RINDLE_MAX_CHECKSUM_BODY, or by default four of the upload's parts."""
+    return configured or 4 * upload.part_size
+
+
 def check_append(
-    upload: Upload, append: Append, max_size: int, body_length: int | None = None
+    upload: Upload,
+    append: Append,
+    max_size: int,
+    body_length: int | None = None,
+    max_checksum_body: int = 0,
 ) -> int | None:
     """Whether ``append`` fits ``upload`` as recorded; returns the length it declares for
     a deferred-length upload (None when the length was known already).
 
     409 on a wrong offset, 400 on a contradictory length, 413 when the declared length
-    or a body of ``body_length`` bytes cannot fit.
+    or a body of ``body_length`` bytes cannot fit, or when a checksummed body is larger
+    than ``checksum_body_limit``.
     """
     if append.offset != upload.offset:
         raise TusError(
@@ -302,4 +319,16 @@ def check_append(
     limit = length if length is not None else deferred_limit(upload, max_size)
     if body_length is not None and upload.offset + body_length > limit:
         raise TusError("exceeds_upload_length", "the body goes beyond Upload-Length")
+    if append.checksum is not None and body_length is not None:
+        check_checksum_body(upload, body_length, max_checksum_body)
     return declared
+
+
+def check_checksum_body(upload: Upload, received: int, max_checksum_body: int = 0) -> None:
+    """413 once a checksummed body is (or would be) larger than its limit."""
+    limit = checksum_body_limit(upload, max_checksum_body)
+    if received > limit:
+        raise TusError(
+            "checksum_body_too_large",
+            f"a PATCH with Upload-Checksum carries at most {limit} bytes; send smaller chunks",
+        )

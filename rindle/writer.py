@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -87,6 +88,8 @@ class Writer:
         deferred-length upload. Raises LeaseHeld, TailMissing, Fenced, ChecksumMismatch,
         TusError, or S3 errors (nothing of the failed step is committed).
         """
+        if shutil.disk_usage(self.settings.tmp_dir).free < self.settings.min_free_disk:
+            raise TusError("insufficient_storage", "this node is short of disk space; retry")
         token = new_token()
         self.lease.wait_for_release(upload_id, lambda: self.lease.acquire(upload_id, token))
         try:
@@ -94,7 +97,9 @@ class Writer:
             upload = self.store.get(upload_id)
             if upload is None or upload.state not in WRITABLE:
                 raise TusError("upload_not_writable", "the upload cannot take bytes now")
-            declared = protocol.check_append(upload, append, self.settings.max_size)
+            declared = protocol.check_append(
+                upload, append, self.settings.max_size, None, self.settings.max_checksum_body
+            )
             tail = self._open_tail(upload)
             self.on_tail_opened()
             try:
@@ -267,6 +272,9 @@ class _Patch:
                 received += len(data)
                 if hasher is not None:
                     hasher.update(data)
+                    protocol.check_checksum_body(
+                        upload, received, self.writer.settings.max_checksum_body
+                    )
                 elif self._full_part_waiting():
                     self._ship_front_part_meanwhile()
                 if time.monotonic() >= check_in_at:
@@ -293,8 +301,7 @@ class _Patch:
             if ended_early:
                 return False  # an incomplete body cannot match: nothing kept
             raise ChecksumMismatch(upload.id)
-        while self._full_part_waiting():  # a spooled body, or an early end
-            self._ship_front_part()
+        self._ship_waiting_parts()  # a spooled body, or an early end
         if upload.length is not None and self.committed + tail.size == upload.length:
             self._ship_last()
         elif self.committed + tail.size != self.offset or self.declared is not None:
@@ -334,15 +341,26 @@ class _Patch:
             self.writer.shared.delete_quietly(self.shared_key)
         self.shared_key = key
 
-    def _full_part_waiting(self) -> bool:
-        """Nothing in flight, and a full part at the front of the tail that is not the
+    def _full_part_waiting(self, at: int = 0) -> bool:
+        """Nothing in flight, and a full part at ``at`` in the tail that is not the
         upload's last part (the last part is _ship_last's)."""
         part_size, length = self.upload.part_size, self.upload.length
         if self.inflight is not None and self.inflight.done():
             self._wait_inflight()  # its outcome: raises what the part upload raised
-        if self.inflight is not None or self.tail.size < part_size:
+        if self.inflight is not None or self.tail.size - at < part_size:
             return False
         return length is None or self.committed + part_size < length
+
+    def _ship_waiting_parts(self) -> None:
+        """Ship every full part in the tail from where it lies, then drop them all at
+        once: one copy of the rest, not one per part (a spooled body holds many)."""
+        shipped = 0
+        while self._full_part_waiting(shipped):
+            self._ship_part(shipped)
+            shipped += self.upload.part_size
+        if shipped:
+            with self.lock:
+                self.tail.drop_front(shipped)
 
     def _ship_front_part_meanwhile(self) -> None:
         self._ensure_multipart()
@@ -383,10 +401,16 @@ class _Patch:
         """Upload the full part at the front of the tail, commit it, then drop it from
         the tail. A crash before the drop is safe: Redis then says nothing is buffered,
         so the next request cuts the file back to empty and the client resends the rest."""
+        self._ship_part(0, drop=True)
+
+    def _ship_part(self, at: int, drop: bool = False) -> None:
+        """Upload the full part at ``at`` in the tail, then commit it, then (``drop``)
+        drop it. Undropped, it is harmless: Redis says nothing is buffered from then on,
+        whatever the file still holds."""
         self._ensure_multipart()
         size = self.upload.part_size
         number = self.committed // size + 1
-        with self.tail.slice(0, size) as body, self.lease_kept():
+        with self.tail.slice(at, size) as body, self.lease_kept():
             etag = self.writer.s3.upload_part(
                 self.upload.key, self.s3_upload_id, number, body, size
             )
@@ -403,7 +427,8 @@ class _Patch:
             )
             self.committed = self.offset = new_offset
             self.declared = None
-            self.tail.drop_front(size)
+            if drop:
+                self.tail.drop_front(size)
         self._replace_shared("")
 
     @contextlib.contextmanager

@@ -198,6 +198,7 @@ def test_checksummed_patches_spanning_parts_land_exact(app, tus, rq_burst, s3_cl
         ("crc64 AAAA", "unsupported_checksum_algorithm"),
         ("sha1", "invalid_checksum"),
         ("sha1 not-base64!", "invalid_checksum"),
+        ("sha1 AAAA", "invalid_checksum"),  # base64, but not the 20 bytes of a sha1
     ],
 )
 def test_bad_checksum_headers_are_400(tus, header, code):

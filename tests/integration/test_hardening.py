@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import io
+import os
 import time
+from dataclasses import replace
 
 import pytest
 
+from rindle import tail_path
 from rindle.keys import EXPIRY_INDEX
-from tests.integration.conftest import PART
+from tests.integration.conftest import PART, TUS, random_bytes
 from tests.integration.test_lifecycle import (
     bucket,
     half_upload,
@@ -121,3 +127,76 @@ def test_a_multipart_upload_aborted_outside_rindle_fails_the_upload(app, tus, rd
     assert r.get_json()["error"] == "gone"
     assert state_of(rdb, upload_id) == "failed"
     assert tus.head(upload_id).status_code == 410
+
+
+def sha256_header(data: bytes) -> str:
+    return "sha256 " + base64.b64encode(hashlib.sha256(data).digest()).decode()
+
+
+def test_a_checksummed_body_beyond_four_parts_is_refused_before_it_is_read(app, tus, rdb):
+    """Such a body is spooled to disk whole before it is checked: it is capped."""
+    data = random_bytes(4 * PART + 1)
+    upload_id = tus.create(len(data))
+    r = tus.patch(upload_id, 0, data, **{"Upload-Checksum": sha256_header(data)})
+    assert r.status_code == 413
+    assert r.get_json()["error"] == "checksum_body_too_large"
+    assert tus.head(upload_id).headers["Upload-Offset"] == "0"
+
+
+def test_a_chunked_checksummed_body_beyond_the_cap_keeps_nothing(app, tus, rdb):
+    data = random_bytes(4 * PART + 1)
+    upload_id = tus.create(len(data))
+    r = tus.client.patch(  # a body of unknown length, as a chunked request
+        f"/files/{upload_id}",
+        input_stream=io.BytesIO(data),
+        environ_overrides={"wsgi.input_terminated": True},
+        headers={
+            **TUS,
+            "Upload-Offset": "0",
+            "Content-Type": "application/offset+octet-stream",
+            "Transfer-Encoding": "chunked",
+            "Upload-Checksum": sha256_header(data),
+        },
+    )
+    assert r.status_code == 413
+    assert r.get_json()["error"] == "checksum_body_too_large"
+    assert tus.head(upload_id).headers["Upload-Offset"] == "0"
+    tail = tail_path(upload_id, app.config["RINDLE"].tmp_dir)
+    assert not os.path.exists(tail) or os.path.getsize(tail) == 0
+
+
+def test_a_spooled_body_is_shipped_part_by_part_without_rewriting_the_rest(
+    app, tus, rq_burst, s3_client, monkeypatch
+):
+    """Each shipped part used to be dropped by copying the rest of the file forward:
+    quadratic in the body. Now the parts go from where they lie, and the rest moves once."""
+    from rindle.storage.tail import Tail
+
+    moved = []
+    real_drop = Tail.drop_front
+
+    def spy(self, count):
+        moved.append(self.size - count)  # bytes copied forward
+        real_drop(self, count)
+
+    monkeypatch.setattr(Tail, "drop_front", spy)
+    data = random_bytes(4 * PART)
+    upload_id = tus.create(len(data) + 10)
+    r = tus.patch(
+        upload_id,
+        0,
+        data[: 3 * PART + 7],
+        **{"Upload-Checksum": sha256_header(data[: 3 * PART + 7])},
+    )
+    assert r.status_code == 204
+    assert r.headers["Upload-Offset"] == str(3 * PART + 7)
+    assert sum(moved) <= PART, f"bytes copied forward: {moved}"
+
+
+def test_a_patch_is_refused_with_507_when_the_tail_disk_is_short(app, tus):
+    app.extensions["rindle"].settings = replace(app.config["RINDLE"], min_free_disk=1 << 62)
+    upload_id = tus.create(10)
+    r = tus.patch(upload_id, 0, b"abc")
+    assert r.status_code == 507
+    assert r.get_json()["error"] == "insufficient_storage"
+    assert tus.head(upload_id).headers["Upload-Offset"] == "0"

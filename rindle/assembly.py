@@ -81,13 +81,14 @@ class Assembly:
 
     def _verify_and_finish(self, upload: Upload) -> str:
         """HEAD the object, then mark the upload completed (once) and tell the app."""
-        size = self.s3.head_size(upload.key)
+        size, etag = self.s3.head(upload.key) or (None, "")
         if size != upload.length:
             raise AssemblyError(f"upload {upload.id}: object has {size} bytes, not {upload.length}")
-        if not self.store.set_state(upload.id, State.COMPLETED, (State.ASSEMBLING,)):
+        done = {"object_etag": etag}
+        if not self.store.set_state(upload.id, State.COMPLETED, (State.ASSEMBLING,), None, done):
             current = self.store.get(upload.id)
             if current is not None and current.state == State.TERMINATED:
-                self.s3.delete_object(upload.key)  # terminated while we assembled it
+                self.s3.delete_object_if(upload.key, etag)  # terminated while assembled
             return f"skipped ({current.state if current else 'unknown'})"
         log.info("upload %s: completed, %d bytes at %s", upload.id, size, upload.key)
         if self.settings.tail_store == "s3":

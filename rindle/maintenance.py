@@ -43,8 +43,8 @@ class Maintenance:
 
     def clean_up(self, upload_id: str) -> str:
         """After termination or expiry: abort the multipart upload and delete the shared
-        tails; a terminated upload's object (if it was already assembled) is deleted too.
-        Raises on S3 errors (retry)."""
+        tails; a terminated upload's object is deleted too if it is still the one this
+        upload wrote. Raises on S3 errors (retry)."""
         upload = self.store.get(upload_id)
         if upload is None:
             return "unknown"
@@ -54,7 +54,8 @@ class Maintenance:
             upload.key, upload.s3_upload_id
         )
         if upload.state == State.TERMINATED:
-            self.s3.delete_object(upload.key)
+            # Only the object this upload wrote: a pre_create key may be shared.
+            self.s3.delete_object_if(upload.key, upload.object_etag)
         self.shared.delete_all(upload_id)
         return "aborted" if aborted else "nothing to abort"
 

@@ -9,7 +9,7 @@ The key names are in ``rindle.keys``; the lease itself in ``rindle.lease``.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import redis
 from redis.client import Pipeline
@@ -57,7 +57,9 @@ class UploadStore:
         state: State = State.CREATED,
         concat: str = "",
         partials: tuple[str, ...] = (),
+        object_etag: str = "",
     ) -> Upload:
+        """``object_etag``: the object the request already wrote (a zero-length upload)."""
         now = time.time()
         record = {
             "state": state,
@@ -73,6 +75,7 @@ class UploadStore:
             "expires_at": now + self.expiration,
             "concat": concat,
             "partials": " ".join(partials),
+            "object_etag": object_etag,
             **NO_SHARED_TAIL,
         }
         k = upload_key(upload_id)
@@ -183,9 +186,16 @@ class UploadStore:
         expected_offset: int,
         length: int,
         last_part: Part | None,
+        object_etag: str = "",
     ) -> None:
-        """All bytes are in S3: offset = length, state assembling, in one transaction."""
-        fields = {"state": State.ASSEMBLING, "length": length, **NO_SHARED_TAIL}
+        """All bytes are in S3: offset = length, state assembling, in one transaction.
+        ``object_etag``: the object itself, when one PutObject wrote it."""
+        fields = {
+            "state": State.ASSEMBLING,
+            "length": length,
+            "object_etag": object_etag,
+            **NO_SHARED_TAIL,
+        }
         self._progress(upload_id, token, expected_offset, length, fields, last_part)
         # The sweep looks again soon, in case the completion job never runs.
         self.index_expiry(upload_id, time.time() + ASSEMBLY_CHECK_SECONDS)
@@ -242,10 +252,12 @@ class UploadStore:
         state: State,
         expect: tuple[State, ...],
         before: float | None = None,
+        fields: Mapping[str, str] | None = None,
     ) -> bool:
         """Move to ``state`` if the upload is in one of ``expect`` (and, with ``before``,
         its expiry has passed by then and no request holds its writer lease: a live
-        writer is activity). Ending or completing makes the keys tombstones."""
+        writer is activity). ``fields`` are set with it. Ending or completing makes the
+        keys tombstones."""
         k, lease = upload_key(upload_id), writer_key(upload_id)
         final = state in (*ENDED, State.COMPLETED)
 
@@ -256,7 +268,7 @@ class UploadStore:
             if before is not None and (float(expires_at) > before or pipe.exists(lease)):
                 return False
             pipe.multi()
-            pipe.hset(k, "state", state)
+            pipe.hset(k, mapping={**(fields or {}), "state": state})
             if final:
                 pipe.expire(k, TOMBSTONE_SECONDS)
                 pipe.expire(parts_key(upload_id), TOMBSTONE_SECONDS)

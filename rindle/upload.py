@@ -43,6 +43,9 @@ class Upload:
     # The shared copy of the buffered bytes in S3 (RINDLE_TAIL_STORE=s3), "" without one.
     tail_key: str = ""
     tail_etag: str = ""
+    # The ETag of the object this upload wrote at its key ("" until it wrote one): only
+    # that object is ever deleted on its behalf.
+    object_etag: str = ""
 
     @property
     def is_final(self) -> bool:
@@ -73,4 +76,5 @@ class Upload:
             partials=tuple(record.get("partials", "").split()),
             tail_key=record.get("tail_key", ""),
             tail_etag=record.get("tail_etag", ""),
+            object_etag=record.get("object_etag", ""),
         )

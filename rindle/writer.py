@@ -457,7 +457,7 @@ class _Patch:
         """Ship the remaining bytes, then move to assembling and enqueue completion."""
         upload, s3, size = self.upload, self.writer.s3, self.tail.size
         assert upload.length is not None
-        last_part = None
+        last_part, object_etag = None, ""
         if self.s3_upload_id and size:
             number = self.committed // upload.part_size + 1
             with self.tail.slice(0, size) as body, self.lease_kept():
@@ -465,10 +465,10 @@ class _Patch:
             last_part = (number, etag, size)
         elif not self.s3_upload_id:
             with self.tail.slice(0, size) as body, self.lease_kept():
-                s3.put_object(upload.key, body, size, self.object_headers)
+                object_etag = s3.put_object(upload.key, body, size, self.object_headers)
         # (A multipart upload and nothing left: the last full part was the last part.)
         self.writer.store.finish_receiving(
-            upload.id, self.token, self.offset, upload.length, last_part
+            upload.id, self.token, self.offset, upload.length, last_part, object_etag
         )
         self.offset = upload.length
         self.tail.remove()

@@ -112,15 +112,24 @@ class S3Storage:
         )
         return str(response["ETag"])
 
-    def head_size(self, key: str) -> int | None:
-        """The object's size, or None when it does not exist."""
+    def head(self, key: str) -> tuple[int, str] | None:
+        """The object's (size, ETag), or None when it does not exist."""
         try:
             response = self.client.head_object(Bucket=self.bucket, Key=key)
         except ClientError as exc:
             if error_code(exc) in ("404", "NoSuchKey", "NotFound"):
                 return None
             raise
-        return int(response["ContentLength"])
+        return int(response["ContentLength"]), str(response["ETag"])
+
+    def delete_object_if(self, key: str, etag: str) -> bool:
+        """Delete the object only if it is still the one with ``etag`` (another upload
+        may have written the same key since); True when deleted."""
+        found = self.head(key)
+        if not etag or found is None or found[1] != etag:
+            return False
+        self.delete_object(key)
+        return True
 
     def list_multipart_uploads(self, prefix: str) -> Iterator[tuple[str, str, datetime]]:
         """Open multipart uploads under ``prefix``: (key, upload id, initiated)."""

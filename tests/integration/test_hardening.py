@@ -13,7 +13,7 @@ import pytest
 
 from rindle import tail_path
 from rindle.keys import EXPIRY_INDEX
-from tests.integration.conftest import PART, TUS, random_bytes
+from tests.integration.conftest import PART, TUS, Tus, random_bytes
 from tests.integration.test_lifecycle import (
     bucket,
     half_upload,
@@ -200,3 +200,41 @@ def test_a_patch_is_refused_with_507_when_the_tail_disk_is_short(app, tus):
     assert r.status_code == 507
     assert r.get_json()["error"] == "insufficient_storage"
     assert tus.head(upload_id).headers["Upload-Offset"] == "0"
+
+
+def test_cancelling_an_upload_never_deletes_an_object_it_did_not_write(app, s3_client):
+    """Two uploads share a key chosen by pre_create (a re-upload of the same file).
+    Cancelling the unfinished second one keeps the first one's object; cancelling the
+    first one after the second replaced the object keeps the second's."""
+    from tests.integration.test_hooks import make_app, rq_burst_for
+
+    hooked = make_app(pre_create=lambda request, length, metadata: "uploads/shared/report.pdf")
+    tus = Tus(hooked.test_client())
+    first = tus.create(5)
+    assert tus.patch(first, 0, b"first").status_code == 204
+    rq_burst_for(hooked)
+    second = tus.create(6)
+    assert tus.patch(second, 0, b"sec").status_code == 204
+
+    assert tus.client.delete(f"/files/{second}", headers=TUS).status_code == 204
+    rq_burst_for(hooked)
+    key = {"Bucket": bucket(hooked), "Key": "uploads/shared/report.pdf"}
+    assert s3_client.get_object(**key)["Body"].read() == b"first"
+
+    third = tus.create(5)
+    assert tus.patch(third, 0, b"third").status_code == 204
+    rq_burst_for(hooked)
+    assert tus.client.delete(f"/files/{first}", headers=TUS).status_code == 204
+    rq_burst_for(hooked)
+    assert s3_client.get_object(**key)["Body"].read() == b"third"
+
+    assert tus.client.delete(f"/files/{third}", headers=TUS).status_code == 204
+    rq_burst_for(hooked)
+    assert s3_client.list_objects_v2(Bucket=bucket(hooked)).get("Contents", []) == []
+
+
+def test_cancelling_a_completed_empty_upload_deletes_its_object(app, tus, rq_burst, s3_client):
+    upload_id = tus.create(0)
+    assert tus.client.delete(f"/files/{upload_id}", headers=TUS).status_code == 204
+    rq_burst()
+    assert s3_client.list_objects_v2(Bucket=bucket(app)).get("Contents", []) == []

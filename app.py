@@ -11,7 +11,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 import rindle
 
 
-def create_app(settings: rindle.Settings | None = None) -> Flask:
+def create_app(settings: rindle.Settings | None = None, hooks: rindle.Hooks | None = None) -> Flask:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     app = Flask(__name__)
     settings = settings or rindle.Settings.from_env()
@@ -25,14 +25,21 @@ def create_app(settings: rindle.Settings | None = None) -> Flask:
             x_port=settings.trusted_proxies,
             x_prefix=settings.trusted_proxies,
         )
-    uploads = rindle.init_app(app, settings)
+    if not settings.public and (hooks is None or hooks.authorize is None):
+        # Without an authorize hook anyone who reaches the app may upload.
+        raise rindle.ConfigError(
+            "app.py accepts uploads from anyone: set RINDLE_PUBLIC=1 to mean it, or give "
+            "rindle.init_app an authorize hook (see the README's Hooks)"
+        )
+    uploads = rindle.init_app(app, settings, hooks=hooks)
 
     @app.get("/healthz")
     def healthz() -> tuple[Response, int]:
         try:
             uploads.redis.ping()
         except redis.RedisError as exc:
-            return jsonify(status="redis_unavailable", message=str(exc)), 503
+            logging.getLogger("rindle").error("healthz: Redis unavailable: %s", exc)
+            return jsonify(status="redis_unavailable"), 503  # no internals to the world
         return jsonify(status="ok"), 200
 
     return app

@@ -37,6 +37,7 @@ from devstack.services import (
     free_port,
 )
 from devstack.stack import Stack
+from rindle.config import redact_url
 
 DEV_ACCESS_KEY = "rindle"
 DEV_SECRET_KEY = "rindle-dev-secret"  # a loopback-only dev server; printed at start
@@ -85,7 +86,7 @@ class FakeRedis:
 def start_redis(cleanup: list[Callable[[], Any]]) -> str:
     """The Redis URL to use, starting a server when none is configured."""
     if url := os.environ.get("REDIS_URL"):
-        say(f"Redis: using REDIS_URL={url}")
+        say(f"Redis: using REDIS_URL={redact_url(url)}")
         return url
     server = RedisServer()
     cleanup.append(server.stop)
@@ -186,6 +187,7 @@ def run(port: int, data_dir: Path) -> int:
         env["REDIS_URL"] = start_redis(cleanup)
         env.update(start_s3(data_dir, cleanup))
         env.setdefault("RINDLE_TMP_DIR", str(data_dir / "tmp"))
+        env.setdefault("RINDLE_PUBLIC", "1")  # the example app has no authorize hook
         env["PYTHONUNBUFFERED"] = "1"
         say(f"tails in {env['RINDLE_TMP_DIR']}")
 

@@ -56,6 +56,7 @@ def stack_env(settings: Mapping[str, str], **overrides: str | int | None) -> dic
         AWS_EC2_METADATA_DISABLED="true",
         AWS_CONFIG_FILE=os.devnull,
         AWS_SHARED_CREDENTIALS_FILE=os.devnull,
+        RINDLE_PUBLIC="1",  # app.py has no authorize hook: a dev and test stack only
     )
     env.update(settings)
     for key, value in overrides.items():

@@ -2,6 +2,7 @@
 
 from rindle.config import Settings
 from rindle.core import Rindle
+from rindle.errors import ConfigError
 from rindle.hooks import (
     Hooks,
     Refuse,
@@ -18,6 +19,7 @@ from rindle.upload import State, Upload
 from rindle.web import init_app
 
 __all__ = [
+    "ConfigError",
     "Hooks",
     "Refuse",
     "Rindle",

@@ -11,6 +11,7 @@ import socket
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
+from urllib.parse import urlsplit, urlunsplit
 
 from rindle.errors import ConfigError
 
@@ -28,6 +29,19 @@ def default_tmp_dir(environ: Mapping[str, str] | None = None) -> str:
     return env.get("RINDLE_TMP_DIR") or os.path.join(
         tempfile.gettempdir(), f"rindle-{os.geteuid()}"
     )
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its password (if any) replaced by ``***``: for logs and banners."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = f"{parts.username}:" if parts.username else ":"
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = f"{user}***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def _prefix(env: Mapping[str, str]) -> str:
@@ -87,6 +101,7 @@ class Settings:
     sweep_interval: int
     orphan_sweep_interval: int
     s3_endpoint: str  # "" for AWS itself
+    public: bool  # RINDLE_PUBLIC=1: the app may run without an authorize hook
     tail_store: str  # "local": tails on this node only; "s3": a shared copy in S3 too
     max_checksum_body: int  # 0: four of the upload's parts
     min_free_disk: int  # new PATCHes are refused below this much free space for tails
@@ -133,6 +148,7 @@ class Settings:
             orphan_sweep_interval=max(1, _int(env, "RINDLE_ORPHAN_SWEEP_INTERVAL", 3600)),
             s3_endpoint=env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL") or "",
             tail_store=_choice(env, "RINDLE_TAIL_STORE", ("local", "s3")),
+            public=_choice(env, "RINDLE_PUBLIC", ("0", "1")) == "1",
             max_checksum_body=_int(env, "RINDLE_MAX_CHECKSUM_BODY", 0),
             min_free_disk=_int(env, "RINDLE_MIN_FREE_DISK", 256 * MIB),
         )

@@ -27,6 +27,7 @@ def app(redis_url: str, s3_env: dict[str, str], tmp_path, monkeypatch) -> Iterat
         "RINDLE_TMP_DIR": str(tmp_path / "node"),
         "RINDLE_TUS_PART_SIZE": str(PART),
         "RINDLE_TUS_MAX_SIZE": str(1024 * 1024 * 1024),
+        "RINDLE_PUBLIC": "1",  # app.py has no authorize hook
     }
     for name, value in env.items():
         monkeypatch.setenv(name, value)

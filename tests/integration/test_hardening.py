@@ -238,3 +238,25 @@ def test_cancelling_a_completed_empty_upload_deletes_its_object(app, tus, rq_bur
     assert tus.client.delete(f"/files/{upload_id}", headers=TUS).status_code == 204
     rq_burst()
     assert s3_client.list_objects_v2(Bucket=bucket(app)).get("Contents", []) == []
+
+
+def test_the_shipped_app_refuses_to_start_open_to_anyone_unless_told(rindle_env):
+    from app import create_app
+    from rindle import ConfigError, Hooks, Settings
+
+    closed = {k: v for k, v in rindle_env.items() if k != "RINDLE_PUBLIC"}
+    with pytest.raises(ConfigError, match="RINDLE_PUBLIC"):
+        create_app(Settings.from_env(closed))
+    assert create_app(Settings.from_env({**closed, "RINDLE_PUBLIC": "1"}))
+    hooks = Hooks(authorize=lambda request, action, upload: None)
+    assert create_app(Settings.from_env(closed), hooks=hooks)
+
+
+def test_healthz_tells_no_internals_when_redis_is_down(rindle_env):
+    from app import create_app
+    from rindle import Settings
+
+    env = {**rindle_env, "RINDLE_PUBLIC": "1", "REDIS_URL": "redis://:s3cret@127.0.0.1:1/0"}
+    r = create_app(Settings.from_env(env)).test_client().get("/healthz")
+    assert r.status_code == 503
+    assert r.get_json() == {"status": "redis_unavailable"}

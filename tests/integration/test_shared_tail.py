@@ -35,6 +35,7 @@ def node_env(redis_url: str, s3_env: dict[str, str], tmp_path: Path, monkeypatch
             "RINDLE_NODE_ID": name,
             "RINDLE_TUS_PART_SIZE": str(PART),
             "RINDLE_TAIL_STORE": "s3",
+            "RINDLE_PUBLIC": "1",
             **extra,
         }
 

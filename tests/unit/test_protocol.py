@@ -36,14 +36,14 @@ def test_metadata_round_trip_with_empty_and_binary_values():
 
 
 @pytest.mark.parametrize(
-    "header",
+    "header, parsed",
     [
-        "filename",  # fine: a key alone
-        "a " + b64(b"x") + ", b " + b64(b"y"),  # spaces after commas are tolerated
+        ("filename", {"filename": None}),  # fine: a key alone
+        ("a " + b64(b"x") + ", b " + b64(b"y"), {"a": b"x", "b": b"y"}),  # spaces after commas
     ],
 )
-def test_metadata_lenient_forms(header):
-    protocol.parse_metadata(header)
+def test_metadata_lenient_forms(header, parsed):
+    assert protocol.parse_metadata(header) == parsed
 
 
 @pytest.mark.parametrize(
@@ -77,3 +77,31 @@ def test_part_size_grows_to_keep_10000_parts():
     size = protocol.part_size_for(length, 8 * MIB)
     assert size >= -(-length // 10_000)
     assert -(-length // size) <= 10_000
+
+
+@pytest.mark.parametrize(
+    "header, algorithm, digest",
+    [
+        ("sha1 " + b64(bytes(20)), "sha1", bytes(20)),
+        ("SHA256 " + b64(b"\x01" * 32), "sha256", b"\x01" * 32),
+        ("crc32 " + b64(b"\x00\x00\x00\x2a"), "crc32", b"\x00\x00\x00\x2a"),
+    ],
+)
+def test_checksum_header_gives_algorithm_and_digest(header, algorithm, digest):
+    assert protocol.parse_checksum(header) == protocol.Checksum(algorithm, digest)
+
+
+@pytest.mark.parametrize("header", ["md5 " + b64(bytes(15)), "sha512 " + b64(bytes(32))])
+def test_a_digest_of_the_wrong_length_is_400_before_any_body(header):
+    with pytest.raises(TusError) as exc:
+        protocol.parse_checksum(header)
+    assert (exc.value.status, exc.value.code) == (400, "invalid_checksum")
+
+
+def test_concat_header_gives_kind_and_urls():
+    assert protocol.parse_concat(None) == ("", [])
+    assert protocol.parse_concat("partial") == ("partial", [])
+    assert protocol.parse_concat("final;/files/a https://x/files/b") == (
+        "final",
+        ["/files/a", "https://x/files/b"],
+    )

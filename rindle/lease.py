@@ -7,7 +7,8 @@ that finds the lease held asks the holder to let go (a flag plus a pub/sub messa
 waits a bounded time; a holder whose process died on this host is taken over at once.
 
 The release watcher is the holder's side: one thread per process that knows how to
-interrupt its writers' blocked reads, on a release request or when a client stalls.
+interrupt its writers' blocked reads, on a release request or when a client stalls; and,
+when the process shuts down, it ends all of them at once (``stop_all``).
 """
 
 from __future__ import annotations
@@ -185,6 +186,8 @@ class ReleaseWatcher:
     def __init__(self, redis_url: str, read_timeout: float) -> None:
         self.redis_url = redis_url
         self.read_timeout = read_timeout
+        # Why this process is stopping ("" while it serves): set once, by stop_all.
+        self.stopping = ""
         self._active: dict[str, ActiveWrite] = {}
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -195,6 +198,10 @@ class ReleaseWatcher:
         write = ActiveWrite(interrupt)
         with self._lock:
             self._active[upload_id] = write
+        if self.stopping:
+            # It got past the web layer's check just before the stop: its read ends at
+            # once too, rather than hold up the shutdown.
+            write.stop(self.stopping)
         self._ensure_thread()  # after registering: an idle watcher exits only when empty
         try:
             yield write
@@ -202,6 +209,18 @@ class ReleaseWatcher:
             with self._lock:
                 if self._active.get(upload_id) is write:
                     del self._active[upload_id]
+
+    def stop_all(self, reason: str) -> int:
+        """The process is shutting down: end every writer's read now, and that of any
+        writer that registers from now on. Each keeps what it received (tail synced,
+        offset committed) and answers with its offset, well before a SIGKILL would lose
+        it. Returns how many writers were running."""
+        self.stopping = self.stopping or reason  # before the snapshot: see ``watching``
+        with self._lock:
+            writes = list(self._active.values())
+        for write in writes:
+            write.stop(reason)
+        return len(writes)
 
     def _ensure_thread(self) -> None:
         if self._thread is None:

@@ -4,18 +4,34 @@ RQ forks a work horse per job. Importing boto3 and building the app's clients ta
 of a second, which each fork would otherwise pay again; this worker does it once, before
 it forks. Nothing is connected yet at that point (redis-py reconnects after a fork, and the
 S3 client opens its connections lazily), so the children share no sockets.
+
+It stops the way RQ's ``HerokuWorker`` does. On SIGTERM a plain RQ worker waits for its
+horse to finish the job, however long that takes. Heroku sends SIGKILL 30 s later, which
+leaves the job in the started registry until the dead worker's heartbeat runs out
+(minutes). Heroku also sends the SIGTERM to every process of the dyno, and a plain horse
+dies of it on the spot, in the middle of its job. Here the horse ignores SIGTERM. The
+worker gives it ``imminent_shutdown_delay`` seconds to finish its job, then makes the job
+raise ``ShutDownImminentException``. That is a BaseException, so no ``except Exception``
+in a job swallows it. The job fails, and its Retry policy schedules it again (in 2 s, on
+any worker with a scheduler). rindle's jobs are idempotent: a retry starts again from what
+Redis and S3 hold, so a job cut off anywhere is redone, never left half-done.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from rq.worker import Worker
+from rq.worker import HerokuWorker
 
 from rindle.jobs import worker_rindle
 
 
-class RindleWorker(Worker):
+class RindleWorker(HerokuWorker):
+    # RQ's default. A completion job takes about 30 ms, so a job that is still running
+    # 6 s after SIGTERM is stuck on S3 and is better retried. That leaves the horse 24 s
+    # of Heroku's 30 to record the failure and schedule the retry.
+    imminent_shutdown_delay = 6
+
     def work(self, *args: Any, **kwargs: Any) -> bool:
         rindle = worker_rindle()
         _ = rindle.uploads, rindle.s3, rindle.jobs, rindle.assembly, rindle.maintenance

@@ -123,6 +123,14 @@ def _check_version() -> None:
         protocol.check_version(request.headers.get("Tus-Resumable"))
 
 
+@blueprint.before_request
+def _refuse_while_stopping() -> None:
+    """A process that is shutting down (SIGTERM, ``rindle.web.graceful``) starts no new
+    upload: the client retries, on another node or on this one once it has restarted."""
+    if request.method in ("POST", "PATCH") and current_rindle().stopping:
+        raise TusError("shutting_down", "this server is shutting down; retry", {"Retry-After": "5"})
+
+
 def load(upload_id: str) -> Upload:
     upload = current_rindle().uploads.get(upload_id)
     if upload is None:
@@ -223,9 +231,10 @@ def create() -> Response:
         if rindle.shared_tails.owns(key):
             log.error("pre_create chose %r, inside the shared tails' key space", key)
             raise TusError("invalid_key", "the upload's object key is reserved by rindle")
+    object_etag = ""
     if length == 0 and not partials:
         # Nothing to receive: the (empty) object exists before the client hears of it.
-        rindle.s3.put_object(key, b"", 0, protocol.object_headers(metadata))
+        object_etag = rindle.s3.put_object(key, b"", 0, protocol.object_headers(metadata))
     state = State.ASSEMBLING if partials else State.COMPLETED if length == 0 else State.CREATED
     upload = rindle.uploads.create(
         upload_id,
@@ -236,6 +245,7 @@ def create() -> Response:
         state=state,
         concat=concat,
         partials=tuple(p.id for p in partials),
+        object_etag=object_etag,
     )
     rindle.notify(hooks.upload_created, upload)
     if partials:

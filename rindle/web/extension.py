@@ -9,6 +9,7 @@ from rindle import jobs, protocol
 from rindle.config import Settings
 from rindle.core import Rindle
 from rindle.hooks import Hooks
+from rindle.web import graceful
 from rindle.web.blueprint import blueprint
 from rindle.web.cli import cli
 from rindle.web.context import EXTENSION, app_context_rindle
@@ -22,12 +23,15 @@ def init_app(
     hooks: Hooks | None = None,
 ) -> Rindle:
     """Register rindle on ``app``: settings in ``app.config["RINDLE"]``, blueprint at
-    ``url_prefix``, ``flask rindle ...`` commands, the app's ``hooks``. Returns the
-    app's services (also in ``app.extensions["rindle"]``)."""
+    ``url_prefix``, ``flask rindle ...`` commands, the app's ``hooks``, the graceful stop
+    on SIGTERM in a gunicorn worker (``rindle.web.graceful``). Returns the app's services
+    (also in ``app.extensions["rindle"]``)."""
     settings = settings or app.config.get("RINDLE") or Settings.from_env()
     app.config["RINDLE"] = settings
     rindle = Rindle(settings, hooks, sender=app)
     app.extensions[EXTENSION] = rindle
+    graceful.register(rindle)
+    graceful.install_in_gunicorn_worker()  # with --preload: gunicorn.conf.py's hook does
     jobs.add_lookup(app_context_rindle)
     app.register_blueprint(blueprint, url_prefix=url_prefix)
     app.cli.add_command(cli)

@@ -8,6 +8,7 @@ idempotent: the completion job may run again after a crash or a lost answer.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 from collections.abc import Callable
@@ -20,7 +21,7 @@ from rindle import hooks, protocol
 from rindle.config import MAX_PART_SIZE, MIN_PART_SIZE, Settings
 from rindle.errors import AssemblyError, PartialsNotReady
 from rindle.jobqueue import JobQueue
-from rindle.storage import S3Storage, error_code
+from rindle.storage import S3_ERRORS, S3Storage, error_code
 from rindle.storage.shared_tail import SharedTails
 from rindle.store import UploadStore
 from rindle.upload import ENDED, State, Upload
@@ -91,12 +92,15 @@ class Assembly:
                 self.s3.delete_object_if(upload.key, etag)  # terminated while assembled
             return f"skipped ({current.state if current else 'unknown'})"
         log.info("upload %s: completed, %d bytes at %s", upload.id, size, upload.key)
-        if self.settings.tail_store == "s3":
-            self.shared.delete_all(upload.id)  # leftovers of crashed writers, if any
+        # Told at once: a retry of this job would find the upload completed and skip it.
         self.notify(hooks.upload_completed, replace(upload, state=State.COMPLETED))
         if self.settings.on_complete:
             metadata = hooks.metadata_dict(protocol.parse_metadata(upload.metadata))
             self.jobs.on_complete(self.settings.on_complete, upload.id, upload.key, size, metadata)
+        if self.settings.tail_store == "s3":
+            # Leftovers of crashed writers, if any; the orphan sweep takes what stays.
+            with contextlib.suppress(*S3_ERRORS):
+                self.shared.delete_all(upload.id)
         return "completed"
 
     def give_up(self, upload_id: str, reason: str) -> str:

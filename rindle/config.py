@@ -95,6 +95,7 @@ class Settings:
     read_timeout: float
     cors_origins: tuple[str, ...]
     max_metadata: int
+    max_partials: int  # most partial uploads one final upload may concatenate
     download: str
     on_complete: str
     app: str  # module:attribute of the app the RQ worker imports
@@ -102,6 +103,8 @@ class Settings:
     orphan_sweep_interval: int
     s3_endpoint: str  # "" for AWS itself
     public: bool  # RINDLE_PUBLIC=1: the app may run without an authorize hook
+    min_rate: int  # bytes/s a PATCH must average over each rate window (0: no minimum)
+    min_rate_window: int
     tail_store: str  # "local": tails on this node only; "s3": a shared copy in S3 too
     max_checksum_body: int  # 0: four of the upload's parts
     min_free_disk: int  # new PATCHes are refused below this much free space for tails
@@ -141,6 +144,7 @@ class Settings:
                 o.strip() for o in env.get("RINDLE_CORS_ORIGINS", "").split(",") if o.strip()
             ),
             max_metadata=_int(env, "RINDLE_TUS_MAX_METADATA", 4096),
+            max_partials=max(1, _int(env, "RINDLE_TUS_MAX_PARTIALS", 100)),
             download=_choice(env, "RINDLE_DOWNLOAD", ("redirect", "stream", "off")),
             on_complete=env.get("RINDLE_ON_COMPLETE", ""),
             app=env.get("RINDLE_APP") or "app:app",
@@ -149,6 +153,8 @@ class Settings:
             s3_endpoint=env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL") or "",
             tail_store=_choice(env, "RINDLE_TAIL_STORE", ("local", "s3")),
             public=_choice(env, "RINDLE_PUBLIC", ("0", "1")) == "1",
+            min_rate=_int(env, "RINDLE_MIN_RATE", 256),
+            min_rate_window=max(1, _int(env, "RINDLE_MIN_RATE_WINDOW", 30)),
             max_checksum_body=_int(env, "RINDLE_MAX_CHECKSUM_BODY", 0),
             min_free_disk=_int(env, "RINDLE_MIN_FREE_DISK", 256 * MIB),
         )

@@ -100,7 +100,13 @@ class Rindle:
 
     @cached_property
     def watcher(self) -> ReleaseWatcher:
-        return ReleaseWatcher(self.settings.redis_url, self.settings.read_timeout)
+        settings = self.settings
+        return ReleaseWatcher(
+            settings.redis_url,
+            settings.read_timeout,
+            settings.min_rate,
+            settings.min_rate_window,
+        )
 
     @cached_property
     def writer(self) -> Writer:

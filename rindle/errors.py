@@ -22,6 +22,7 @@ STATUS: dict[str, int] = {
     "final_upload": 403,
     "not_found": 404,
     "download_disabled": 405,
+    "method_not_allowed": 405,
     "offset_mismatch": 409,
     "conflict": 409,
     "upload_not_writable": 409,
@@ -39,6 +40,7 @@ STATUS: dict[str, int] = {
     "invalid_key": 500,
     "redis_unavailable": 503,
     "storage_unavailable": 503,
+    "storage_error": 500,
     "insufficient_storage": 507,
     "shutting_down": 503,
 }
@@ -80,9 +82,18 @@ class LeaseHeld(RindleError):
 
 
 class Fenced(RindleError):
-    """A commit lost its race: the writer lease or the offset moved underneath it."""
+    """A commit lost its race: the writer lease or the offset moved underneath it.
+
+    The client hears only that (409); ``detail`` (lease, offset, state) is for logs."""
 
     code = "conflict"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__("another request changed this upload meanwhile; HEAD tells its offset")
+        self.detail = detail
+
+    def __str__(self) -> str:
+        return self.detail
 
 
 class ChecksumMismatch(RindleError):

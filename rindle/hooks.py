@@ -14,7 +14,8 @@ Callbacks (given to ``rindle.init_app(app, hooks=Hooks(...))``):
 - ``pre_create(request, length, metadata) -> str | None``: raise ``Refuse`` to refuse
   the upload, or return the object key to use (default: RINDLE_S3_PREFIX + id);
 - ``authorize(request, action, upload)``: called on every request (``action`` is one of
-  create, head, patch, delete, get; ``upload`` is None for create); raise ``Refuse``.
+  create, head, patch, delete, get; ``upload`` is None for create), and for each partial
+  a final upload names (``concat``, with that partial); raise ``Refuse``.
 
 And RINDLE_ON_COMPLETE, a dotted function name: the completion job enqueues it as an RQ
 job, once, with ``upload_id``, ``key``, ``size`` and ``metadata`` (a dict of str).

@@ -42,17 +42,33 @@ IDLE_SECONDS = 1.0
 IDLE_EXIT_SECONDS = 60
 
 
+def _boot_id() -> str:
+    """Which boot of which kernel, and which PID namespace this process lives in: two
+    containers may share a host name (or a host), and a pid means nothing across them."""
+    parts = []
+    with contextlib.suppress(OSError), open("/proc/sys/kernel/random/boot_id") as f:
+        parts.append(f.read().strip())
+    with contextlib.suppress(OSError):
+        parts.append(os.readlink("/proc/self/ns/pid").strip("pid:[]"))
+    return "-".join(parts) or "unknown"
+
+
+BOOT_ID = _boot_id()
+
+
 def new_token() -> str:
-    """A writer token: random, and naming its host and process, so that a request on
-    the same host can tell that a holder died."""
-    return f"{socket.gethostname()}/{os.getpid()}/{secrets.token_urlsafe(16)}"
+    """A writer token: random, and naming its host, boot and PID namespace, and process,
+    so that a request on the same host (and in the same namespace) can tell that a holder
+    died."""
+    return f"{socket.gethostname()}/{BOOT_ID}/{os.getpid()}/{secrets.token_urlsafe(16)}"
 
 
 def holder_is_dead(token: str) -> bool:
-    host, _, rest = token.partition("/")
-    pid, _, _ = rest.partition("/")
-    if host != socket.gethostname() or not pid.isdigit():
-        return False  # another host's: only its lease's expiry tells
+    host, boot, pid, _ = [*token.split("/", 3), "", "", ""][:4]
+    if host != socket.gethostname() or boot != BOOT_ID or BOOT_ID == "unknown":
+        return False  # another machine's, or another container's: only its expiry tells
+    if not pid.isdigit():
+        return False
     try:
         os.kill(int(pid), 0)
     except ProcessLookupError:
@@ -162,9 +178,13 @@ class ActiveWrite:
     interrupt: Callable[[], None]
     last_read: float = field(default_factory=time.monotonic)
     stop_reason: str = ""
+    received: int = 0  # bytes read so far
+    window_start: float = field(default_factory=time.monotonic)
+    window_received: int = 0  # ``received`` when the current rate window began
 
-    def touch(self) -> None:
+    def touch(self, count: int = 0) -> None:
         self.last_read = time.monotonic()
+        self.received += count
 
     def stop(self, reason: str) -> None:
         if self.stop_reason:
@@ -183,9 +203,20 @@ class ReleaseWatcher:
     received (tail synced, offset committed) and lets go of the lease.
     """
 
-    def __init__(self, redis_url: str, read_timeout: float) -> None:
+    def __init__(
+        self,
+        redis_url: str,
+        read_timeout: float,
+        min_rate: int = 0,
+        rate_window: float = 30,
+    ) -> None:
+        """``min_rate`` bytes/s over each ``rate_window`` seconds, else a writer is
+        stopped as too slow (0: no minimum): a client that drips a byte now and then
+        never trips the read timeout, yet holds a thread and a lease for ever."""
         self.redis_url = redis_url
         self.read_timeout = read_timeout
+        self.min_rate = min_rate
+        self.rate_window = rate_window
         # Why this process is stopping ("" while it serves): set once, by stop_all.
         self.stopping = ""
         self._active: dict[str, ActiveWrite] = {}
@@ -284,6 +315,12 @@ class ReleaseWatcher:
     def _stop_stalled(self) -> None:
         now = time.monotonic()
         with self._lock:
-            stalled = [w for w in self._active.values() if now - w.last_read > self.read_timeout]
-        for write in stalled:
-            write.stop("read timeout")
+            writes = list(self._active.values())
+        for write in writes:
+            if now - write.last_read > self.read_timeout:
+                write.stop("read timeout")
+            elif self.min_rate and now - write.window_start >= self.rate_window:
+                rate = (write.received - write.window_received) / (now - write.window_start)
+                if rate < self.min_rate:
+                    write.stop(f"too slow ({rate:.0f} B/s, at least {self.min_rate} B/s)")
+                write.window_start, write.window_received = now, write.received

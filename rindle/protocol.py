@@ -133,6 +133,17 @@ def part_size_for(length: int, configured: int) -> int:
 _MIME = re.compile(r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*")
 
 
+def _filename_params(metadata: dict[str, bytes | None]) -> str:
+    """The ``filename`` metadata as Content-Disposition parameters, RFC 6266 style (an
+    ASCII fallback plus the UTF-8 name), or "" without a name."""
+    raw_name = (metadata.get("filename") or b"").decode("utf-8", "replace")
+    name = raw_name.replace("\\", "/").rsplit("/", 1)[-1].strip()
+    if not name:
+        return ""
+    ascii_name = "".join(c if 32 <= ord(c) < 127 and c not in '"\\' else "_" for c in name)
+    return f"; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(name, safe='')}"
+
+
 def object_headers(metadata: dict[str, bytes | None]) -> dict[str, str]:
     """S3 ContentType / ContentDisposition from the ``filetype`` and ``filename`` metadata.
 
@@ -143,14 +154,40 @@ def object_headers(metadata: dict[str, bytes | None]) -> dict[str, str]:
     filetype = (metadata.get("filetype") or b"").decode("utf-8", "replace").strip()
     if _MIME.fullmatch(filetype):
         headers["ContentType"] = filetype
-    raw_name = (metadata.get("filename") or b"").decode("utf-8", "replace")
-    name = raw_name.replace("\\", "/").rsplit("/", 1)[-1].strip()
-    if name:
-        ascii_name = "".join(c if 32 <= ord(c) < 127 and c not in '"\\' else "_" for c in name)
-        headers["ContentDisposition"] = (
-            f"attachment; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(name, safe='')}"
-        )
+    params = _filename_params(metadata)
+    if params:
+        headers["ContentDisposition"] = "attachment" + params
     return headers
+
+
+# Types a browser may show in place (with nosniff and a sandbox CSP): they run no script.
+# Anything else, HTML and SVG among them, is served as an attachment.
+INLINE_TYPES = ("application/pdf", "text/plain")
+INLINE_FAMILIES = ("image/", "video/", "audio/")
+
+
+def shown_inline(content_type: str) -> bool:
+    """Whether a download of ``content_type`` may be displayed rather than saved: images
+    (not SVG, which runs script), PDF, plain text, video and audio."""
+    mime = content_type.split(";", 1)[0].strip().lower()
+    if mime.startswith("image/") and ("svg" in mime or "xml" in mime):
+        return False
+    return mime in INLINE_TYPES or mime.startswith(INLINE_FAMILIES)
+
+
+def download_headers(metadata: dict[str, bytes | None], content_type: str = "") -> dict[str, str]:
+    """ContentType / ContentDisposition to serve a download with, so that an uploaded
+    file never runs as a page of the origin that serves it: ``content_type`` (the
+    object's, else the ``filetype`` metadata, else application/octet-stream) and an
+    attachment, unless the type is ``shown_inline``; the RFC 6266 file name kept."""
+    content_type = (
+        content_type or object_headers(metadata).get("ContentType") or "application/octet-stream"
+    )
+    kind = "inline" if shown_inline(content_type) else "attachment"
+    return {
+        "ContentType": content_type,
+        "ContentDisposition": kind + _filename_params(metadata),
+    }
 
 
 class Hasher(Protocol):
@@ -235,10 +272,17 @@ def media_type(headers: Mapping[str, str]) -> str:
     return headers.get("Content-Type", "").split(";")[0].strip().lower()
 
 
+def is_chunked(headers: Mapping[str, str]) -> bool:
+    """A body of unknown length (``Transfer-Encoding: chunked``, in any case: header
+    values are case-insensitive tokens)."""
+    return "chunked" in headers.get("Transfer-Encoding", "").lower()
+
+
 def has_upload_body(headers: Mapping[str, str], content_length: int | None) -> bool:
     """A creation request that carries bytes (creation-with-upload)."""
-    chunked = "chunked" in headers.get("Transfer-Encoding", "")
-    return media_type(headers) == PATCH_CONTENT_TYPE and (bool(content_length) or chunked)
+    return media_type(headers) == PATCH_CONTENT_TYPE and (
+        bool(content_length) or is_chunked(headers)
+    )
 
 
 def creation_length(headers: Mapping[str, str]) -> int | None:

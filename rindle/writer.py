@@ -26,7 +26,7 @@ from blinker import NamedSignal
 
 from rindle import hooks, protocol
 from rindle.config import Settings
-from rindle.errors import BodyEnded, ChecksumMismatch, TailMissing, TusError
+from rindle.errors import BodyEnded, ChecksumMismatch, Fenced, TailMissing, TusError
 from rindle.jobqueue import JobQueue
 from rindle.lease import ActiveWrite, Lease, ReleaseWatcher, new_token
 from rindle.storage import MultipartGone, S3Storage, Tail, TailLocked
@@ -224,11 +224,17 @@ class _Patch:
         self.object_headers = protocol.object_headers(protocol.parse_metadata(upload.metadata))
 
     def run(self, read: Reader, checksum: protocol.Checksum | None) -> bool:
-        """Stream the body; True when the client sent bytes beyond Upload-Length. On any
-        failure the tail is cut back to the bytes Redis acknowledges, so that nothing
-        unacknowledged lingers (a disk error, S3 down, a lost lease)."""
+        """Stream the body; True when the client sent bytes beyond Upload-Length.
+
+        The lease is renewed every second for the whole request, also while it waits
+        for a silent client (until RINDLE_READ_TIMEOUT ends the read) and while S3
+        calls run: a lease shorter than either would otherwise run out under a live
+        request, and its commit would then be refused. On any failure the tail is cut
+        back to the bytes Redis acknowledges, so that nothing unacknowledged lingers (a
+        disk error, S3 down, a lost lease)."""
         try:
-            return self._run(read, checksum)
+            with self.lease_kept():
+                return self._run(read, checksum)
         except BaseException:
             with contextlib.suppress(OSError):
                 self.tail.truncate(self.offset - self.committed)
@@ -266,7 +272,7 @@ class _Patch:
                     break
                 if not data:
                     break
-                self.active.touch()
+                self.active.touch(len(data))
                 with self.lock:
                     tail.write(data)
                 received += len(data)
@@ -316,7 +322,7 @@ class _Patch:
         new_offset = self.committed + tail.size
         generation = None
         if shared is not None and tail.size:
-            with tail.slice(0, tail.size) as body, self.lease_kept():
+            with tail.slice(0, tail.size) as body:
                 generation = shared.put(self.upload.id, body, tail.size, new_offset)
         try:
             self.writer.store.commit_offset(
@@ -410,7 +416,7 @@ class _Patch:
         self._ensure_multipart()
         size = self.upload.part_size
         number = self.committed // size + 1
-        with self.tail.slice(at, size) as body, self.lease_kept():
+        with self.tail.slice(at, size) as body:
             etag = self.writer.s3.upload_part(
                 self.upload.key, self.s3_upload_id, number, body, size
             )
@@ -433,17 +439,20 @@ class _Patch:
 
     @contextlib.contextmanager
     def lease_kept(self) -> Iterator[None]:
-        """Keep renewing the lease while an S3 call runs: a big part on a slow link may
-        take longer than the lease. If this process stalls as a whole (a GC pause), the
-        renewals stop too and the lease can still expire: fencing stays intact."""
+        """Renew the lease every second from a thread of its own. If this process stalls
+        as a whole (a GC pause), the renewals stop too and the lease can still expire:
+        fencing stays intact. A lease lost for good ends the body read at once."""
         done = threading.Event()
 
         def renew() -> None:
             while not done.wait(CHECK_IN_SECONDS):
                 try:
                     self.writer.lease.renew(self.upload.id, self.token)
-                except Exception:  # lost or unreachable: the commit will tell
+                except Fenced:  # lost, or the upload ended: the commit will be refused
+                    self.active.stop("writer lease lost or upload ended")
                     return
+                except Exception:  # Redis unreachable for a moment: try again
+                    log.warning("upload %s: lease renewal failed", self.upload.id, exc_info=True)
 
         thread = threading.Thread(target=renew, name="rindle-lease", daemon=True)
         thread.start()
@@ -460,11 +469,11 @@ class _Patch:
         last_part, object_etag = None, ""
         if self.s3_upload_id and size:
             number = self.committed // upload.part_size + 1
-            with self.tail.slice(0, size) as body, self.lease_kept():
+            with self.tail.slice(0, size) as body:
                 etag = s3.upload_part(upload.key, self.s3_upload_id, number, body, size)
             last_part = (number, etag, size)
         elif not self.s3_upload_id:
-            with self.tail.slice(0, size) as body, self.lease_kept():
+            with self.tail.slice(0, size) as body:
                 object_etag = s3.put_object(upload.key, body, size, self.object_headers)
         # (A multipart upload and nothing left: the last full part was the last part.)
         self.writer.store.finish_receiving(

@@ -21,9 +21,11 @@ def make_s3_client(max_pool_connections: int = 32, path_style: bool = False) -> 
 
     Checksums only when an operation requires them (boto3 >= 1.36 otherwise sends CRC
     trailers that R2, B2 and older MinIO reject), a pool sized for the request threads,
-    and path-style addressing for custom endpoints (``path_style``).
+    path-style addressing for custom endpoints (``path_style``), and SigV4 for presigned
+    URLs too (botocore would presign with SigV2, which newer AWS regions refuse).
     """
     config = Config(
+        signature_version="s3v4",
         request_checksum_calculation="when_required",
         response_checksum_validation="when_required",
         max_pool_connections=max_pool_connections,
@@ -138,11 +140,15 @@ class S3Storage:
             for upload in page.get("Uploads", []):
                 yield upload["Key"], upload["UploadId"], upload["Initiated"]
 
-    def presigned_get(self, key: str, expires_in: int) -> str:
+    def presigned_get(
+        self, key: str, expires_in: int, response_headers: Mapping[str, str] | None = None
+    ) -> str:
+        """A GET URL valid ``expires_in`` seconds. ``response_headers`` (such as
+        ResponseContentType, ResponseContentDisposition) are what S3 answers with, whatever
+        the object says: the URL fixes how a browser treats the file."""
+        params = {"Bucket": self.bucket, "Key": key, **(response_headers or {})}
         return str(
-            self.client.generate_presigned_url(
-                "get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=expires_in
-            )
+            self.client.generate_presigned_url("get_object", Params=params, ExpiresIn=expires_in)
         )
 
     def get_object(

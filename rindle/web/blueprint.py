@@ -8,9 +8,8 @@ Redis and S3 failures as 503.
 
 from __future__ import annotations
 
-import contextlib
+import errno
 import logging
-import os
 import secrets
 import socket
 import time
@@ -19,14 +18,14 @@ from dataclasses import replace
 import redis
 from botocore.exceptions import ClientError
 from flask import Blueprint, Response, jsonify, redirect, request, stream_with_context, url_for
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
 from werkzeug.http import http_date
 
 from rindle import hooks, protocol
 from rindle.errors import BodyEnded, Fenced, RindleError, TailMissing, TusError
 from rindle.hooks import Refuse
 from rindle.lease import RELEASE_IF_IDLE, RELEASE_NOW
-from rindle.storage import S3_ERRORS, error_code, tail_path
+from rindle.storage import S3_ERRORS, error_code, tail_path, try_remove_idle_tail
 from rindle.upload import ENDED, WRITABLE, State, Upload
 from rindle.web.context import current_rindle
 from rindle.writer import WriteResult
@@ -56,7 +55,7 @@ def error_response(status: int, code: str, message: str, headers: dict[str, str]
     response = jsonify(error=code, message=message)
     response.status_code = status
     response.headers.update(headers)
-    if request.content_length or "chunked" in request.headers.get("Transfer-Encoding", ""):
+    if request.content_length or protocol.is_chunked(request.headers):
         # The body may be unread: ask the server to close rather than drain it (gunicorn
         # decides by itself: it drains a capped amount, then closes).
         response.headers["Connection"] = "close"
@@ -65,6 +64,8 @@ def error_response(status: int, code: str, message: str, headers: dict[str, str]
 
 @blueprint.errorhandler(RindleError)
 def _rindle_error(err: RindleError) -> Response:
+    if isinstance(err, Fenced):
+        log.info("conflict: %s", err)  # the detail stays here; the client needs none
     if isinstance(err, TailMissing):
         rindle = current_rindle()
         log.error(
@@ -77,6 +78,18 @@ def _rindle_error(err: RindleError) -> Response:
             tail_path(err.upload_id, rindle.settings.tmp_dir),
         )
     return error_response(err.status, err.code, err.message, err.headers)
+
+
+@blueprint.errorhandler(OSError)
+def _disk_failed(err: OSError) -> Response:
+    """The tail's disk failed under a request (full, read-only, gone): a JSON answer, and
+    the writer has already cut the tail back to what Redis acknowledges."""
+    log.error("tail storage failed: %s", err)
+    if err.errno == errno.ENOSPC:
+        return error_response(
+            507, "insufficient_storage", "this node is short of disk space; retry", {}
+        )
+    return error_response(500, "storage_error", "this node could not store the bytes", {})
 
 
 @blueprint.errorhandler(Refuse)
@@ -99,6 +112,17 @@ def _s3_down(err: Exception) -> Response:
 
 for _s3_error in S3_ERRORS:
     blueprint.register_error_handler(_s3_error, _s3_down)
+
+
+def method_not_allowed(err: MethodNotAllowed) -> Response:
+    """405 as JSON with Allow, like every other tus error. Routing errors never reach a
+    blueprint's handlers: ``init_app`` registers this on the app, for rindle's paths."""
+    refusal = TusError(
+        "method_not_allowed",
+        f"{request.method} is not served here",
+        {"Allow": ", ".join(err.valid_methods or ())},
+    )
+    return error_response(refusal.status, refusal.code, refusal.message, refusal.headers)
 
 
 def with_expiry(response: Response, upload: Upload) -> Response:
@@ -206,6 +230,7 @@ def create() -> Response:
     rindle = current_rindle()
     settings = rindle.settings
     concat, urls = protocol.parse_concat(request.headers.get("Upload-Concat"))
+    authorize("create", None)  # before any partial is looked up
     partials = final_partials(urls) if concat == "final" else []
     length = (
         sum(p.length or 0 for p in partials)
@@ -223,7 +248,6 @@ def create() -> Response:
     if with_body and length is not None and (request.content_length or 0) > length:
         raise TusError("exceeds_upload_length", "the body goes beyond Upload-Length")
 
-    authorize("create", None)
     upload_id = secrets.token_urlsafe(24)  # 192 random bits, URL-safe
     key = settings.s3_prefix + upload_id
     if rindle.hooks.pre_create is not None:
@@ -255,23 +279,42 @@ def create() -> Response:
     if with_body and length != 0:
         # creation-with-upload. The upload exists now: whatever happens to the body, the
         # client gets its Location and the offset that was kept, and resumes from there.
+        overflow = False
         try:
-            upload = write_body(upload, protocol.Append(0, checksum, None)).upload
+            result = write_body(upload, protocol.Append(0, checksum, None))
+            upload, overflow = result.upload, result.overflow
         except RindleError as err:
             log.warning("upload %s: first bytes with the POST not kept: %s", upload_id, err)
             upload = load(upload_id)
         response.headers["Upload-Offset"] = str(upload.offset)
+        if overflow:  # a chunked body longer than Upload-Length: what fits was kept
+            raise TusError(
+                "exceeds_upload_length",
+                "bytes beyond Upload-Length were refused; the rest was kept",
+                {"Location": response.headers["Location"], "Upload-Offset": str(upload.offset)},
+            )
     return with_expiry(tus_headers(response), upload)
 
 
 def final_partials(urls: list[str]) -> list[Upload]:
-    """The partial uploads a final upload concatenates: each must be a finished partial."""
+    """The partial uploads a final upload concatenates: each must be a finished partial,
+    named once, that the app lets this request use (``authorize`` with action "concat"):
+    else a client could assemble someone else's partial into an upload of its own."""
     if "Upload-Length" in request.headers:
         raise TusError("invalid_concat", "a final upload takes no Upload-Length")
+    most = current_rindle().settings.max_partials
+    if len(urls) > most:
+        raise TusError("invalid_concat", f"a final upload concatenates at most {most} partials")
+    ids = [url.rstrip("/").rsplit("/", 1)[-1] for url in urls]
+    if len(set(ids)) != len(ids):
+        raise TusError("invalid_concat", "a partial upload is named more than once")
     partials = []
-    for url in urls:
-        upload = current_rindle().uploads.get(url.rstrip("/").rsplit("/", 1)[-1])
-        if upload is None or upload.state in ENDED or upload.concat != "partial":
+    for url, upload_id in zip(urls, ids, strict=True):
+        upload = current_rindle().uploads.get(upload_id)
+        if upload is None:
+            raise TusError("invalid_concat", f"{url} is not a partial upload")
+        authorize("concat", upload)
+        if upload.state in ENDED or upload.concat != "partial":
             raise TusError("invalid_concat", f"{url} is not a partial upload")
         if upload.length is None or upload.offset != upload.length:
             raise TusError("partial_not_finished", f"{url} is not finished")
@@ -334,7 +377,8 @@ def patch(upload_id: str) -> Response:
 @blueprint.route("/<upload_id>", methods=["DELETE"])
 def terminate(upload_id: str) -> Response:
     """Termination: a tombstone (410 from now on), a running writer stops at its next
-    check-in, this node's tail goes, and an RQ job aborts the multipart upload."""
+    lease renewal, this node's idle tail goes, and an RQ job aborts the multipart upload
+    and deletes the shared tails."""
     rindle = current_rindle()
     upload = load(upload_id)
     authorize("delete", upload)
@@ -343,8 +387,9 @@ def terminate(upload_id: str) -> Response:
     ):
         raise TusError("gone", "the upload has already ended")
     rindle.notify(hooks.upload_terminated, replace(upload, state=State.TERMINATED))
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(tail_path(upload_id, rindle.settings.tmp_dir))
+    # Not under a running writer's feet (it holds the tail's lock): that writer stops at
+    # its next lease renewal, and the reaper deletes the tail of the ended upload.
+    try_remove_idle_tail(tail_path(upload_id, rindle.settings.tmp_dir))
     try:
         rindle.jobs.clean_up(upload_id)
     except redis.RedisError:  # terminated already; the orphan sweep aborts it later
@@ -355,7 +400,11 @@ def terminate(upload_id: str) -> Response:
 @blueprint.route("/<upload_id>", methods=["GET"])
 def download(upload_id: str) -> Response:
     """A completed upload's object: a redirect to a short-lived presigned URL, or (with
-    RINDLE_DOWNLOAD=stream) the bytes themselves, with Range support."""
+    RINDLE_DOWNLOAD=stream) the bytes themselves, with Range support.
+
+    Either way the file cannot run as a page of the serving origin: it is an attachment
+    unless its type is safe to show (``protocol.download_headers``); streamed, it also
+    gets nosniff and a sandbox CSP."""
     rindle = current_rindle()
     if rindle.settings.download == "off":
         raise TusError("download_disabled", "downloads are switched off")
@@ -365,8 +414,14 @@ def download(upload_id: str) -> Response:
         raise TusError(
             "not_ready", f"the upload is {upload.state}, not completed yet", {"Retry-After": "2"}
         )
+    metadata = protocol.parse_metadata(upload.metadata)
     if rindle.settings.download == "redirect":
-        response = redirect(rindle.s3.presigned_get(upload.key, PRESIGNED_SECONDS), 302)
+        served = protocol.download_headers(metadata)
+        overrides = {
+            "ResponseContentType": served["ContentType"],
+            "ResponseContentDisposition": served["ContentDisposition"],
+        }
+        response = redirect(rindle.s3.presigned_get(upload.key, PRESIGNED_SECONDS, overrides), 302)
         response.headers["Cache-Control"] = "no-store"
         return response
     try:
@@ -375,19 +430,19 @@ def download(upload_id: str) -> Response:
         if error_code(exc) == "InvalidRange":
             raise TusError("invalid_range", "the range is outside the object") from None
         raise
+    served = protocol.download_headers(metadata, obj.get("ContentType") or "")
     response = Response(
         stream_with_context(obj["Body"].iter_chunks(1024 * 1024)),
         status=206 if "ContentRange" in obj else 200,
-        content_type=obj.get("ContentType") or "application/octet-stream",
+        content_type=served["ContentType"],
         direct_passthrough=True,
     )
     response.headers["Content-Length"] = str(obj["ContentLength"])
     response.headers["Accept-Ranges"] = "bytes"
-    for header, field in (
-        ("Content-Range", "ContentRange"),
-        ("ETag", "ETag"),
-        ("Content-Disposition", "ContentDisposition"),
-    ):
+    response.headers["Content-Disposition"] = served["ContentDisposition"]
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["Content-Security-Policy"] = "sandbox"
+    for header, field in (("Content-Range", "ContentRange"), ("ETag", "ETag")):
         if obj.get(field):
             response.headers[header] = obj[field]
     return response

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-from flask import Flask
+from flask import Flask, request
+from flask.typing import ResponseReturnValue
 from flask_cors import CORS
+from werkzeug.exceptions import MethodNotAllowed
 
 from rindle import jobs, protocol
 from rindle.config import Settings
 from rindle.core import Rindle
 from rindle.hooks import Hooks
 from rindle.web import graceful
-from rindle.web.blueprint import blueprint
+from rindle.web.blueprint import blueprint, method_not_allowed
 from rindle.web.cli import cli
 from rindle.web.context import EXTENSION, app_context_rindle
 from rindle.web.middleware import MethodOverride
@@ -34,6 +36,7 @@ def init_app(
     graceful.install_in_gunicorn_worker()  # with --preload: gunicorn.conf.py's hook does
     jobs.add_lookup(app_context_rindle)
     app.register_blueprint(blueprint, url_prefix=url_prefix)
+    answer_405_in_json(app, url_prefix)
     app.cli.add_command(cli)
     app.wsgi_app = MethodOverride(app.wsgi_app, url_prefix)  # type: ignore[method-assign]
     if settings.cors_origins:
@@ -49,3 +52,19 @@ def init_app(
             max_age=86400,
         )
     return rindle
+
+
+def answer_405_in_json(app: Flask, url_prefix: str) -> None:
+    """A method the tus endpoints do not serve answers JSON with Allow, like every other
+    refusal. Routing errors never reach a blueprint's handlers, so this is the app's
+    handler, for rindle's paths only; elsewhere the app's earlier handler (or Flask's
+    default) answers as before."""
+    prefix = url_prefix.rstrip("/") + "/"
+    previous = app.error_handler_spec[None][405].get(MethodNotAllowed)
+
+    def handler(err: MethodNotAllowed) -> ResponseReturnValue:
+        if request.path.startswith(prefix):
+            return method_not_allowed(err)
+        return previous(err) if previous is not None else err
+
+    app.register_error_handler(MethodNotAllowed, handler)

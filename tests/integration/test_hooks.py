@@ -184,3 +184,53 @@ def test_authorize_sees_every_request_and_can_refuse(app):
         ("head", upload_id),
         ("delete", upload_id),
     ]
+
+
+def test_authorize_guards_downloads(app, rq_burst):
+    """GET /files/<id> asks the hook (action "get", the upload) before it answers."""
+    seen = []
+
+    def authorize(request, action, upload):
+        seen.append((action, upload.id if upload else None))
+        if action == "get" and request.headers.get("Authorization") != "Bearer good":
+            raise Refuse("who are you?", status=401, code="unauthorized")
+
+    hooked = make_app(authorize=authorize)
+    tus = Tus(hooked.test_client())
+    upload_id = tus.create(3)
+    assert tus.patch(upload_id, 0, b"abc").status_code == 204
+    rq_burst_for(hooked)
+    seen.clear()
+    refused = tus.client.get(f"/files/{upload_id}")
+    assert refused.status_code == 401
+    assert refused.get_json()["error"] == "unauthorized"
+    assert "Location" not in refused.headers
+    allowed = tus.client.get(f"/files/{upload_id}", headers={"Authorization": "Bearer good"})
+    assert allowed.status_code == 302
+    assert seen == [("get", upload_id), ("get", upload_id)]
+
+
+def test_authorize_sees_each_partial_of_a_final_upload_as_concat(app, rq_burst):
+    """A final upload is a "create" (no upload yet), then one "concat" per partial it
+    names, with that partial: the app decides whether this client may use it."""
+    seen = []
+
+    def authorize(request, action, upload):
+        seen.append((action, upload.id if upload else None))
+
+    hooked = make_app(authorize=authorize)
+    tus = Tus(hooked.test_client())
+    partials = []
+    for data in (b"abc", b"defg"):
+        r = tus.client.post(
+            "/files/",
+            headers={**TUS, "Upload-Length": str(len(data)), "Upload-Concat": "partial"},
+        )
+        partials.append(r.headers["Location"].rsplit("/", 1)[1])
+        assert tus.patch(partials[-1], 0, data).status_code == 204
+    rq_burst_for(hooked)
+    seen.clear()
+    urls = " ".join(f"/files/{p}" for p in partials)
+    r = tus.client.post("/files/", headers={**TUS, "Upload-Concat": f"final;{urls}"})
+    assert r.status_code == 201
+    assert seen == [("create", None), ("concat", partials[0]), ("concat", partials[1])]

@@ -61,3 +61,8 @@ def test_a_tail_is_never_opened_through_a_planted_symlink(tmp_path):
     with pytest.raises(OSError):
         try_remove_idle_tail(path)
     assert victim.read_bytes() == b"precious"
+
+
+def test_a_final_upload_concatenates_at_most_100_partials_by_default():
+    assert Settings.from_env({}).max_partials == 100
+    assert Settings.from_env({"RINDLE_TUS_MAX_PARTIALS": "7"}).max_partials == 7

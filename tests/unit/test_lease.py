@@ -14,6 +14,7 @@ import pytest
 from rindle.errors import Fenced, LeaseHeld
 from rindle.keys import release_key, writer_key
 from rindle.lease import (
+    BOOT_ID,
     IDLE_SECONDS,
     RELEASE_IF_IDLE,
     RELEASE_NOW,
@@ -41,8 +42,8 @@ def dead_pid() -> int:
     return child.pid
 
 
-def token_of(host: str, pid: int) -> str:
-    return f"{host}/{pid}/test"
+def token_of(host: str, pid: int, boot: str = BOOT_ID) -> str:
+    return f"{host}/{boot}/{pid}/test"
 
 
 # -- acquire and release --------------------------------------------------------------
@@ -142,11 +143,11 @@ def test_renew_after_the_upload_ended_is_fenced(lease, upload_id, store):
 # -- waiting for a holder to let go ---------------------------------------------------
 
 
-def test_tokens_name_this_host_and_process():
+def test_tokens_name_this_host_boot_and_process():
     token = new_token()
-    host, pid, secret = token.split("/", 2)
-    assert (host, pid) == (socket.gethostname(), str(os.getpid()))
-    assert secret and secret != new_token().split("/", 2)[2]
+    host, boot, pid, secret = token.split("/", 3)
+    assert (host, boot, pid) == (socket.gethostname(), BOOT_ID, str(os.getpid()))
+    assert secret and secret != new_token().split("/", 3)[3]
     assert not holder_is_dead(token)
 
 
@@ -155,6 +156,13 @@ def test_a_dead_holder_is_recognised_on_this_host_only():
     assert holder_is_dead(token_of(socket.gethostname(), pid))
     assert not holder_is_dead(token_of("another-host", pid))  # only its TTL tells
     assert not holder_is_dead("not-a-token")
+
+
+def test_a_holder_in_another_container_with_this_host_name_is_never_taken_over():
+    """Two containers may share a host name: a pid that is dead here may be alive in the
+    other container's PID namespace (or on another boot of another machine)."""
+    pid = dead_pid()
+    assert not holder_is_dead(token_of(socket.gethostname(), pid, boot="other-boot-ns"))
 
 
 def test_wait_for_release_takes_over_a_dead_holder_at_once(store: UploadStore, upload_id):

@@ -105,3 +105,48 @@ def test_concat_header_gives_kind_and_urls():
         "final",
         ["/files/a", "https://x/files/b"],
     )
+
+
+@pytest.mark.parametrize("value", ["chunked", "Chunked", "CHUNKED", "gzip, chunked"])
+def test_chunked_is_matched_in_any_case(value):
+    headers = {"Transfer-Encoding": value, "Content-Type": protocol.PATCH_CONTENT_TYPE}
+    assert protocol.is_chunked(headers)
+    assert protocol.has_upload_body(headers, None)
+
+
+@pytest.mark.parametrize(
+    "content_type, inline",
+    [
+        ("image/png", True),
+        ("IMAGE/JPEG", True),
+        ("application/pdf", True),
+        ("text/plain; charset=utf-8", True),
+        ("video/mp4", True),
+        ("audio/mpeg", True),
+        ("image/svg+xml", False),
+        ("text/html", False),
+        ("application/xhtml+xml", False),
+        ("application/javascript", False),
+        ("application/octet-stream", False),
+        ("", False),
+    ],
+)
+def test_only_types_that_run_no_script_are_shown_inline(content_type, inline):
+    assert protocol.shown_inline(content_type) is inline
+
+
+def test_download_headers_keep_the_file_name_and_force_attachment():
+    metadata = {"filename": "été.html".encode(), "filetype": b"text/html"}
+    assert protocol.download_headers(metadata) == {
+        "ContentType": "text/html",
+        "ContentDisposition": 'attachment; filename="_t_.html"; '
+        "filename*=UTF-8''%C3%A9t%C3%A9.html",
+    }
+    assert protocol.download_headers({"filename": b"a.png"}, "image/png") == {
+        "ContentType": "image/png",
+        "ContentDisposition": "inline; filename=\"a.png\"; filename*=UTF-8''a.png",
+    }
+    assert protocol.download_headers({}) == {
+        "ContentType": "application/octet-stream",
+        "ContentDisposition": "attachment",
+    }

@@ -11,8 +11,10 @@ as it is now):
 
 Callbacks (given to ``rindle.init_app(app, hooks=Hooks(...))``):
 
-- ``pre_create(request, length, metadata) -> str | None``: raise ``Refuse`` to refuse
-  the upload, or return the object key to use (default: RINDLE_S3_PREFIX + id);
+- ``pre_create(request, length, metadata, upload_id) -> str | None``: raise ``Refuse``
+  to refuse the upload, or return the object key to use (default: RINDLE_S3_PREFIX + id);
+  the key must stay under RINDLE_S3_PREFIX (``upload_id`` may be left out of the hook's
+  parameters);
 - ``authorize(request, action, upload)``: called on every request (``action`` is one of
   create, head, patch, delete, get; ``upload`` is None for create), and for each partial
   a final upload names (``concat``, with that partial); raise ``Refuse``.
@@ -23,6 +25,7 @@ job, once, with ``upload_id``, ``key``, ``size`` and ``metadata`` (a dict of str
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -54,7 +57,7 @@ class Refuse(Exception):
         self.code = code
 
 
-PreCreate = Callable[[Any, int | None, dict[str, str | None]], str | None]
+PreCreate = Callable[..., str | None]
 Authorize = Callable[[Any, str, Upload | None], None]
 
 
@@ -62,6 +65,20 @@ Authorize = Callable[[Any, str, Upload | None], None]
 class Hooks:
     pre_create: PreCreate | None = None
     authorize: Authorize | None = None
+
+
+def choose_key(
+    pre_create: PreCreate,
+    request: Any,
+    length: int | None,
+    metadata: dict[str, str | None],
+    upload_id: str,
+) -> str | None:
+    """Call the app's pre_create hook, with ``upload_id`` if it takes one."""
+    params = inspect.signature(pre_create).parameters.values()
+    if any(p.name == "upload_id" or p.kind is p.VAR_KEYWORD for p in params):
+        return pre_create(request, length, metadata, upload_id=upload_id)  # type: ignore[call-arg]
+    return pre_create(request, length, metadata)
 
 
 def metadata_dict(raw: dict[str, bytes | None]) -> dict[str, str | None]:

@@ -251,7 +251,14 @@ def create() -> Response:
     upload_id = secrets.token_urlsafe(24)  # 192 random bits, URL-safe
     key = settings.s3_prefix + upload_id
     if rindle.hooks.pre_create is not None:
-        key = rindle.hooks.pre_create(request, length, hooks.metadata_dict(metadata)) or key
+        chosen = hooks.choose_key(
+            rindle.hooks.pre_create, request, length, hooks.metadata_dict(metadata), upload_id
+        )
+        key = chosen or key
+        if not key.startswith(settings.s3_prefix) or key == settings.s3_prefix:
+            # The sweeps, the clean-up and other apps' data: all rely on the prefix.
+            log.error("pre_create chose %r, outside RINDLE_S3_PREFIX %r", key, settings.s3_prefix)
+            raise TusError("invalid_key", "the upload's object key is outside rindle's prefix")
         if rindle.shared_tails.owns(key):
             log.error("pre_create chose %r, inside the shared tails' key space", key)
             raise TusError("invalid_key", "the upload's object key is reserved by rindle")

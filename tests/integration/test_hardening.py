@@ -570,3 +570,29 @@ def test_method_override_serves_every_method_of_the_endpoint(app, tus, rq_burst)
     assert override("GET", path).status_code == 302
     assert override("DELETE", path).status_code == 204
     assert override("HEAD", path).status_code == 410
+
+
+@pytest.mark.parametrize("key", ["elsewhere/report.pdf", "uploads/", "uploadsX/a"])
+def test_a_pre_create_key_outside_the_prefix_is_refused(app, s3_client, rdb, key):
+    from tests.integration.test_hooks import make_app
+
+    hooked = make_app(pre_create=lambda request, length, metadata: key)
+    r = hooked.test_client().post("/files/", headers={**TUS, "Upload-Length": "0"})
+    assert r.status_code == 500
+    assert r.get_json()["error"] == "invalid_key"
+    assert rdb.keys("rindle:upload:*") == []
+    assert s3_client.list_objects_v2(Bucket=bucket(hooked)).get("Contents", []) == []
+
+
+def test_pre_create_can_build_the_key_from_the_upload_id(app, rq_burst, s3_client):
+    from tests.integration.test_hooks import make_app, rq_burst_for
+
+    hooked = make_app(
+        pre_create=lambda request, length, metadata, upload_id: f"uploads/u/7/{upload_id}"
+    )
+    tus = Tus(hooked.test_client())
+    upload_id = tus.create(3)
+    assert tus.patch(upload_id, 0, b"abc").status_code == 204
+    rq_burst_for(hooked)
+    obj = s3_client.get_object(Bucket=bucket(hooked), Key=f"uploads/u/7/{upload_id}")
+    assert obj["Body"].read() == b"abc"

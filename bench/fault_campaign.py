@@ -1,8 +1,9 @@
 #!/usr/bin/env python
-"""Fault campaign: many tus uploads while the web process is SIGKILLed at random moments.
+"""Fault campaign: many tus uploads while web processes are killed at random moments.
 
     python bench/fault_campaign.py --kills 200
     python bench/fault_campaign.py --kills 50 --clients 6 --max-mib 40 --seed 7
+    python bench/fault_campaign.py --nodes 3 --kills 200 --clients 6   # shared tail mode
 
 Starts its own redis-server and SeaweedFS, gunicorn (the app) and an rq worker
 (``devstack.Stack``, as the tests and ``scripts/run`` start them), all on free loopback
@@ -23,19 +24,39 @@ The writer lease is at its floor (RINDLE_LEASE_SECONDS=5): a killed writer's lea
 on until it expires, and until then HEAD and PATCH of that upload answer 423 (the clients
 wait and retry). With the default 60 s the campaign would spend most of its time waiting.
 
-Prints kills performed, uploads verified exact, uploads corrupt or lost, and what the
-clients met on the way; exits 1 if anything is corrupt or lost.
+With ``--nodes 3`` (issue #8) there are three web nodes (each a gunicorn + rq worker
+with its own tmp dir and node id, sharing Redis and the bucket) in shared tail mode
+(RINDLE_TAIL_STORE=s3), behind the random router of tests/router.py: every new
+connection goes to a random node, as on Heroku, and since both clients open a connection
+per request, nearly every resume lands on a node that did not buffer the bytes. Each
+kill picks a random node and stops it with SIGTERM (``--term-share`` of the kills, half
+by default; a deploy or Heroku's dyno cycling: its running PATCHes should keep what
+they received and answer, and it gets ``--term-timeout`` seconds, 30 as on Heroku,
+before the SIGKILL) or SIGKILL (a crash), then starts it again. The router sends new
+connections to the other nodes meanwhile (a refused connect is retried elsewhere).
+
+At the end, a maintenance pass runs what a deployment runs by hand or on a schedule
+(``flask rindle reap-tails`` on every node, ``sweep`` and ``abort-orphans --grace 0``),
+and what it could not clean up counts as a leak: tail files, shared tails under
+``<prefix>.tails/``, open multipart uploads.
+
+Prints kills performed, uploads started and verified exact, uploads corrupt or lost,
+``tus_tail_missing`` in the logs, what is left behind before and after the maintenance
+pass, and what the clients met on the way; exits 1 if anything is corrupt or lost,
+leaks, or (shared tail mode) any node logged ``tus_tail_missing``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import io
 import random
 import shutil
 import signal
 import socket
+import subprocess
 import sys
 import tempfile
 import threading
@@ -53,6 +74,8 @@ import redis  # noqa: E402
 import requests  # noqa: E402
 
 from devstack import SeaweedS3, Stack, private_services, stack_env  # noqa: E402
+from rindle.storage.shared_tail import TAILS_DIR  # noqa: E402
+from tests.router import Router  # noqa: E402
 
 MIB = 1024 * 1024
 PART_SIZE = 5 * MIB
@@ -62,6 +85,7 @@ LEASE_SECONDS = 5
 HTTP_TIMEOUT = (5, 120)  # connect, read
 PREFIX = "campaign/"
 BUCKET = "campaign"
+TERM_TIMEOUT = 30.0  # seconds between SIGTERM and SIGKILL, as on Heroku
 
 
 # --------------------------------------------------------------------------- uploads
@@ -92,25 +116,66 @@ class Upload:
         return self.url.rstrip("/").rsplit("/", 1)[1]
 
 
+@dataclass
+class Stop:
+    """One kill of a node's web process."""
+
+    node: str
+    signal: str  # "SIGTERM" or "SIGKILL"
+    connections: int  # open to that node when it was signalled (router), else uploads active
+    stopped_after: float  # seconds from the signal to the process's exit
+    escalated: bool  # a SIGTERM that needed the SIGKILL (not gone within --term-timeout)
+    back_after: float  # seconds from its exit to healthy again
+
+
+@dataclass
+class Leftovers:
+    """What is left behind once every upload has ended: tail files on the nodes' disks (by
+    the state of their upload), shared tails in S3, open multipart uploads (those an
+    upload still references, and orphans that none does)."""
+
+    tails: Counter[str]
+    shared_tails: int
+    referenced: int
+    orphans: int
+
+    @property
+    def total(self) -> int:
+        return sum(self.tails.values()) + self.shared_tails + self.referenced + self.orphans
+
+    def describe(self) -> str:
+        kinds = ", ".join(f"{n} of {state} uploads" for state, n in sorted(self.tails.items()))
+        return (
+            f"{sum(self.tails.values())} tail files{f' ({kinds})' if kinds else ''}; "
+            f"{self.shared_tails} shared tails; open multipart uploads: {self.referenced} "
+            f"of uploads that never completed, {self.orphans} orphans"
+        )
+
+
 class Campaign:
-    """The uploading clients, the killer of the web process and the final checks."""
+    """The uploading clients, the killer of the web processes and the final checks."""
 
     def __init__(
-        self, args: argparse.Namespace, stack: Stack, redis_url: str, s3: SeaweedS3
+        self,
+        args: argparse.Namespace,
+        stacks: list[Stack],
+        router: Router | None,
+        redis_url: str,
+        s3: SeaweedS3,
     ) -> None:
         self.args = args
-        self.stack = stack
+        self.stacks = stacks
+        self.router = router  # in front of the nodes when there are several
+        self.files_url = router.files_url if router else stacks[0].files_url
         self.redis_url = redis_url
         self.s3 = s3
-        self.web_restarts: list[float] = []  # seconds from kill to healthy
+        self.stops: list[Stop] = []
         self.rng = random.Random(args.seed)
         self.lock = threading.Lock()
         self.uploads: list[Upload] = []
         self.events: Counter[str] = Counter()
         self.stop_new = threading.Event()
         self.active = 0  # uploads in progress
-        self.kills = 0
-        self.kills_with_uploads_active = 0
 
     # -- choosing ---------------------------------------------------------------------
 
@@ -183,7 +248,7 @@ class Campaign:
         while True:
             try:
                 r = requests.post(
-                    self.stack.files_url,
+                    self.files_url,
                     headers={**TUS, "Upload-Length": str(upload.size)},
                     timeout=HTTP_TIMEOUT,
                 )
@@ -241,7 +306,7 @@ class Campaign:
             if r.status_code not in (409, 423) and r.status_code < 500:
                 raise RuntimeError(f"PATCH answered {r.status_code}: {r.text[:200]}")
             if r.status_code == 500 and "tus_tail_missing" in r.text:
-                raise RuntimeError("tus_tail_missing on a single node: bytes were lost")
+                raise RuntimeError("tus_tail_missing: the buffered bytes were lost")
             if time.monotonic() > deadline:
                 raise TimeoutError(f"gave up (PATCH {r.status_code})")
             upload.resumes += 1
@@ -260,11 +325,11 @@ class Campaign:
                 if uploader is None:
                     if upload.url:  # from its URL storage, as tuspy resumes: HEAD first
                         upload.resumes += 1
-                        uploader = tus.TusClient(self.stack.files_url).uploader(
+                        uploader = tus.TusClient(self.files_url).uploader(
                             file_stream=io.BytesIO(data), url=upload.url, chunk_size=chunk
                         )
                     else:
-                        uploader = tus.TusClient(self.stack.files_url).uploader(
+                        uploader = tus.TusClient(self.files_url).uploader(
                             file_stream=io.BytesIO(data), chunk_size=chunk
                         )
                 uploader.upload()
@@ -291,22 +356,41 @@ class Campaign:
 
     def kill_loop(self) -> None:
         rng = self.rng
-        while self.kills < self.args.kills:
+        while len(self.stops) < self.args.kills:
             time.sleep(rng.uniform(self.args.min_gap, self.args.max_gap))
-            with self.lock:
-                active = self.active
-            began = time.monotonic()
-            self.stack.restart_web(kill=True)  # SIGKILL to the group: master and workers
-            self.web_restarts.append(time.monotonic() - began)
-            self.kills += 1
-            if active:
-                self.kills_with_uploads_active += 1
-            if self.kills % 20 == 0:
+            self.stops.append(self.kill_one(rng))
+            if len(self.stops) % 20 == 0:
                 done = sum(u.done for u in self.uploads)
                 print(
-                    f"  {self.kills} kills, {len(self.uploads)} uploads started, {done} done",
+                    f"  {len(self.stops)} kills, {len(self.uploads)} uploads started, {done} done",
                     flush=True,
                 )
+
+    def kill_one(self, rng: random.Random) -> Stop:
+        """Stop a random node's web process (gunicorn's whole group: master and workers)
+        with SIGTERM or SIGKILL, and start it again on the same port."""
+        stack = rng.choice(self.stacks)
+        term = rng.random() < self.args.term_share
+        if self.router is not None:
+            connections = self.router.open_to(stack.port)
+        else:
+            with self.lock:
+                connections = self.active
+        web = stack.web
+        assert web is not None
+        began = time.monotonic()
+        # SIGTERM to the master, then SIGKILL to the group if still there at the timeout.
+        code = web.stop(timeout=self.args.term_timeout) if term else web.kill()
+        stopped = time.monotonic()
+        stack.restart_web()  # the old process is gone already: this only starts it again
+        return Stop(
+            node=stack.env["RINDLE_NODE_ID"],
+            signal="SIGTERM" if term else "SIGKILL",
+            connections=connections,
+            stopped_after=stopped - began,
+            escalated=term and code == -signal.SIGKILL,
+            back_after=time.monotonic() - stopped,
+        )
 
     # -- the end ------------------------------------------------------------------------
 
@@ -361,21 +445,27 @@ class Campaign:
         client.close()
         return exact, corrupt, lost
 
-    def leftovers(self) -> tuple[Counter[str], int, int]:
-        """Tail files on disk (by the state of their upload: a kill after the last bytes
-        were shipped leaves one for the tail reaper); open multipart uploads that an
-        upload references (one that never completed) and orphans (created, then the
-        process died before their id was saved: the orphan sweep aborts them after
-        RINDLE_ORPHAN_GRACE)."""
+    def leftovers(self) -> Leftovers:
+        """Tail files on the nodes' disks (by the state of their upload: a kill after the
+        last bytes were shipped leaves one for the tail reaper), shared tails in S3, and
+        open multipart uploads that an upload references (one that never completed) or
+        that none does (orphans: created, then the process died before their id was
+        saved; the orphan sweep aborts them after RINDLE_ORPHAN_GRACE)."""
         from rindle.storage import upload_id_from_tail
 
         client = redis.Redis.from_url(self.redis_url, decode_responses=True)
         tails: Counter[str] = Counter()
-        for path in (self.stack.tmp_dir / "tus").glob("*.tail"):
-            upload_id = upload_id_from_tail(str(path), str(self.stack.tmp_dir))
-            state = upload_id and client.hget(f"rindle:upload:{{{upload_id}}}", "state")
-            tails[state or "unknown"] += 1
+        for stack in self.stacks:
+            for path in (stack.tmp_dir / "tus").glob("*.tail"):
+                upload_id = upload_id_from_tail(str(path), str(stack.tmp_dir))
+                state = upload_id and client.hget(f"rindle:upload:{{{upload_id}}}", "state")
+                tails[state or "unknown"] += 1
         s3 = self.s3.client()
+        shared = 0
+        for page in s3.get_paginator("list_objects_v2").paginate(
+            Bucket=BUCKET, Prefix=PREFIX + TAILS_DIR
+        ):
+            shared += len(page.get("Contents", []))
         referenced = orphans = 0
         for page in s3.get_paginator("list_multipart_uploads").paginate(Bucket=BUCKET):
             for item in page.get("Uploads", []):
@@ -386,7 +476,30 @@ class Campaign:
                 else:
                     orphans += 1
         client.close()
-        return tails, referenced, orphans
+        return Leftovers(tails, shared, referenced, orphans)
+
+    def maintenance_pass(self) -> list[str]:
+        """What a deployment runs by hand (or on its schedule): each node reaps its own
+        tails, then the expiry sweep and the orphan sweep (grace 0: nothing is being
+        written any more) run once. Returns what each command printed."""
+        commands = [(stack, ["reap-tails"]) for stack in self.stacks]
+        commands += [
+            (self.stacks[0], ["sweep"]),
+            (self.stacks[0], ["abort-orphans", "--grace", "0"]),
+        ]
+        said = []
+        for stack, command in commands:
+            result = subprocess.run(
+                [sys.executable, "-m", "flask", "--app", "app", "rindle", *command],
+                cwd=REPO_ROOT,
+                env=stack.env,
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+            out = (result.stdout.strip().splitlines() or [result.stderr.strip()[-300:]])[-1]
+            said.append(f"{stack.env['RINDLE_NODE_ID']}: {out}")
+        return said
 
 
 def log_lines(path: Path | None, needle: str) -> int:
@@ -396,21 +509,26 @@ def log_lines(path: Path | None, needle: str) -> int:
         return 0
 
 
-def campaign_settings(redis_url: str, s3: SeaweedS3, root: Path) -> dict[str, str]:
-    """The app's settings for the campaign: 5 MiB parts, the writer lease at its floor."""
+def campaign_settings(
+    redis_url: str, s3: SeaweedS3, root: Path, node: str, tail_store: str
+) -> dict[str, str]:
+    """The app's settings for one node: 5 MiB parts, the writer lease at its floor, its
+    own tmp dir and node id."""
     return {
         "REDIS_URL": redis_url,
         **s3.env(bucket=BUCKET),
         "RINDLE_S3_PREFIX": PREFIX,
         "RINDLE_TMP_DIR": str(root / "tails"),
         "RINDLE_TUS_PART_SIZE": str(PART_SIZE),
-        "RINDLE_NODE_ID": "campaign",
+        "RINDLE_NODE_ID": node,
         "RINDLE_LEASE_SECONDS": str(LEASE_SECONDS),
+        "RINDLE_TAIL_STORE": tail_store,
     }
 
 
 def run(args: argparse.Namespace, campaign: Campaign, started: float) -> int:
-    """Upload while killing, then verify and print the report; 1 if anything is lost."""
+    """Upload while killing, then verify and print the report; 1 if anything is lost,
+    corrupt or leaked (or, in shared tail mode, any tus_tail_missing)."""
     clients = [
         threading.Thread(target=campaign.client_loop, args=(n,), daemon=True)
         for n in range(args.clients)
@@ -423,19 +541,61 @@ def run(args: argparse.Namespace, campaign: Campaign, started: float) -> int:
     for thread in clients:
         thread.join(args.upload_timeout)
     exact, corrupt, lost = campaign.verify()
-    tails, referenced, orphans = campaign.leftovers()
+    before = campaign.leftovers()
+    maintenance = campaign.maintenance_pass()
+    after = campaign.leftovers()
     elapsed = time.monotonic() - started
+    report(args, campaign, exact, corrupt, lost, before, maintenance, after, elapsed, kill_phase)
+    missing = sum(
+        log_lines(s.web.log_path if s.web else None, "tus_tail_missing") for s in campaign.stacks
+    )
+    shared_mode = args.tail_store == "s3"
+    return 1 if corrupt or lost or after.total or (shared_mode and missing) else 0
 
+
+def average(values: list[float]) -> float:
+    return sum(values) / max(1, len(values))
+
+
+def report(
+    args: argparse.Namespace,
+    campaign: Campaign,
+    exact: list[Upload],
+    corrupt: list[tuple[Upload, str]],
+    lost: list[tuple[Upload, str]],
+    before: Leftovers,
+    maintenance: list[str],
+    after: Leftovers,
+    elapsed: float,
+    kill_phase: float,
+) -> None:
     created = [u for u in campaign.uploads if u.url]
     sent = sum(u.size for u in created)
-    starts = campaign.web_restarts
-    print()
-    print(f"duration: {elapsed:.0f} s ({kill_phase:.0f} s of kills)")
-    print(
-        f"kills performed: {campaign.kills} (gunicorn master and workers, SIGKILL; "
-        f"{campaign.kills_with_uploads_active} with uploads in progress; back up in "
-        f"{sum(starts) / max(1, len(starts)):.2f} s on average)"
+    stops = campaign.stops
+    terms = [s for s in stops if s.signal == "SIGTERM"]
+    kills = [s for s in stops if s.signal == "SIGKILL"]
+    where = (
+        f"{len(campaign.stacks)} nodes behind a random router, tail store {args.tail_store}"
+        if campaign.router
+        else f"one node, tail store {args.tail_store}"
     )
+    print()
+    print(f"duration: {elapsed:.0f} s ({kill_phase:.0f} s of kills); {where}")
+    print(
+        f"kills performed: {len(stops)} ({len(terms)} SIGTERM, {len(kills)} SIGKILL; "
+        f"gunicorn master and workers; {sum(s.connections > 0 for s in stops)} with "
+        f"{'connections open to the node' if campaign.router else 'uploads in progress'})"
+    )
+    if terms:
+        print(
+            f"  SIGTERM: exited after {average([s.stopped_after for s in terms]):.2f} s on "
+            f"average (max {max(s.stopped_after for s in terms):.2f} s); "
+            f"{sum(s.escalated for s in terms)} still running after {args.term_timeout:.0f} s "
+            "and SIGKILLed"
+        )
+    print(f"  back up in {average([s.back_after for s in stops]):.2f} s on average")
+    per_node = Counter(s.node for s in stops)
+    print(f"  per node: {', '.join(f'{n} x{c}' for n, c in sorted(per_node.items()))}")
     print(
         f"uploads: {len(campaign.uploads)} started, {len(created)} created "
         f"({sent / MIB:.0f} MiB), "
@@ -452,26 +612,49 @@ def run(args: argparse.Namespace, campaign: Campaign, started: float) -> int:
         print(f"  LOST #{upload.index} {upload.url} size {upload.size}: {why}")
     events = ", ".join(f"{k} x{v}" for k, v in sorted(campaign.events.items()))
     print(f"what the clients met: {events or 'nothing'}")
-    web_log = campaign.stack.web.log_path if campaign.stack.web else None
-    worker_log = campaign.stack.worker.log_path if campaign.stack.worker else None
+    if campaign.router is not None:
+        routed = ", ".join(
+            f"{s.env['RINDLE_NODE_ID']} {campaign.router.routed[s.port]}" for s in campaign.stacks
+        )
+        print(
+            f"router: {campaign.router.accepted} connections ({routed}); "
+            f"{campaign.router.failovers} connects refused by a stopped node and sent elsewhere"
+        )
+    logs = [s.web.log_path if s.web else None for s in campaign.stacks]
+    worker_logs = [s.worker.log_path if s.worker else None for s in campaign.stacks]
     print(
-        f"server log: {log_lines(web_log, ' ERROR ')} ERROR lines "
-        f"({log_lines(web_log, 'tus_tail_missing')} tus_tail_missing), "
-        f"{log_lines(web_log, 'Traceback')} tracebacks; worker: "
-        f"{log_lines(worker_log, 'Traceback')} tracebacks"
+        f"server logs: {sum(log_lines(p, ' ERROR ') for p in logs)} ERROR lines, "
+        f"tus_tail_missing: {sum(log_lines(p, 'tus_tail_missing') for p in logs)}, "
+        f"{sum(log_lines(p, 'Traceback') for p in logs)} tracebacks, "
+        f"{sum(log_lines(p, 'fetched from the shared tail') for p in logs)} resumes from a "
+        f"shared tail, {sum(log_lines(p, 'graceful stop (SIGTERM)') for p in logs)} graceful "
+        f"stops logged; workers: {sum(log_lines(p, 'Traceback') for p in worker_logs)} "
+        "tracebacks"
     )
-    kinds = ", ".join(f"{n} of {state} uploads" for state, n in sorted(tails.items()))
-    print(
-        f"left behind: {sum(tails.values())} tail files{f' ({kinds})' if kinds else ''};"
-        f" open multipart uploads: {referenced} of uploads that never completed,"
-        f" {orphans} orphans (for the orphan sweep)"
-    )
-    return 1 if corrupt or lost else 0
+    print(f"left behind: {before.describe()}")
+    print(f"maintenance pass: {'; '.join(maintenance)}")
+    print(f"leaks after the maintenance pass: {after.describe()}")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--kills", type=int, default=200, help="SIGKILLs of gunicorn (200)")
+    parser.add_argument("--kills", type=int, default=200, help="kills of a web process (200)")
+    parser.add_argument("--nodes", type=int, default=1, help="web nodes (1; more: a router)")
+    parser.add_argument(
+        "--tail-store",
+        choices=("local", "s3"),
+        default=None,
+        help="RINDLE_TAIL_STORE (local for one node, s3 for several)",
+    )
+    parser.add_argument(
+        "--term-share",
+        type=float,
+        default=None,
+        help="share of kills that are SIGTERM, not SIGKILL (0 for one node, 0.5 for several)",
+    )
+    parser.add_argument(
+        "--term-timeout", type=float, default=TERM_TIMEOUT, help="SIGTERM to SIGKILL (30 s)"
+    )
     parser.add_argument("--clients", type=int, default=4, help="concurrent uploaders (4)")
     parser.add_argument("--max-mib", type=int, default=40, help="largest upload, MiB (40)")
     parser.add_argument("--min-gap", type=float, default=0.3, help="seconds between kills")
@@ -483,23 +666,36 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.seed is None:
         args.seed = random.SystemRandom().randrange(1_000_000)
+    if args.tail_store is None:
+        args.tail_store = "s3" if args.nodes > 1 else "local"
+    if args.term_share is None:
+        args.term_share = 0.5 if args.nodes > 1 else 0.0
     socket.setdefaulttimeout(180)  # tuspy sets no timeouts: never hang forever
 
     root = Path(tempfile.mkdtemp(prefix="rindle-campaign-"))
     print(
-        f"fault campaign: seed {args.seed}, {args.kills} kills, {args.clients} clients, "
-        f"uploads 0..{args.max_mib} MiB, kill every {args.min_gap}..{args.max_gap} s, "
-        f"lease {LEASE_SECONDS} s; logs in {root}",
+        f"fault campaign: seed {args.seed}, {args.kills} kills "
+        f"({args.term_share:.0%} SIGTERM), {args.nodes} node(s), tail store "
+        f"{args.tail_store}, {args.clients} clients, uploads 0..{args.max_mib} MiB, kill every "
+        f"{args.min_gap}..{args.max_gap} s, lease {LEASE_SECONDS} s; logs in {root}",
         flush=True,
     )
     started = time.monotonic()
     code = 2
     try:
-        with (
-            private_services(root, bucket=BUCKET) as (redis_server, s3),
-            Stack(stack_env(campaign_settings(redis_server.url, s3, root)), log_dir=root) as stack,
-        ):
-            code = run(args, Campaign(args, stack, redis_server.url, s3), started)
+        with contextlib.ExitStack() as running:
+            redis_server, s3 = running.enter_context(private_services(root, bucket=BUCKET))
+            stacks = []
+            for n in range(args.nodes):
+                node = f"node{n}" if args.nodes > 1 else "campaign"
+                home = root / node if args.nodes > 1 else root
+                settings = campaign_settings(redis_server.url, s3, home, node, args.tail_store)
+                stacks.append(running.enter_context(Stack(stack_env(settings), log_dir=home)))
+            router = None
+            if args.nodes > 1:
+                ports = [stack.port for stack in stacks]
+                router = running.enter_context(Router(ports, seed=args.seed, name="campaign"))
+            code = run(args, Campaign(args, stacks, router, redis_server.url, s3), started)
     except KeyboardInterrupt:
         print("interrupted")
         code = 130

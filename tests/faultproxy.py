@@ -12,6 +12,7 @@ then switch faults at runtime, from any thread::
         proxy.throttle(256 * 1024) # a slow link: 256 KiB/s, "up"/"down"/both
         proxy.drop_reply_once(b"EXEC")  # forward a request, swallow its reply, reset
         proxy.blackhole_once(b"RPUSH")  # that request (and its connection) vanish
+        proxy.cut_once(b"PATCH /files/abc", 2 << 20)  # reset that request 2 MiB in
         proxy.heal()               # back to passing everything (stalled bytes flow again)
 
 "up" is client -> target, "down" is target -> client. Every switch is applied by the
@@ -68,6 +69,18 @@ class _Conn:
     swallow_reply: bool = False  # drop_reply_once: reset on the first reply byte
     blackholed: bool = False  # blackhole_once: nothing goes through any more
     closed: bool = False
+    cut: _Cut | None = None  # cut_once: the cut this connection carries
+    cut_at: int | None = None  # reset once carried_up (+ held) reaches this
+
+
+@dataclass(eq=False)
+class _Cut:
+    """One ``cut_once``: the pattern that picks the connection, how far past it to cut,
+    and the event set when the cut connection is reset."""
+
+    pattern: bytes
+    after: int
+    done: threading.Event = field(default_factory=threading.Event)
 
 
 class FaultProxy:
@@ -88,6 +101,7 @@ class FaultProxy:
         self._cut_after: tuple[str, int] | None = None
         self._reply_trigger: bytes | None = None
         self._blackhole_trigger: bytes | None = None
+        self._cuts: list[_Cut] = []  # cut_once: armed, no connection picked yet
         # Counters (written by the loop thread; ints are safe to read from anywhere).
         self.accepted = 0
         self.refused = 0
@@ -259,6 +273,24 @@ class FaultProxy:
             self._blackhole_trigger = pattern
 
         self._call(apply)
+
+    def cut_once(self, pattern: bytes, after: int) -> threading.Event:
+        """Reset the next connection whose client sends ``pattern`` (a request line such
+        as ``b"PATCH /files/<id> "``) once ``after`` more bytes, counted from the
+        pattern's first byte, have gone up: one chosen request dies mid-body, as when a
+        mobile client loses its network. On a kept-alive connection the count goes on
+        through its later requests; if the connection ends cleanly first, the next one
+        that sends ``pattern`` is picked instead. Several cuts may be armed at once (one
+        per pattern: each upload its own). Returns an event set when the picked
+        connection is reset (by the cut, or earlier by any other fault). Not to be
+        combined with ``cut_after``, whose counters it shares."""
+        cut = _Cut(pattern, after)
+
+        def apply() -> None:
+            self._cuts.append(cut)
+
+        self._call(apply)
+        return cut.done
 
     # ---------------------------------------------------------------- observing
 
@@ -438,6 +470,13 @@ class FaultProxy:
             if self._reply_trigger is not None and self._reply_trigger in data:
                 self._reply_trigger = None
                 conn.swallow_reply = True
+            if self._cuts and conn.cut is None:
+                self._pick_for_cut(conn, data)
+            if conn.cut_at is not None:
+                allowed = conn.cut_at - (conn.carried_up + len(conn.to_up))
+                if len(data) >= allowed:
+                    data = data[: max(0, allowed)]
+                    conn.doomed = True
             if self._cut_after is not None and self._cut_after[0] == UP:
                 allowed = self._cut_after[1] - (conn.carried_up + len(conn.to_up))
                 if len(data) >= allowed:
@@ -464,6 +503,16 @@ class FaultProxy:
             self.held_down += len(data)
         if conn.doomed and not conn.to_up and not conn.to_down:
             self._kill(conn)
+
+    def _pick_for_cut(self, conn: _Conn, data: bytes) -> None:
+        """cut_once: the first armed cut whose pattern ``data`` holds picks ``conn``."""
+        for cut in self._cuts:
+            index = data.find(cut.pattern)
+            if index >= 0:
+                self._cuts.remove(cut)
+                conn.cut = cut
+                conn.cut_at = conn.carried_up + len(conn.to_up) + index + cut.after
+                return
 
     def _write(self, conn: _Conn, side: str) -> None:
         if side == "upstream":
@@ -514,6 +563,9 @@ class FaultProxy:
                 self._sel.unregister(sock)
 
     def _close(self, conn: _Conn) -> None:
+        if conn.cut is not None and self._running:
+            self._cuts.append(conn.cut)  # ended before the cut: the next one gets it
+            conn.cut = None
         conn.closed = True
         self._unregister(conn)
         self._conns.discard(conn)
@@ -535,5 +587,7 @@ class FaultProxy:
         conn.to_down.clear()
         if count:
             self.resets += 1  # before the RST: whoever sees the reset sees the count
+        if conn.cut is not None:
+            conn.cut.done.set()  # likewise: a client that met the reset sees its cause
         _rst(conn.client)
         _rst(conn.upstream)

@@ -3,7 +3,8 @@ concurrent clients on one upload. Real processes, real faults; afterwards a cras
 leave nothing that contradicts what Redis acknowledged, and the upload completes exact.
 
 The helpers here (a raw-socket PATCH, the consistency check after a fault, a tus
-recovery loop, a stack with its own settings and an S3 proxy) serve test_faults_*.py too.
+recovery loop, an S3 proxy) serve test_faults_*.py too, and so does ``own_stack`` (a
+stack with its own settings), which lives in tests/e2e/conftest.py.
 """
 
 from __future__ import annotations
@@ -15,30 +16,23 @@ import io
 import socket
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-import redis
 import requests
 from tusclient import client as tus
 
-from devstack.services import (
-    REPO_ROOT,
-    ManagedProcess,
-    RedisServer,
-    SeaweedS3,
-    worker_command,
-)
+from devstack.services import RedisServer, SeaweedS3
 from rindle import tail_path
-from tests.conftest import _STACKS, PART_SIZE, S3_PREFIX, Stack, stack_env
-from tests.e2e.conftest import (
+from tests.conftest import _STACKS, PART_SIZE, Stack
+from tests.e2e.conftest import (  # own_stack: imported from here by test_faults_*.py
     MIB,
     TUS,
     Uploads,
+    own_stack,
     payload,
     poll,
     read_response,
@@ -271,68 +265,6 @@ def tuspy_resume(url: str, data: bytes, chunk: int, stack: Stack) -> None:
     )
     with_deadline(uploader.upload, 120, "the tuspy resume")
     assert uploader.offset == len(data)
-
-
-class SplitStack(Stack):
-    """A stack whose rq worker runs with other settings than its web process (e.g. the
-    web process reaches Redis or S3 through a fault proxy, the worker directly)."""
-
-    def __init__(self, env: dict[str, str], worker_env: dict[str, str], *args: Any) -> None:
-        super().__init__(env, *args)
-        self.worker_env = worker_env
-
-    def _start_worker(self) -> None:
-        env = self.worker_env
-        cmd = worker_command(env["REDIS_URL"], env.get("RINDLE_QUEUE", "rindle"))
-        self.worker = ManagedProcess(
-            "rq-worker", cmd, env=env, cwd=REPO_ROOT, log_path=self._log("worker")
-        ).start()
-
-    def _wait_worker(self, timeout: float) -> None:
-        web_env, self.env = self.env, self.worker_env  # find it on the worker's Redis
-        try:
-            super()._wait_worker(timeout)
-        finally:
-            self.env = web_env
-
-
-@contextlib.contextmanager
-def own_stack(
-    redis_server: RedisServer,
-    s3_server: SeaweedS3,
-    root: Path,
-    node: str = "fault-node",
-    worker_overrides: dict[str, str | int | None] | None = None,
-    **overrides: str | int | None,
-) -> Iterator[Stack]:
-    """An app stack (gunicorn + rq worker) with its own bucket, tmp dir and settings on the
-    session's Redis; 5 MiB parts. ``worker_overrides`` change the worker's settings only.
-    Stopped, bucket deleted, at the end."""
-    bucket = f"f-{uuid.uuid4().hex}"
-    s3_server.create_bucket(bucket)
-    (root / "tmp").mkdir(parents=True)
-    base = {
-        "REDIS_URL": redis_server.url,
-        **s3_server.env(bucket=bucket),
-        "RINDLE_S3_PREFIX": S3_PREFIX,
-        "RINDLE_TMP_DIR": str(root / "tmp"),
-        "RINDLE_TUS_PART_SIZE": str(PART_SIZE),
-        "RINDLE_NODE_ID": node,
-    }
-    env = stack_env(base, **overrides)
-    client = redis.Redis.from_url(redis_server.url, decode_responses=True)
-    if worker_overrides is None:
-        stack = Stack(env, root / "logs", client, s3_server.client())
-    else:
-        worker_env = stack_env(base, **{**overrides, **worker_overrides})
-        stack = SplitStack(env, worker_env, root / "logs", client, s3_server.client())
-    try:
-        stack.start()
-        yield stack
-    finally:
-        stack.stop()
-        client.close()
-        s3_server.delete_bucket(bucket)
 
 
 def target_of(url: str) -> tuple[str, int]:

@@ -551,6 +551,11 @@ class SeaweedS3(Service):
         if self._sock_dir is not None:
             shutil.rmtree(self._sock_dir, ignore_errors=True)
             self._sock_dir = None
+        # Some parts of weed put their unix sockets in /tmp whatever TMPDIR says, named
+        # by port: remove this server's.
+        for port in self.ports.values():
+            for sock in Path("/tmp").glob(f"seaweedfs-*-{port}.sock"):
+                sock.unlink(missing_ok=True)
 
 
 def _probe_config() -> Any:

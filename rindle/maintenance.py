@@ -111,12 +111,18 @@ class Maintenance:
             return "errors"
         return "aborted"
 
+    @property
+    def shared_mode(self) -> bool:
+        return self.settings.tail_store == "s3"
+
     def reap_tails(
         self, root: str | None = None, now: float | None = None, dry_run: bool = False
     ) -> dict[str, int]:
-        """Delete this node's tails whose upload is ended, unknown or past its expiry.
+        """Delete this node's tails whose upload is ended, unknown or past its expiry, and
+        in shared tail mode also those of live uploads whose bytes another node holds
+        now (stale caches: the next resume here fetches the shared copy).
 
-        A live upload's tail is never touched, nor a tail a writer holds right now.
+        A live upload's tail is never touched otherwise, nor a tail a writer holds.
         """
         root = root or self.settings.tmp_dir
         now = time.time() if now is None else now
@@ -127,6 +133,7 @@ class Maintenance:
             return dict(counts)
         for entry in entries:
             upload_id = upload_id_from_tail(entry.path, root)
+            live = False
             if upload_id is None:
                 # Not a name tail_path makes: only remove it once it is old.
                 if entry.stat().st_mtime > now - self.settings.expiration:
@@ -134,13 +141,16 @@ class Maintenance:
                     continue
             else:
                 upload = self.store.get(upload_id)
-                if upload and upload.state in WRITABLE and upload.expires_at > now:
+                live = bool(upload and upload.state in WRITABLE and upload.expires_at > now)
+                # In shared mode a file here is only a cache, and only while Redis names
+                # this node: otherwise a resume here fetches the shared copy anyway.
+                if live and not (self.shared_mode and upload.node != self.settings.node_id):
                     counts["kept"] += 1
                     continue
             if dry_run or try_remove_idle_tail(entry.path):
                 counts["deleted"] += 1
-                if upload_id and not dry_run and self.settings.tail_store == "s3":
-                    self.shared.delete_all(upload_id)  # its shared copies are garbage too
+                if upload_id and not live and not dry_run and self.shared_mode:
+                    self.shared.delete_all(upload_id)  # an ended upload's shared copies too
             else:
                 counts["busy"] += 1
         return dict(counts)

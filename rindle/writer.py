@@ -159,7 +159,7 @@ class Writer:
             try:
                 self._fetch_shared(upload, tail)
             except BaseException:
-                tail.truncate(0)
+                tail.remove()  # nothing of it is this upload's: leave no file behind
                 tail.close()
                 raise
         return tail
@@ -183,6 +183,8 @@ class Writer:
             self.shared.fetch(generation, tail.write)
         except SharedTailMissing as exc:
             raise missing from exc
+        if tail.size != upload.buffered:  # the store checked its size too: belt and braces
+            raise missing
         tail.sync()
         log.info(
             "upload %s: %d buffered bytes fetched from the shared tail of node %s",

@@ -150,6 +150,7 @@ def test_a_lost_shared_tail_fails_loudly_and_changes_nothing(nodes, s3_client, r
     assert r.status_code == 500
     assert r.get_json()["error"] == "tus_tail_missing"
     assert rdb.hgetall(f"rindle:upload:{{{upload_id}}}") == before
+    assert not os.path.exists(tail_path(upload_id, b.config["RINDLE"].tmp_dir)), "no file left"
     assert any(
         "tus_tail_missing" in rec.getMessage() and upload_id in rec.getMessage()
         for rec in caplog.records
@@ -218,3 +219,23 @@ def test_local_mode_still_refuses_a_resume_on_another_node(node_env, s3_client):
     r = tus_of(a).patch(upload_id, 100, data[100:])
     assert r.status_code == 500 and r.get_json()["error"] == "tus_tail_missing"
     assert shared_tails(a, s3_client) == []
+
+
+def test_the_reaper_drops_a_stale_cache_but_keeps_the_shared_copy(nodes, s3_client):
+    """A's file of a live upload that moved on through B is a stale cache: reaped, while
+    the shared copy (B's) stays, and a resume on A fetches it."""
+    a, b = nodes
+    data = random_bytes(PART + 300)
+    upload_id = tus_of(a).create(len(data))
+    assert tus_of(a).patch(upload_id, 0, data[:100]).status_code == 204
+    assert tus_of(b).patch(upload_id, 100, data[100:200]).status_code == 204
+    [shared] = shared_tails(a, s3_client)
+
+    counts = a.extensions["rindle"].maintenance.reap_tails()
+    assert counts == {"deleted": 1, "kept": 0, "busy": 0}
+    assert not os.path.exists(tail_path(upload_id, a.config["RINDLE"].tmp_dir))
+    assert b.extensions["rindle"].maintenance.reap_tails() == {"deleted": 0, "kept": 1, "busy": 0}
+    assert shared_tails(a, s3_client) == [shared]
+
+    assert tus_of(a).patch(upload_id, 200, data[200:]).status_code == 204
+    assert_completed_exact(a, s3_client, upload_id, data)

@@ -12,7 +12,7 @@ import time
 import pytest
 import requests
 
-from tests.e2e.conftest import TUS, payload
+from tests.e2e.conftest import TUS, payload, read_response
 from tests.e2e.test_release import stalled_patch, wait_for_offset
 
 pytestmark = pytest.mark.e2e
@@ -26,23 +26,9 @@ def create(stack, length: int) -> str:
 
 
 def read_answer(sock: socket.socket, timeout: float) -> tuple[int, dict[str, str], bytes]:
-    """The HTTP answer on ``sock``: status, headers (lower-case names), body."""
+    """The HTTP answer on ``sock`` within ``timeout`` seconds."""
     sock.settimeout(timeout)
-    raw = b""
-    while b"\r\n\r\n" not in raw:
-        chunk = sock.recv(65536)
-        assert chunk, f"connection closed without an answer: {raw!r}"
-        raw += chunk
-    head, _, body = raw.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
-    length = int(headers.get("content-length", 0))
-    while len(body) < length:
-        chunk = sock.recv(65536)
-        if not chunk:
-            break
-        body += chunk
-    return int(lines[0].split()[1]), headers, body
+    return read_response(sock)
 
 
 def offset_of(url: str) -> int:

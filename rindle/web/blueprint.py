@@ -365,7 +365,9 @@ def patch(upload_id: str) -> Response:
     if upload.is_final:
         raise TusError("final_upload", "a final upload is assembled from its partials")
     settings = current_rindle().settings
-    protocol.check_append(upload, append, settings.max_size, request.content_length)
+    protocol.check_append(
+        upload, append, settings.max_size, request.content_length, settings.max_checksum_body
+    )
     if upload.state not in WRITABLE and upload.offset == upload.length:
         if upload.state == State.ASSEMBLING:
             current_rindle().jobs.ensure_completion(upload_id)

@@ -596,3 +596,13 @@ def test_pre_create_can_build_the_key_from_the_upload_id(app, rq_burst, s3_clien
     rq_burst_for(hooked)
     obj = s3_client.get_object(Bucket=bucket(hooked), Key=f"uploads/u/7/{upload_id}")
     assert obj["Body"].read() == b"abc"
+
+
+def test_a_configured_checksum_cap_is_honoured(app, tus):
+    app.extensions["rindle"].settings = replace(app.config["RINDLE"], max_checksum_body=1000)
+    app.config["RINDLE"] = app.extensions["rindle"].settings
+    data = random_bytes(1001)
+    upload_id = tus.create(len(data))
+    r = tus.patch(upload_id, 0, data, **{"Upload-Checksum": sha256_header(data)})
+    assert r.status_code == 413
+    assert r.get_json()["error"] == "checksum_body_too_large"

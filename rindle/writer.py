@@ -17,7 +17,6 @@ import contextlib
 import logging
 import shutil
 import threading
-import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -26,7 +25,7 @@ from blinker import NamedSignal
 
 from rindle import hooks, protocol
 from rindle.config import Settings
-from rindle.errors import BodyEnded, ChecksumMismatch, Fenced, TailMissing, TusError
+from rindle.errors import BodyEnded, ChecksumMismatch, TailMissing, TusError
 from rindle.jobqueue import JobQueue
 from rindle.lease import ActiveWrite, Lease, ReleaseWatcher, new_token
 from rindle.storage import MultipartGone, S3Storage, Tail, TailLocked
@@ -36,7 +35,7 @@ from rindle.upload import WRITABLE, State, Upload
 
 log = logging.getLogger("rindle")
 
-# How often a running writer checks in with Redis (renews its lease, sees a DELETE).
+# How often a running writer renews its lease (and sees a release request or a DELETE).
 CHECK_IN_SECONDS = 1.0
 Reader = Callable[[int], bytes]  # read(n): up to n bytes, b"" at the end; BodyEnded
 
@@ -223,6 +222,7 @@ class _Patch:
         self.lock = threading.Lock()
         self.inflight: Future[None] | None = None  # the part shipped meanwhile
         self.shared_key = upload.tail_key  # the shared copy Redis records, if any
+        self.lease_lost: Exception | None = None  # why the renewing thread gave up
         self.object_headers = protocol.object_headers(protocol.parse_metadata(upload.metadata))
 
     def run(self, read: Reader, checksum: protocol.Checksum | None) -> bool:
@@ -256,7 +256,6 @@ class _Patch:
         room = limit - upload.offset  # bytes this upload can still take
         hasher = checksum.hasher() if checksum else None
         received = 0
-        check_in_at = time.monotonic() + CHECK_IN_SECONDS
         ended_early = False
         try:
             while received < room:
@@ -285,13 +284,12 @@ class _Patch:
                     )
                 elif self._full_part_waiting():
                     self._ship_front_part_meanwhile()
-                if time.monotonic() >= check_in_at:
-                    # Renews the lease; Fenced when it was lost or the upload ended.
-                    if self.writer.lease.renew(upload.id, self.token):
-                        log.info("upload %s: letting go on request", upload.id)
-                        ended_early = True
-                        break
-                    check_in_at = time.monotonic() + CHECK_IN_SECONDS
+                if self.active.stop_reason:  # asked to let go (see lease_kept, the watcher)
+                    log.info("upload %s: letting go (%s)", upload.id, self.active.stop_reason)
+                    ended_early = True
+                    break
+            if self.lease_lost is not None:
+                raise self.lease_lost  # nothing more may be committed
             self._wait_inflight()
         finally:
             self._let_inflight_end()
@@ -441,20 +439,23 @@ class _Patch:
 
     @contextlib.contextmanager
     def lease_kept(self) -> Iterator[None]:
-        """Renew the lease every second from a thread of its own. If this process stalls
-        as a whole (a GC pause), the renewals stop too and the lease can still expire:
-        fencing stays intact. A lease lost for good ends the body read at once."""
+        """Renew the lease every second from a thread of its own, so that the read loop
+        makes no Redis call. If this process stalls as a whole (a GC pause), the
+        renewals stop too and the lease can still expire: fencing stays intact. A
+        release request ends the body read (the bytes are kept); a failed renewal (the
+        lease lost, the upload ended, Redis unreachable) ends it too, and the PATCH fails
+        with that error."""
         done = threading.Event()
 
         def renew() -> None:
             while not done.wait(CHECK_IN_SECONDS):
                 try:
-                    self.writer.lease.renew(self.upload.id, self.token)
-                except Fenced:  # lost, or the upload ended: the commit will be refused
-                    self.active.stop("writer lease lost or upload ended")
+                    if self.writer.lease.renew(self.upload.id, self.token):
+                        self.active.stop("release requested")  # another request waits
+                except Exception as exc:  # Fenced (lost, or the upload ended), Redis down
+                    self.lease_lost = exc
+                    self.active.stop(f"lease renewal failed: {exc}")
                     return
-                except Exception:  # Redis unreachable for a moment: try again
-                    log.warning("upload %s: lease renewal failed", self.upload.id, exc_info=True)
 
         thread = threading.Thread(target=renew, name="rindle-lease", daemon=True)
         thread.start()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -368,19 +369,23 @@ def test_a_body_that_ends_early_keeps_what_arrived(
 def test_a_release_request_makes_the_writer_keep_what_arrived_and_let_go(
     node: Node, monkeypatch: pytest.MonkeyPatch
 ):
-    monkeypatch.setattr(rindle.writer, "CHECK_IN_SECONDS", 0.0)  # check in after every read
+    monkeypatch.setattr(rindle.writer, "CHECK_IN_SECONDS", 0.01)  # renew (and look) often
     data = random_bytes(PART // 2)
     upload_id = node.create(3 * PART)
 
     def ask_to_let_go(consumed: int) -> None:
         if consumed == 3 * 1024:
             node.lease.request_release(upload_id)  # another PATCH wants the upload
+        if consumed >= 3 * 1024:
+            time.sleep(0.005)  # a client that keeps sending, at a human pace
 
-    node.write(upload_id, Body(data, chunk=1024, on_read=ask_to_let_go))
+    body = Body(data, chunk=1024, on_read=ask_to_let_go)
+    node.write(upload_id, body)
 
     upload = node.upload(upload_id)
-    assert upload.offset == 3 * 1024
-    assert node.tail(upload_id) == data[: 3 * 1024]
+    assert 3 * 1024 <= upload.offset < len(data), "it let go before the body ended"
+    assert upload.offset == body.consumed, "and kept every byte it read"
+    assert node.tail(upload_id) == data[: upload.offset]
     assert not node.lease.held(upload_id)
 
 

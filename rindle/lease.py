@@ -114,7 +114,8 @@ class Lease:
 
     def request_release(self, upload_id: str, kind: str = RELEASE_NOW) -> None:
         """Ask the writer of ``upload_id``, on whatever node, to save what it has and let
-        go: a flag its next check-in sees, and a message for a writer blocked in a read.
+        go: a flag its lease thread sees within a second, and a message for a writer
+        blocked in a read.
         RELEASE_NOW asks any writer; RELEASE_IF_IDLE only one that receives nothing."""
         with self.redis.pipeline(transaction=False) as pipe:
             # An idle-only request never weakens a pending unconditional one.

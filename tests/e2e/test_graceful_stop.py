@@ -383,7 +383,10 @@ def test_a_sigtermed_worker_has_its_completion_job_retried_once(
         s3_proxy.heal()
         stack.restart_worker()
         uploads = Uploads(stack)
-        uploads.wait_completed(upload_id, timeout=60)
+        # The retry waits in RQ's scheduler. If the old scheduler died holding RQ's
+        # scheduler lock (61 s TTL), the new worker takes it over at its next try, up to
+        # 120 s after it started: RQ's timing, not rindle's.
+        uploads.wait_completed(upload_id, timeout=200)
         poll(lambda: job.get_status(refresh=True) == "finished" or None, 30, "job finished")
         assert job.return_value() == "completed"
         assert job.retries_left == len(RETRY_INTERVALS) - 1, "retried once"

@@ -44,6 +44,9 @@ Reader = Callable[[int], bytes]  # read(n): up to n bytes, b"" at the end; BodyE
 class WriteResult:
     upload: Upload  # as committed when the request let go
     overflow: bool  # the client sent bytes beyond Upload-Length
+    # The body was not read to its end (client gone, timeout, release, stop): what is
+    # left of it may still arrive on the connection, which must not carry another request.
+    ended_early: bool = False
 
 
 class Writer:
@@ -116,7 +119,7 @@ class Writer:
                 self.notify(hooks.upload_progress, after)
                 if after.state == State.ASSEMBLING:
                     self.notify(hooks.upload_received, after)
-            return WriteResult(after, overflow)
+            return WriteResult(after, overflow, patch.ended_early)
         finally:
             self.lease.release(upload_id, token)
 
@@ -223,6 +226,7 @@ class _Patch:
         self.inflight: Future[None] | None = None  # the part shipped meanwhile
         self.shared_key = upload.tail_key  # the shared copy Redis records, if any
         self.lease_lost: Exception | None = None  # why the renewing thread gave up
+        self.ended_early = False  # the body was not read to its end
         self.object_headers = protocol.object_headers(protocol.parse_metadata(upload.metadata))
 
     def run(self, read: Reader, checksum: protocol.Checksum | None) -> bool:
@@ -256,7 +260,7 @@ class _Patch:
         room = limit - upload.offset  # bytes this upload can still take
         hasher = checksum.hasher() if checksum else None
         received = 0
-        ended_early = False
+        self.ended_early = False
         try:
             while received < room:
                 want = min(self.writer.settings.read_chunk, room - received)
@@ -269,7 +273,7 @@ class _Patch:
                 except BodyEnded as exc:
                     reason = self.active.stop_reason or exc
                     log.info("upload %s: body ended early (%s)", upload.id, reason)
-                    ended_early = True
+                    self.ended_early = True
                     break
                 if not data:
                     break
@@ -286,7 +290,7 @@ class _Patch:
                     self._ship_front_part_meanwhile()
                 if self.active.stop_reason:  # asked to let go (see lease_kept, the watcher)
                     log.info("upload %s: letting go (%s)", upload.id, self.active.stop_reason)
-                    ended_early = True
+                    self.ended_early = True
                     break
             if self.lease_lost is not None:
                 raise self.lease_lost  # nothing more may be committed
@@ -295,16 +299,16 @@ class _Patch:
             self._let_inflight_end()
 
         overflow = False
-        if received == room and not ended_early:
+        if received == room and not self.ended_early:
             with contextlib.suppress(BodyEnded):
                 overflow = bool(read(1))
         if (
             hasher is not None
             and checksum is not None
-            and (ended_early or hasher.digest() != checksum.digest)
+            and (self.ended_early or hasher.digest() != checksum.digest)
         ):
             tail.truncate(self.offset - self.committed)  # as it was before this PATCH
-            if ended_early:
+            if self.ended_early:
                 return False  # an incomplete body cannot match: nothing kept
             raise ChecksumMismatch(upload.id)
         self._ship_waiting_parts()  # a spooled body, or an early end

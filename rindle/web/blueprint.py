@@ -8,6 +8,7 @@ Redis and S3 failures as 503.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import secrets
@@ -130,6 +131,25 @@ def with_expiry(response: Response, upload: Upload) -> Response:
     if upload.state in WRITABLE:
         response.headers["Upload-Expires"] = http_date(upload.expires_at)
     return response
+
+
+def close_if_unread(response: Response, result: WriteResult) -> Response:
+    """A body the writer stopped reading (client gone, timeout, release, graceful stop)
+    may still be arriving: the connection must end with this answer, or the server would
+    read the rest of the body as the next request (and answer it with a 400). gunicorn
+    decides keep-alive by itself and drops a Connection header from the app, so the
+    socket is shut down once the answer has been sent."""
+    if result.ended_early:
+        response.headers["Connection"] = "close"  # for servers that honour it
+        sock = request.environ.get("gunicorn.socket")
+        if sock is not None:
+            response.call_on_close(lambda: _shut_down(sock))
+    return response
+
+
+def _shut_down(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
 
 
 def patched(upload: Upload) -> Response:
@@ -290,6 +310,7 @@ def create() -> Response:
         try:
             result = write_body(upload, protocol.Append(0, checksum, None))
             upload, overflow = result.upload, result.overflow
+            close_if_unread(response, result)
         except RindleError as err:
             log.warning("upload %s: first bytes with the POST not kept: %s", upload_id, err)
             upload = load(upload_id)
@@ -380,7 +401,7 @@ def patch(upload_id: str) -> Response:
             "bytes beyond Upload-Length were refused; the rest was kept",
             {"Upload-Offset": str(result.upload.offset)},
         )
-    return patched(result.upload)
+    return close_if_unread(patched(result.upload), result)
 
 
 @blueprint.route("/<upload_id>", methods=["DELETE"])

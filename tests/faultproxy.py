@@ -363,9 +363,7 @@ class FaultProxy:
         while True:
             try:
                 client, _ = self._listener.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:
+            except OSError:  # BlockingIOError: nothing more to accept
                 return
             self.accepted += 1
             if self._refuse:
@@ -373,15 +371,21 @@ class FaultProxy:
                 _rst(client)
                 continue
             client.setblocking(False)
-            upstream = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            upstream.setblocking(False)
-            err = upstream.connect_ex(self.target)
-            conn = _Conn(client, upstream, connected=(err == 0))
-            if err not in (0, errno.EINPROGRESS, errno.EWOULDBLOCK):
-                _rst(client)
-                upstream.close()
-                continue
-            self._conns.add(conn)  # _update_interest registers its sockets
+            conn = self._route(client)
+            if conn is not None:
+                self._conns.add(conn)  # _update_interest registers its sockets
+
+    def _route(self, client: socket.socket) -> _Conn | None:
+        """Start the upstream side of a new client's connection (None: the client was
+        reset). A router picks the backend here."""
+        upstream = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        upstream.setblocking(False)
+        err = upstream.connect_ex(self.target)
+        if err not in (0, errno.EINPROGRESS, errno.EWOULDBLOCK):
+            _rst(client)
+            upstream.close()
+            return None
+        return _Conn(client, upstream, connected=(err == 0))
 
     def _update_interest(self) -> None:
         self._refill()

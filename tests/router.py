@@ -92,31 +92,19 @@ class Router(FaultProxy):
 
     # ---------------------------------------------------------------- the loop
 
-    def _accept(self) -> None:
-        assert self._listener is not None
-        while True:
-            try:
-                client, _ = self._listener.accept()
-            except OSError:  # BlockingIOError: nothing more to accept
-                return
-            self.accepted += 1
-            if self._refuse:
-                self.refused += 1
-                _rst(client)
-                continue
-            client.setblocking(False)
-            # The first is the random choice; the others are the failover order.
-            order = self.rng.sample(self.backends, len(self.backends))
-            untried = order if self.failover else order[:1]
-            opened = self._open_next(untried)
-            if opened is None:
-                _rst(client)
-                continue
-            upstream, backend, err = opened
-            conn = _Routed(client, upstream, backend=backend, untried=untried)
-            if err == 0:
-                self._connected(conn)
-            self._conns.add(conn)  # _update_interest registers its sockets
+    def _route(self, client: socket.socket) -> _Conn | None:
+        # The first is the random choice; the others are the failover order.
+        order = self.rng.sample(self.backends, len(self.backends))
+        untried = order if self.failover else order[:1]
+        opened = self._open_next(untried)
+        if opened is None:
+            _rst(client)
+            return None
+        upstream, backend, err = opened
+        conn = _Routed(client, upstream, backend=backend, untried=untried)
+        if err == 0:
+            self._connected(conn)
+        return conn
 
     def _open_next(self, untried: list[Backend]) -> tuple[socket.socket, Backend, int] | None:
         """Start a connect to the next backend of ``untried`` that does not refuse at

@@ -14,6 +14,7 @@ import logging
 import secrets
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import replace
 
 import redis
@@ -141,15 +142,22 @@ def close_if_unread(response: Response, result: WriteResult) -> Response:
     socket is shut down once the answer has been sent."""
     if result.ended_early:
         response.headers["Connection"] = "close"  # for servers that honour it
-        sock = request.environ.get("gunicorn.socket")
-        if sock is not None:
-            response.call_on_close(lambda: _shut_down(sock))
+        response.call_on_close(connection_shutdown(socket.SHUT_RDWR))
     return response
 
 
-def _shut_down(sock: socket.socket) -> None:
-    with contextlib.suppress(OSError):
-        sock.shutdown(socket.SHUT_RDWR)
+def connection_shutdown(how: int) -> Callable[[], None]:
+    """A function that shuts this request's connection down (``how``: SHUT_RD ends a
+    blocked body read, SHUT_RDWR the connection), where the server lends us its socket
+    (gunicorn); elsewhere it does nothing."""
+    sock = request.environ.get("gunicorn.socket")
+
+    def shut_down() -> None:
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(how)
+
+    return shut_down
 
 
 def patched(upload: Upload) -> Response:
@@ -217,13 +225,7 @@ def read_body(n: int) -> bytes:
 
 def write_body(upload: Upload, append: protocol.Append) -> WriteResult:
     """Stream the request body into the upload."""
-    sock = request.environ.get("gunicorn.socket")
-
-    def interrupt() -> None:
-        """End a read blocked on this request's connection (for gunicorn)."""
-        if sock is not None:
-            sock.shutdown(socket.SHUT_RD)
-
+    interrupt = connection_shutdown(socket.SHUT_RD)  # ends a read blocked on the client
     try:
         return current_rindle().writer.write(upload.id, append, read_body, interrupt)
     except Fenced:

@@ -17,6 +17,7 @@ import contextlib
 import logging
 import shutil
 import threading
+from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -28,7 +29,7 @@ from rindle.config import Settings
 from rindle.errors import BodyEnded, ChecksumMismatch, TailMissing, TusError
 from rindle.jobqueue import JobQueue
 from rindle.lease import ActiveWrite, Lease, ReleaseWatcher, new_token
-from rindle.storage import MultipartGone, S3Storage, Tail, TailLocked
+from rindle.storage import MultipartGone, S3Storage, SpoolFile, Tail, TailLocked
 from rindle.storage.shared_tail import Generation, SharedTailMissing, SharedTails
 from rindle.store import UploadStore
 from rindle.upload import WRITABLE, State, Upload
@@ -199,9 +200,12 @@ class Writer:
 class _Patch:
     """One PATCH request holding the lease and the tail of one upload.
 
-    The request thread reads the body into the tail. A full part at the front of the
-    tail is uploaded, committed and dropped by a background thread while the next part
-    arrives; ``lock`` keeps the tail and the committed state consistent between the two.
+    The request thread reads the body into the tail until it holds a full part, then
+    into a fresh nameless spool file per part. Each full part is uploaded by a
+    background thread while the body keeps arriving (up to RINDLE_PARTS_IN_FLIGHT at
+    once), and committed in Redis only after its upload and the commit of the part
+    before it: commits stay in order, so the offset never has a hole. ``lock`` guards
+    the committed state that those threads move forward.
     """
 
     def __init__(
@@ -223,7 +227,8 @@ class _Patch:
         self.committed = upload.committed  # bytes in committed parts
         self.s3_upload_id = upload.s3_upload_id
         self.lock = threading.Lock()
-        self.inflight: Future[None] | None = None  # the part shipped meanwhile
+        self.inflight: deque[Future[None]] = deque()  # part uploads, oldest first
+        self.spools: list[SpoolFile] = []  # open spool files, closed when the PATCH ends
         self.shared_key = upload.tail_key  # the shared copy Redis records, if any
         self.lease_lost: Exception | None = None  # why the renewing thread gave up
         self.ended_early = False  # the body was not read to its end
@@ -250,24 +255,31 @@ class _Patch:
         """Stream the body; True when the client sent bytes beyond Upload-Length.
 
         Without a checksum, full parts are shipped while the body keeps arriving (at
-        most two parts on disk). With one, the whole body is spooled to the tail first
-        and checked, then shipped: a body that does not match leaves no trace.
+        most RINDLE_PARTS_IN_FLIGHT parts in flight and one filling on disk). With one,
+        the whole body is spooled to the tail first and checked, then shipped: a body
+        that does not match leaves no trace.
         """
-        upload, tail, part_size = self.upload, self.tail, self.upload.part_size
+        upload, tail = self.upload, self.tail
         limit = upload.length
         if limit is None:
             limit = protocol.deferred_limit(upload, self.writer.settings.max_size)
         room = limit - upload.offset  # bytes this upload can still take
         hasher = checksum.hasher() if checksum else None
+        # Where the body goes: the tail, until it holds a full part; then a spool file
+        # per part. ``start`` is the upload offset of its first byte.
+        filling: SpoolFile = tail
+        start = self.committed
         received = 0
         self.ended_early = False
         try:
             while received < room:
                 want = min(self.writer.settings.read_chunk, room - received)
                 if hasher is None:
-                    if tail.size >= 2 * part_size:
-                        self._wait_inflight()  # S3 is slower than the client
-                    want = min(want, 2 * part_size - tail.size)
+                    if self._is_full_part(filling, start):
+                        self._ship_meanwhile(filling, start)
+                        filling = self._new_spool()
+                        start += upload.part_size
+                    want = min(want, upload.part_size - filling.size)
                 try:
                     data = read(want)
                 except BodyEnded as exc:
@@ -278,25 +290,32 @@ class _Patch:
                 if not data:
                     break
                 self.active.touch(len(data))
-                with self.lock:
-                    tail.write(data)
+                filling.write(data)
                 received += len(data)
                 if hasher is not None:
                     hasher.update(data)
                     protocol.check_checksum_body(
                         upload, received, self.writer.settings.max_checksum_body
                     )
-                elif self._full_part_waiting():
-                    self._ship_front_part_meanwhile()
+                else:
+                    self._collect_shipped()  # a failed part ends the PATCH now
+                    if self._is_full_part(filling, start):
+                        self._ship_meanwhile(filling, start)
+                        filling = self._new_spool()
+                        start += upload.part_size
                 if self.active.stop_reason:  # asked to let go (see lease_kept, the watcher)
                     log.info("upload %s: letting go (%s)", upload.id, self.active.stop_reason)
                     self.ended_early = True
                     break
             if self.lease_lost is not None:
                 raise self.lease_lost  # nothing more may be committed
-            self._wait_inflight()
+            self._wait_shipped()
+            if filling is not tail:  # the rest of the body becomes the tail
+                filling.copy_to(tail)
         finally:
-            self._let_inflight_end()
+            self._let_shipped_end()
+            for spool in self.spools:
+                spool.close()
 
         overflow = False
         if received == room and not self.ended_early:
@@ -311,7 +330,7 @@ class _Patch:
             if self.ended_early:
                 return False  # an incomplete body cannot match: nothing kept
             raise ChecksumMismatch(upload.id)
-        self._ship_waiting_parts()  # a spooled body, or an early end
+        self._ship_waiting_parts()  # a spooled body
         if upload.length is not None and self.committed + tail.size == upload.length:
             self._ship_last()
         elif self.committed + tail.size != self.offset or self.declared is not None:
@@ -351,53 +370,66 @@ class _Patch:
             self.writer.shared.delete_quietly(self.shared_key)
         self.shared_key = key
 
-    def _full_part_waiting(self, at: int = 0) -> bool:
-        """Nothing in flight, and a full part at ``at`` in the tail that is not the
+    def _is_full_part(self, spool: SpoolFile, start: int) -> bool:
+        """``spool`` (from upload offset ``start``) holds a full part that is not the
         upload's last part (the last part is _ship_last's)."""
         part_size, length = self.upload.part_size, self.upload.length
-        if self.inflight is not None and self.inflight.done():
-            self._wait_inflight()  # its outcome: raises what the part upload raised
-        if self.inflight is not None or self.tail.size - at < part_size:
+        if spool.size < part_size:
             return False
-        return length is None or self.committed + part_size < length
+        return length is None or start + part_size < length
+
+    def _new_spool(self) -> SpoolFile:
+        spool = SpoolFile.anonymous(self.writer.settings.tmp_dir)
+        self.spools.append(spool)
+        return spool
 
     def _ship_waiting_parts(self) -> None:
-        """Ship every full part in the tail from where it lies, then drop them all at
-        once: one copy of the rest, not one per part (a spooled body holds many)."""
+        """Ship every full part of a spooled body from where it lies, then drop them all
+        at once: one copy of the rest, not one per part."""
         shipped = 0
-        while self._full_part_waiting(shipped):
-            self._ship_part(shipped)
+        while self._is_full_part(self.tail, self.committed) and (
+            self.tail.size - shipped >= self.upload.part_size
+        ):
+            self._ship_part(self.tail, shipped)
             shipped += self.upload.part_size
         if shipped:
-            with self.lock:
-                self.tail.drop_front(shipped)
+            self.tail.drop_front(shipped)
 
-    def _ship_front_part_meanwhile(self) -> None:
+    def _ship_meanwhile(self, spool: SpoolFile, start: int) -> None:
+        """Upload the full part in ``spool`` in the background; commit it after the part
+        before it. Waits first while RINDLE_PARTS_IN_FLIGHT parts are in flight (S3 is
+        slower than the client): this bounds the disk a PATCH uses."""
         self._ensure_multipart()
+        while len(self.inflight) >= self.writer.settings.parts_in_flight:
+            self.inflight.popleft().result()
+        before = self.inflight[-1] if self.inflight else None
 
         def ship() -> None:
             try:
-                self._ship_front_part()
+                self._ship_part(spool, 0, before, start, empty_after=True)
             except BaseException:
                 # The request thread may be waiting for a client that sends nothing:
                 # end its read, so that the client hears of the failure now.
                 self.active.stop("part upload failed")
                 raise
 
-        self.inflight = self.writer.part_uploads.submit(ship)
+        self.inflight.append(self.writer.part_uploads.submit(ship))
 
-    def _wait_inflight(self) -> None:
-        if self.inflight is not None:
-            inflight, self.inflight = self.inflight, None
-            inflight.result()  # S3's or Redis's error, if any: nothing more committed
+    def _collect_shipped(self) -> None:
+        """Forget the parts committed so far; raise the error of a failed one."""
+        while self.inflight and self.inflight[0].done():
+            self.inflight.popleft().result()
 
-    def _let_inflight_end(self) -> None:
-        """On the way out by an error: a part in flight reads the tail, and a late
-        UploadPart must not follow a newer writer's: let it end first."""
-        if self.inflight is not None:
+    def _wait_shipped(self) -> None:
+        while self.inflight:
+            self.inflight.popleft().result()  # S3's or Redis's error: nothing more committed
+
+    def _let_shipped_end(self) -> None:
+        """On the way out by an error: a part in flight reads a spool file, and a late
+        UploadPart must not follow a newer writer's: let them all end first."""
+        while self.inflight:
             with contextlib.suppress(Exception):
-                self.inflight.result()
-            self.inflight = None
+                self.inflight.popleft().result()
 
     def _ensure_multipart(self) -> None:
         if not self.s3_upload_id:
@@ -407,25 +439,34 @@ class _Patch:
             # Saved at once, so that an abort can always find it.
             self.writer.store.save_s3_upload_id(self.upload.id, self.token, self.s3_upload_id)
 
-    def _ship_front_part(self) -> None:
-        """Upload the full part at the front of the tail, commit it, then drop it from
-        the tail. A crash before the drop is safe: Redis then says nothing is buffered,
-        so the next request cuts the file back to empty and the client resends the rest."""
-        self._ship_part(0, drop=True)
-
-    def _ship_part(self, at: int, drop: bool = False) -> None:
-        """Upload the full part at ``at`` in the tail, then commit it, then (``drop``)
-        drop it. Undropped, it is harmless: Redis says nothing is buffered from then on,
-        whatever the file still holds."""
+    def _ship_part(
+        self,
+        spool: SpoolFile,
+        at: int,
+        before: Future[None] | None = None,
+        start: int | None = None,
+        empty_after: bool = False,
+    ) -> None:
+        """Upload the full part at ``at`` in ``spool``, then (after ``before``, the part
+        before it, is committed) commit it. The part number follows from the upload
+        offset of its first byte (``start``, else the committed end). ``empty_after``:
+        the spool holds only this part, and is emptied once it is committed. A tail
+        holding committed bytes is harmless: Redis says nothing is buffered from then
+        on, so the next request cuts the file back."""
         self._ensure_multipart()
         size = self.upload.part_size
-        number = self.committed // size + 1
-        with self.tail.slice(at, size) as body:
+        if start is None:
+            start = self.committed
+        number = start // size + 1
+        with spool.slice(at, size) as body:
             etag = self.writer.s3.upload_part(
                 self.upload.key, self.s3_upload_id, number, body, size
             )
+        if before is not None:
+            before.result()  # the part before failed: this one is not committed
         with self.lock:
-            new_offset = self.committed + size
+            assert self.committed == start, "parts are committed in order"
+            new_offset = start + size
             self.writer.store.commit_part(
                 self.upload.id,
                 self.token,
@@ -437,8 +478,8 @@ class _Patch:
             )
             self.committed = self.offset = new_offset
             self.declared = None
-            if drop:
-                self.tail.drop_front(size)
+        if empty_after:
+            spool.truncate(0)  # frees its disk while the body keeps arriving
         self._replace_shared("")
 
     @contextlib.contextmanager

@@ -174,13 +174,15 @@ class FaultProxy:
     # ---------------------------------------------------------------- faults
 
     def heal(self) -> None:
-        """Pass everything again: no refusal, no stall, no cut; held bytes flow on; a
-        black-holed connection is reset."""
+        """Pass everything again: no refusal, no stall, no cut (armed ``cut_once`` cuts
+        that picked no connection yet are dropped); held bytes flow on; a black-holed
+        connection is reset."""
 
         def apply() -> None:
             self._refuse = self._stall_up = self._stall_down = False
             self._rate.clear()
             self._cut_after = None
+            self._cuts.clear()
             self._reply_trigger = self._blackhole_trigger = None
             for conn in list(self._conns):
                 if conn.blackholed:

@@ -8,6 +8,7 @@ from rindle.storage.s3 import (
     make_s3_client,
 )
 from rindle.storage.tail import (
+    SpoolFile,
     Tail,
     TailLocked,
     check_tail_dir,
@@ -20,6 +21,7 @@ __all__ = [
     "S3_ERRORS",
     "MultipartGone",
     "S3Storage",
+    "SpoolFile",
     "Tail",
     "TailLocked",
     "check_tail_dir",

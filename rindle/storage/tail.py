@@ -12,6 +12,7 @@ import fcntl
 import io
 import os
 import stat
+import tempfile
 
 from rindle.config import default_tmp_dir
 from rindle.errors import TailMissing
@@ -80,13 +81,71 @@ def try_remove_idle_tail(path: str) -> bool:
         os.close(fd)
 
 
-class Tail:
+class SpoolFile:
+    """An open file of bytes on their way to S3: written in order, read back by
+    position (``slice``) while more arrives."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self.size = os.lseek(fd, 0, os.SEEK_END)
+
+    @classmethod
+    def anonymous(cls, root: str | None = None) -> SpoolFile:
+        """A nameless file beside the tails (same disk, same free-space check): a crash
+        leaves nothing behind to reap, and its space is freed when it is closed."""
+        folder = os.path.dirname(tail_path("x", root))
+        os.makedirs(folder, mode=0o700, exist_ok=True)
+        try:
+            fd = os.open(folder, os.O_TMPFILE | os.O_RDWR, 0o600)
+        except (AttributeError, OSError):  # a file system without O_TMPFILE
+            fd, path = tempfile.mkstemp(dir=folder, suffix=".spool")
+            os.unlink(path)
+        return cls(fd)
+
+    def write(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            written = os.write(self._fd, view)
+            view = view[written:]
+        self.size += len(data)
+
+    def slice(self, start: int, size: int) -> FileSlice:
+        """A seekable read handle on ``size`` bytes from ``start`` (an S3 request body).
+        It reads through this file's descriptor (pread), so it works even after a DELETE
+        unlinked the file."""
+        return FileSlice(self._fd, start, size)
+
+    def copy_to(self, target: SpoolFile) -> None:
+        """Append all of this file's bytes to ``target``."""
+        copied = 0
+        while copied < self.size:
+            chunk = os.pread(self._fd, min(1 << 20, self.size - copied), copied)
+            if not chunk:
+                raise OSError(f"spool file: {self.size} bytes expected, the file is shorter")
+            target.write(chunk)
+            copied += len(chunk)
+
+    def truncate(self, size: int) -> None:
+        """Cut the file back to its first ``size`` bytes (drop bytes never acknowledged)."""
+        os.ftruncate(self._fd, size)
+        os.lseek(self._fd, size, os.SEEK_SET)
+        self.size = size
+
+    def sync(self) -> None:
+        os.fsync(self._fd)
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)  # releases a flock; frees an anonymous file
+            self._fd = -1
+
+
+class Tail(SpoolFile):
     """An open tail file, held under an exclusive flock for one writer on this node."""
 
     def __init__(self, path: str, fd: int) -> None:
+        super().__init__(fd)
         self.path = path
-        self._fd = fd
-        self.size = os.lseek(fd, 0, os.SEEK_END)
 
     @classmethod
     def open(cls, session_id: str, expected: int, root: str | None = None) -> Tail:
@@ -114,25 +173,6 @@ class Tail:
             os.ftruncate(fd, expected)
         return cls(path, fd)
 
-    def write(self, data: bytes) -> None:
-        view = memoryview(data)
-        while view:
-            written = os.write(self._fd, view)
-            view = view[written:]
-        self.size += len(data)
-
-    def slice(self, start: int, size: int) -> FileSlice:
-        """A seekable read handle on ``size`` bytes from ``start`` (an S3 request body).
-        It reads through this tail's descriptor (pread), so it works even after a DELETE
-        unlinked the file."""
-        return FileSlice(self._fd, start, size)
-
-    def truncate(self, size: int) -> None:
-        """Cut the tail back to its first ``size`` bytes (drop bytes never acknowledged)."""
-        os.ftruncate(self._fd, size)
-        os.lseek(self._fd, size, os.SEEK_SET)
-        self.size = size
-
     def drop_front(self, count: int) -> None:
         """Drop the first ``count`` bytes (shipped as parts), keeping the rest in order."""
         keep = self.size - count
@@ -145,17 +185,9 @@ class Tail:
             copied += written
         self.truncate(keep)
 
-    def sync(self) -> None:
-        os.fsync(self._fd)
-
     def remove(self) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path)
-
-    def close(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)  # releases the flock
-            self._fd = -1
 
 
 class FileSlice(io.RawIOBase):

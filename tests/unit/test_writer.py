@@ -24,7 +24,7 @@ from rindle.core import Rindle
 from rindle.errors import BodyEnded, ChecksumMismatch, Fenced, LeaseHeld, TailMissing, TusError
 from rindle.keys import writer_key
 from rindle.lease import ReleaseWatcher
-from rindle.storage import S3Storage, Tail, tail_path
+from rindle.storage import S3Storage, SpoolFile, Tail, tail_path
 from rindle.upload import State, Upload
 from rindle.writer import WriteResult
 
@@ -166,9 +166,12 @@ def make_node(fake_redis: fakeredis.FakeRedis, s3: S3Storage, tmp_path: Path) ->
     otherwise) a tail dir; two node ids on one dir model a misrouted resume."""
     built: list[Node] = []
 
-    def factory(node_id: str = "node-a", tmp_dir: Path = tmp_path) -> Node:
+    def factory(
+        node_id: str = "node-a", tmp_dir: Path = tmp_path, env: dict[str, str] | None = None
+    ) -> Node:
         settings = Settings.from_env(
             {
+                **(env or {}),
                 "REDIS_URL": "redis://127.0.0.1:9/0",  # never connected to
                 "RINDLE_S3_BUCKET": BUCKET,
                 "RINDLE_S3_PREFIX": "uploads/",
@@ -281,6 +284,62 @@ def test_the_write_that_reaches_the_length_ships_the_rest_then_completion_assemb
     head = node.s3.client.head_object(Bucket=BUCKET, Key=upload.key)
     assert head["ContentType"] == "text/plain"
     assert node.upload(upload_id).state is State.COMPLETED
+
+
+def test_parts_go_up_together_but_are_committed_in_order_within_the_disk_bound(
+    make_node: MakeNode, monkeypatch: pytest.MonkeyPatch
+):
+    """Three parts in flight; S3 answers part 1 last. Redis still commits 1, 2, 3, ...
+    (never a part after a hole), and the PATCH never holds more than (3 + 1) parts on
+    disk, tail and spool files together."""
+    node = make_node(env={"RINDLE_PARTS_IN_FLIGHT": "3"})
+    data = random_bytes(6 * PART + 10)
+    upload_id = node.create(len(data))
+    files: list[SpoolFile] = []
+    peak = {"disk": 0, "uploads": 0}
+    running: list[int] = []
+    real_init, real_write = SpoolFile.__init__, SpoolFile.write
+    real_upload, real_commit = node.s3.upload_part, node.store.commit_part
+    committed: list[int] = []
+
+    def init(self: SpoolFile, fd: int) -> None:
+        real_init(self, fd)
+        files.append(self)
+
+    def write(self: SpoolFile, data: bytes) -> None:
+        real_write(self, data)
+        peak["disk"] = max(peak["disk"], sum(f.size for f in files))
+
+    def upload_part(key, s3_upload_id, number, body, size):  # type: ignore[no-untyped-def]
+        running.append(number)
+        peak["uploads"] = max(peak["uploads"], len(running))
+        if number == 1:
+            time.sleep(0.3)  # the first part is the slowest
+        try:
+            return real_upload(key, s3_upload_id, number, body, size)
+        finally:
+            running.remove(number)
+
+    def commit_part(upload_id, token, before, after, part, *args):  # type: ignore[no-untyped-def]
+        committed.append(part[0])
+        return real_commit(upload_id, token, before, after, part, *args)
+
+    monkeypatch.setattr(SpoolFile, "__init__", init)
+    monkeypatch.setattr(SpoolFile, "write", write)
+    monkeypatch.setattr(node.s3, "upload_part", upload_part)
+    monkeypatch.setattr(node.store, "commit_part", commit_part)
+
+    node.write(upload_id, data[: 6 * PART - 1])
+
+    assert committed == [1, 2, 3, 4, 5]
+    assert peak["uploads"] == 3, "parts 2 and 3 went up while part 1 was slow"
+    assert peak["disk"] <= 4 * PART
+    upload = node.upload(upload_id)
+    assert (upload.offset, upload.committed) == (6 * PART - 1, 5 * PART)
+    assert node.tail(upload_id) == data[5 * PART : 6 * PART - 1]
+    node.write(upload_id, data[6 * PART - 1 :])
+    node.complete(upload_id)
+    assert node.object(upload_id) == data
 
 
 def test_an_upload_of_whole_parts_ends_with_a_full_last_part(node: Node):

@@ -578,23 +578,31 @@ WORKER_CLASS = "rindle.worker.RindleWorker"  # rq worker --worker-class
 CRON_FILE = "workers/cron.py"  # rq cron's registrations (the clock process)
 
 
+# The Procfile's defaults for its ${WEB_CONCURRENCY} and ${RINDLE_THREADS}.
+WEB_CONCURRENCY = 2
+RINDLE_THREADS = 8
+
+
 def web_command(
     port: int,
     *,
     host: str = LOOPBACK,
-    workers: int = 2,
-    threads: int = 8,
+    env: Mapping[str, str] | None = None,
     keep_alive: int = 75,
     graceful_timeout: int = 25,
 ) -> list[str]:
     """The gunicorn command line of the web process (run it from the repo root, where
     gunicorn also reads ``gunicorn.conf.py``).
 
-    The defaults are the Procfile's, so that the dev stack, the tests and the benchmarks
-    run the app as a deployment does: threaded workers (a long PATCH holds a thread, not a
-    process), keep-alive above a load balancer's idle timeout, time for running PATCHes
-    to finish on a stop.
+    As in the Procfile, ``WEB_CONCURRENCY`` and ``RINDLE_THREADS`` from ``env`` size it,
+    with the same defaults, so that the dev stack, the tests and the benchmarks run the
+    app as a deployment does: threaded workers (a PATCH holds a thread, not a process),
+    keep-alive above a load balancer's idle timeout, time for running PATCHes to finish
+    on a stop.
     """
+    env = env or {}
+    workers = int(env.get("WEB_CONCURRENCY") or WEB_CONCURRENCY)
+    threads = int(env.get("RINDLE_THREADS") or RINDLE_THREADS)
     return [
         sys.executable,
         "-m",

@@ -156,7 +156,9 @@ class Stack(Service):
         return ManagedProcess(name, argv, env=env, cwd=REPO_ROOT, log_path=self._log(log)).start()
 
     def _start_web(self) -> None:
-        self.web = self._spawn("gunicorn", web_command(self.port), self.env, "gunicorn")
+        self.web = self._spawn(
+            "gunicorn", web_command(self.port, env=self.env), self.env, "gunicorn"
+        )
 
     def _start_worker(self) -> None:
         env = self.worker_env

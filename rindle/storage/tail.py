@@ -93,8 +93,7 @@ class SpoolFile:
     def anonymous(cls, root: str | None = None) -> SpoolFile:
         """A nameless file beside the tails (same disk, same free-space check): a crash
         leaves nothing behind to reap, and its space is freed when it is closed."""
-        folder = os.path.dirname(tail_path("x", root))
-        os.makedirs(folder, mode=0o700, exist_ok=True)
+        folder = os.path.dirname(tail_path("x", root))  # made by check_tail_dir
         try:
             fd = os.open(folder, os.O_TMPFILE | os.O_RDWR, 0o600)
         except (AttributeError, OSError):  # a file system without O_TMPFILE

@@ -108,6 +108,7 @@ class Settings:
     tail_store: str  # "local": tails on this node only; "s3": a shared copy in S3 too
     max_checksum_body: int  # 0: four of the upload's parts
     min_free_disk: int  # new PATCHes are refused below this much free space for tails
+    demo: bool  # RINDLE_DEMO=1: the example app.py serves its upload page at /
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -157,4 +158,5 @@ class Settings:
             min_rate_window=max(1, _int(env, "RINDLE_MIN_RATE_WINDOW", 30)),
             max_checksum_body=_int(env, "RINDLE_MAX_CHECKSUM_BODY", 0),
             min_free_disk=_int(env, "RINDLE_MIN_FREE_DISK", 256 * MIB),
+            demo=_choice(env, "RINDLE_DEMO", ("0", "1")) == "1",
         )

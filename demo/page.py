@@ -10,7 +10,6 @@ from __future__ import annotations
 from flask import Blueprint, Response, current_app, jsonify, render_template, send_from_directory
 
 from demo import assets
-from demo.assets import BUNDLE_DIR, BUNDLE_FILES
 
 blueprint = Blueprint(
     "demo",
@@ -48,10 +47,10 @@ def index() -> Response:
 @blueprint.get("/demo/uppy/<name>")
 def uppy_bundle(name: str) -> Response | tuple[Response, int]:
     """``uppy.min.js`` or ``uppy.min.css`` from the installed package; nothing else."""
-    if name not in BUNDLE_FILES:
+    if name not in assets.BUNDLE_FILES:
         return jsonify(error="not_found", message=f"no such file: {name}"), 404
-    if not (BUNDLE_DIR / name).is_file():
+    if not (assets.BUNDLE_DIR / name).is_file():
         return jsonify(
             error="uppy_not_installed", message="run `python -m demo.assets` (needs npm)"
         ), 404
-    return send_from_directory(BUNDLE_DIR, name, max_age=3600)
+    return send_from_directory(assets.BUNDLE_DIR, name, max_age=3600)

@@ -51,6 +51,6 @@ def uppy_bundle(name: str) -> Response | tuple[Response, int]:
         return jsonify(error="not_found", message=f"no such file: {name}"), 404
     if not (assets.BUNDLE_DIR / name).is_file():
         return jsonify(
-            error="uppy_not_installed", message="run `python -m demo.assets` (needs npm)"
+            error="uppy_not_installed", message="run `python3 -m demo.assets` (needs npm)"
         ), 404
     return send_from_directory(assets.BUNDLE_DIR, name, max_age=3600)

@@ -81,7 +81,7 @@ def test_without_the_bundle_the_page_says_how_to_install_it(
     client = client_with(tmp_path, RINDLE_DEMO="1")
     html = client.get("/").get_data(as_text=True)
     assert "Uppy is not installed" in html
-    assert "python -m demo.assets" in html
+    assert "python3 -m demo.assets" in html
     assert "apt-get install npm" in html
     assert "uppy.min.js" not in html  # no script that would only fail to load
     missing = client.get("/demo/uppy/uppy.min.js")

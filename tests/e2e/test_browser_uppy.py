@@ -3,8 +3,9 @@ driven by Playwright for Python; no browser is downloaded) against the real stac
 
 A user picks a 20 MiB file in Uppy's Dashboard, presses Upload, pauses mid-upload,
 resumes, and gets a link to the finished file; the object in S3 and the download behind
-the link hold exactly the file's bytes. Screenshots (paused, finished, or at a failure)
-go to ``test-artifacts/browser/`` in the repository.
+the link hold exactly the file's bytes. A second test reloads the page mid-upload and picks
+the file again: the upload goes on where it stopped. Screenshots (paused, finished, or at
+a failure) go to ``test-artifacts/browser/`` in the repository.
 
 The pause is made certain, not raced: the page sends 2 MiB PATCHes (``?chunkSize=``), and
 the test holds the browser's fourth PATCH (at offset 6 MiB) in Playwright's network
@@ -88,15 +89,16 @@ def screenshot(page: Any, name: str) -> Path:
 
 
 @contextlib.contextmanager
-def screenshot_on_failure(page: Any) -> Iterator[None]:
-    """What the page showed when the test failed: test-artifacts/browser/uppy-failure.png."""
+def screenshot_on_failure(page: Any, name: str) -> Iterator[None]:
+    """What the page showed when the test failed: test-artifacts/browser/<name> (a stale
+    one from an earlier run is removed first)."""
     with contextlib.suppress(FileNotFoundError):
-        (ARTIFACTS / "uppy-failure.png").unlink()
+        (ARTIFACTS / name).unlink()
     try:
         yield
     except BaseException:
         with contextlib.suppress(Exception):
-            screenshot(page, "uppy-failure.png")
+            screenshot(page, name)
         raise
 
 
@@ -120,92 +122,159 @@ def uppy_file(page: Any) -> dict[str, Any]:
     )
 
 
-@pytest.mark.parametrize("stack", [{"RINDLE_DEMO": "1"}], indirect=True)
-def test_upload_pause_resume_and_download_in_chromium(
-    stack: Stack, page: Any, tmp_path: Path
-) -> None:
-    with screenshot_on_failure(page):
-        upload_pause_resume_download(stack, page, tmp_path)
+class UploadPage:
+    """The page at / in ``page``, seen from the network: the tus requests it makes, its
+    script errors and CSP violations, and one PATCH (at ``HOLD_AT``) held back."""
 
+    def __init__(self, page: Any, stack: Stack) -> None:
+        self.page = page
+        self.stack = stack
+        self.problems: list[str] = []
+        self.requests: list[tuple[str, str, str | None]] = []  # method, URL, Upload-Offset
+        self.held: list[Any] = []
+        page.on("pageerror", lambda exc: self.problems.append(f"page error: {exc}"))
+        page.on("console", self._console)
+        page.on("request", self._request)
+        page.route(re.compile(r".*/files/.*"), self._hold_one_patch)
 
-def upload_pause_resume_download(stack: Stack, page: Any, tmp_path: Path) -> None:
-    from playwright.sync_api import Error as PlaywrightError
+    def _console(self, message: Any) -> None:
+        if "Content Security Policy" in message.text:
+            self.problems.append(message.text)
 
-    source = tmp_path / "browser-upload.bin"
-    data = payload(SIZE, seed=7)
-    source.write_bytes(data)
+    def _request(self, request: Any) -> None:
+        if "/files/" in request.url:
+            self.requests.append(
+                (request.method, request.url, request.headers.get("upload-offset"))
+            )
 
-    problems: list[str] = []  # script errors and CSP violations on the page
-    page.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
-    page.on(
-        "console",
-        lambda msg: problems.append(msg.text) if "Content Security Policy" in msg.text else None,
-    )
-    requests_seen: list[tuple[str, str | None]] = []  # (method, Upload-Offset) to /files/
-    page.on(
-        "request",
-        lambda req: (
-            requests_seen.append((req.method, req.headers.get("upload-offset")))
-            if "/files/" in req.url
-            else None
-        ),
-    )
-    held: list[Any] = []
-
-    def hold_one_patch(route: Any) -> None:
-        req = route.request
-        if req.method == "PATCH" and req.headers.get("upload-offset") == str(HOLD_AT) and not held:
-            held.append(route)  # neither continued nor failed: the browser waits
+    def _hold_one_patch(self, route: Any) -> None:
+        request = route.request
+        if (
+            request.method == "PATCH"
+            and request.headers.get("upload-offset") == str(HOLD_AT)
+            and not self.held
+        ):
+            self.held.append(route)  # neither continued nor failed: the browser waits
             return
         route.continue_()
 
-    page.route(re.compile(r".*/files/.*"), hold_one_patch)
+    def open(self) -> None:
+        self.page.goto(f"{self.stack.url}/?chunkSize={CHUNK}")
 
-    page.goto(f"{stack.url}/?chunkSize={CHUNK}")
-    file_input = page.locator('.uppy-Dashboard-input[type="file"]:not([webkitdirectory])')
-    file_input.set_input_files(source)
-    page.get_by_role("button", name=re.compile(r"^Upload 1 file")).click()
+    def upload(self, source: Path) -> None:
+        """Pick ``source`` in the Dashboard and press its Upload button."""
+        file_input = self.page.locator('.uppy-Dashboard-input[type="file"]:not([webkitdirectory])')
+        file_input.set_input_files(source)
+        self.page.get_by_role("button", name=re.compile(r"^Upload 1 file")).click()
 
-    # Mid-upload: three PATCHes went through, the fourth hangs. Press Pause.
-    wait_for(page, lambda: bool(held), STEP_TIMEOUT_MS / 1000, "for the PATCH at 6 MiB")
-    page.get_by_role("button", name="Pause", exact=True).click()
-    page.wait_for_function("() => rindleUppy.getFiles()[0].isPaused === true")
-    with contextlib.suppress(PlaywrightError):  # the browser has dropped it already
-        held[0].abort()
-    page.get_by_role("button", name="Resume", exact=True).wait_for()
+    def wait_until_held(self) -> str:
+        """Wait for the held PATCH (three went through before it); its upload URL."""
+        wait_for(self.page, lambda: bool(self.held), STEP_TIMEOUT_MS / 1000, "for the 4th PATCH")
+        return self.held[0].request.url
 
-    paused = uppy_file(page)
-    assert paused["progress"]["bytesUploaded"] < SIZE
-    url = paused["uploadUrl"]
-    assert url and url.startswith(stack.files_url), paused
-    head = requests.head(url, headers=TUS, timeout=10)
-    assert head.status_code == 200
-    assert head.headers["Upload-Offset"] == str(HOLD_AT)  # the server has 6 of 20 MiB
-    assert head.headers["Upload-Length"] == str(SIZE)
-    screenshot(page, "uppy-paused.png")
+    def drop_held(self) -> None:
+        from playwright.sync_api import Error as PlaywrightError
 
-    resumed_from = len(requests_seen)
-    page.get_by_role("button", name="Resume", exact=True).click()
-    finished = page.locator('#finished li[data-state="ready"] a')
-    finished.wait_for(timeout=COMPLETION_TIMEOUT * 1000)
-    assert page.locator("#finished li").count() == 1
-    assert finished.inner_text() == source.name
-    screenshot(page, "uppy-finished.png")
+        with contextlib.suppress(PlaywrightError):  # the browser has dropped it already
+            self.held[0].abort()
 
-    # Resumed, not started again: one POST in all, and the PATCHes after the resume go on
-    # from where the server stood.
-    assert [m for m, _ in requests_seen].count("POST") == 1, requests_seen
-    patches_after = [int(o) for m, o in requests_seen[resumed_from:] if m == "PATCH" and o]
-    assert patches_after and patches_after[0] == HOLD_AT, requests_seen
-    assert not problems, problems
+    def server_offset(self, url: str) -> int:
+        head = requests.head(url, headers=TUS, timeout=10)
+        assert head.status_code == 200
+        assert head.headers["Upload-Length"] == str(SIZE)
+        return int(head.headers["Upload-Offset"])
 
-    # The link is the upload URL; following it (a redirect to S3) gives the file back.
-    assert finished.get_attribute("href") == url
+    def wait_finished(self, name: str) -> Any:
+        """The finished file's link, once the page says the object is ready."""
+        finished = self.page.locator('#finished li[data-state="ready"] a')
+        finished.wait_for(timeout=COMPLETION_TIMEOUT * 1000)
+        assert self.page.locator("#finished li").count() == 1
+        assert finished.inner_text() == name
+        return finished
+
+    def assert_resumed(self, since: int, url: str) -> None:
+        """One upload made in all (one POST), and the first PATCH after request number
+        ``since`` went on from where the server stood (6 MiB), to the same URL."""
+        assert [r[0] for r in self.requests].count("POST") == 1, self.requests
+        patches = [(u, int(o)) for m, u, o in self.requests[since:] if m == "PATCH" and o]
+        assert patches and patches[0] == (url, HOLD_AT), self.requests
+
+
+def assert_downloaded_and_stored(stack: Stack, url: str, source: Path, data: bytes) -> None:
+    """The link (the upload URL; a redirect to S3) gives the file back, and the object in
+    S3 is the file, byte for byte."""
     download = requests.get(url, timeout=60)
     assert download.status_code == 200
     assert download.content == data
-
     uploads = Uploads(stack)
     uploads.assert_stored(url, source)  # completed, parts as configured, nothing left open
     key = uploads.key(upload_id_of(url))
     assert stack.s3.get_object(Bucket=stack.bucket, Key=key)["Body"].read() == data
+
+
+@pytest.fixture
+def source(tmp_path: Path) -> tuple[Path, bytes]:
+    path = tmp_path / "browser-upload.bin"
+    data = payload(SIZE, seed=7)
+    path.write_bytes(data)
+    return path, data
+
+
+@pytest.mark.parametrize("stack", [{"RINDLE_DEMO": "1"}], indirect=True)
+def test_upload_pause_resume_and_download_in_chromium(
+    stack: Stack, page: Any, source: tuple[Path, bytes]
+) -> None:
+    path, data = source
+    ui = UploadPage(page, stack)
+    with screenshot_on_failure(page, "uppy-failure.png"):
+        ui.open()
+        ui.upload(path)
+
+        # Mid-upload: three PATCHes went through, the fourth hangs. Press Pause.
+        url = ui.wait_until_held()
+        page.get_by_role("button", name="Pause", exact=True).click()
+        page.wait_for_function("() => rindleUppy.getFiles()[0].isPaused === true")
+        ui.drop_held()
+        resume = page.get_by_role("button", name="Resume", exact=True)
+        resume.wait_for()
+        paused = uppy_file(page)
+        assert paused["uploadUrl"] == url and url.startswith(stack.files_url), paused
+        assert paused["progress"]["bytesUploaded"] < SIZE
+        assert ui.server_offset(url) == HOLD_AT  # the server has 6 of the 20 MiB
+        screenshot(page, "uppy-paused.png")
+
+        since = len(ui.requests)
+        resume.click()
+        link = ui.wait_finished(path.name)
+        screenshot(page, "uppy-finished.png")
+
+        ui.assert_resumed(since, url)
+        assert not ui.problems, ui.problems
+        assert link.get_attribute("href") == url
+        assert_downloaded_and_stored(stack, url, path, data)
+
+
+@pytest.mark.parametrize("stack", [{"RINDLE_DEMO": "1"}], indirect=True)
+def test_a_reloaded_page_resumes_the_same_file(
+    stack: Stack, page: Any, source: tuple[Path, bytes]
+) -> None:
+    """What the page promises: close it mid-upload, pick the same file again, and the
+    upload goes on where it stopped (tus-js-client keeps the upload URL in localStorage)."""
+    path, data = source
+    ui = UploadPage(page, stack)
+    with screenshot_on_failure(page, "uppy-reload-failure.png"):
+        ui.open()
+        ui.upload(path)
+        url = ui.wait_until_held()
+
+        page.reload()  # the held PATCH dies with the old page
+        ui.drop_held()
+        assert ui.server_offset(url) == HOLD_AT
+        since = len(ui.requests)
+        ui.upload(path)
+        link = ui.wait_finished(path.name)
+
+        ui.assert_resumed(since, url)
+        assert not ui.problems, ui.problems
+        assert link.get_attribute("href") == url
+        assert_downloaded_and_stored(stack, url, path, data)

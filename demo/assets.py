@@ -54,6 +54,8 @@ def installed() -> bool:
 def install(npm: str | None = None) -> bool:
     """``npm ci`` in demo/ unless already installed; True if it ran. Under a file lock, so
     that two runs (a test and ``scripts/run``) never install over each other."""
+    if installed():
+        return False
     npm = npm or shutil.which("npm")
     if npm is None:
         raise InstallFailed("npm is not installed (Debian/Ubuntu: apt-get install npm)")

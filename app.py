@@ -1,4 +1,5 @@
-"""The deployable app: rindle mounted at /files/, plus /healthz."""
+"""The deployable app: rindle mounted at /files/, plus /healthz, and with RINDLE_DEMO=1
+(the dev stack) an upload page at / (``demo/``)."""
 
 from __future__ import annotations
 
@@ -32,6 +33,10 @@ def create_app(settings: rindle.Settings | None = None, hooks: rindle.Hooks | No
             "rindle.init_app an authorize hook (see the README's Hooks)"
         )
     uploads = rindle.init_app(app, settings, hooks=hooks)
+    if settings.demo:
+        from demo.page import blueprint as demo_page  # Uppy's Dashboard: see demo/
+
+        app.register_blueprint(demo_page)
 
     @app.get("/healthz")
     def healthz() -> tuple[Response, int]:

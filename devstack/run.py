@@ -26,6 +26,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from demo import assets as demo_assets
 from devstack.services import (
     LOOPBACK,
     REPO_ROOT,
@@ -133,12 +134,18 @@ def start_s3(data_dir: Path, cleanup: list[Callable[[], Any]]) -> dict[str, str]
 
 def banner(port: int, env: dict[str, str]) -> str:
     files = f"http://{LOOPBACK}:{port}/files/"
+    page = f"http://{LOOPBACK}:{port}/"
+    if env.get("RINDLE_DEMO") != "1":
+        page = "off (RINDLE_DEMO=0)"
+    elif not demo_assets.present():
+        page += "  (Uppy is not installed: the page says how)"
     endpoint = env.get("AWS_ENDPOINT_URL_S3", "")
     s3_ls = f"--endpoint-url {endpoint} " if endpoint else ""
     bucket, prefix = env.get("RINDLE_S3_BUCKET", "rindle"), env.get("RINDLE_S3_PREFIX", "uploads/")
     return f"""
 rindle is up.
 
+  Upload page (Uppy):      {page}
   Upload URL (tus 1.0.0):  {files}
 
   With tuspy (pip install tuspy):
@@ -188,6 +195,7 @@ def run(port: int, data_dir: Path) -> int:
         env.update(start_s3(data_dir, cleanup))
         env.setdefault("RINDLE_TMP_DIR", str(data_dir / "tmp"))
         env.setdefault("RINDLE_PUBLIC", "1")  # the example app has no authorize hook
+        env.setdefault("RINDLE_DEMO", "1")  # the upload page at / (demo/)
         env["PYTHONUNBUFFERED"] = "1"
         say(f"tails in {env['RINDLE_TMP_DIR']}")
 

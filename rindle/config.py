@@ -109,6 +109,7 @@ class Settings:
     max_checksum_body: int  # 0: four of the upload's parts
     min_free_disk: int  # new PATCHes are refused below this much free space for tails
     parts_in_flight: int  # part uploads one PATCH runs at once while its body arrives
+    demo: bool  # RINDLE_DEMO=1: the example app.py serves its upload page at /
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -159,4 +160,5 @@ class Settings:
             max_checksum_body=_int(env, "RINDLE_MAX_CHECKSUM_BODY", 0),
             min_free_disk=_int(env, "RINDLE_MIN_FREE_DISK", 256 * MIB),
             parts_in_flight=max(1, _int(env, "RINDLE_PARTS_IN_FLIGHT", 4)),
+            demo=_choice(env, "RINDLE_DEMO", ("0", "1")) == "1",
         )

@@ -28,7 +28,7 @@ import os
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 import redis
@@ -47,6 +47,14 @@ def _service_missing(exc: ServiceUnavailable) -> None:
     if REQUIRE_SERVICES:
         pytest.fail(f"{exc} (RINDLE_REQUIRE_SERVICES=1: a missing service fails)", pytrace=False)
     pytest.skip(f"service unavailable: {exc}")
+
+
+def tool_missing(why: str) -> NoReturn:
+    """Skip the test for a program that is not installed (node, npm, chromium...), or fail
+    it when RINDLE_REQUIRE_SERVICES=1 (CI must run every test)."""
+    if REQUIRE_SERVICES:
+        pytest.fail(f"{why} (RINDLE_REQUIRE_SERVICES=1: a missing tool fails)", pytrace=False)
+    pytest.skip(why)
 
 
 # --------------------------------------------------------------------------- markers

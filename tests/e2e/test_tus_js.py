@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import PART_SIZE, REQUIRE_SERVICES, Stack
+from tests.conftest import PART_SIZE, Stack, tool_missing
 from tests.e2e.conftest import MIB, Uploads, payload
 
 pytestmark = pytest.mark.e2e
@@ -31,12 +31,6 @@ MIN_NODE_MAJOR = 18  # what tus-js-client 4 supports; developed on Node 20
 SIZE = 64 * MIB
 NODE_TIMEOUT = 300  # seconds for one run of upload.mjs (64 MiB takes ~2 s)
 NPM_TIMEOUT = 600
-
-
-def _unavailable(why: str) -> None:
-    if REQUIRE_SERVICES:
-        pytest.fail(f"{why} (RINDLE_REQUIRE_SERVICES=1: a missing tool fails)", pytrace=False)
-    pytest.skip(why)
 
 
 def _install_stamp() -> str:
@@ -78,12 +72,12 @@ def node_program() -> str:
     RINDLE_REQUIRE_SERVICES=1, when Node.js is missing or too old)."""
     node, npm = shutil.which("node"), shutil.which("npm")
     if node is None or npm is None:
-        _unavailable("node and npm are needed for the tus-js-client tests (Node.js >= 18)")
+        tool_missing("node and npm are needed for the tus-js-client tests (Node.js >= 18)")
     assert node is not None and npm is not None
     version = subprocess.run([node, "--version"], capture_output=True, text=True, timeout=30)
     match = re.match(r"v(\d+)\.", version.stdout.strip())
     if not match or int(match.group(1)) < MIN_NODE_MAJOR:
-        _unavailable(f"Node.js >= {MIN_NODE_MAJOR} is needed, found {version.stdout.strip()!r}")
+        tool_missing(f"Node.js >= {MIN_NODE_MAJOR} is needed, found {version.stdout.strip()!r}")
     ensure_node_modules(npm, int(match.group(1)))
     return node
 

@@ -248,7 +248,12 @@ def receive(
         raise TusError(
             "inconsistent_length", "the content went beyond the upload's length: it ended", kept
         )
-    if transfer.complete and not result.ended_early and upload.state in WRITABLE:
+    # Whole: a body of known length that ended short was cut (gunicorn ends such a read
+    # quietly), and only a whole body completes the upload.
+    whole = not result.ended_early and (
+        transfer.body_length is None or upload.offset - before.offset == transfer.body_length
+    )
+    if transfer.complete and whole and upload.state in WRITABLE:
         if upload.length is not None:
             raise TusError(
                 "inconsistent_length", "the content ended before the upload's length", kept

@@ -122,10 +122,12 @@ for _s3_error in S3_ERRORS:
 def method_not_allowed(err: MethodNotAllowed) -> Response:
     """405 as JSON with Allow, like every other tus error. Routing errors never reach a
     blueprint's handlers: ``init_app`` registers this on the app, for rindle's paths."""
+    allowed = list(err.valid_methods or ())
+    if "PUT" in allowed and not draft.is_draft(request.headers):
+        # The collection's PUT and PATCH create uploads in the IETF draft's dialect only.
+        allowed = [method for method in allowed if method not in ("PUT", "PATCH")]
     refusal = TusError(
-        "method_not_allowed",
-        f"{request.method} is not served here",
-        {"Allow": ", ".join(err.valid_methods or ())},
+        "method_not_allowed", f"{request.method} is not served here", {"Allow": ", ".join(allowed)}
     )
     return error_response(refusal.status, refusal.code, refusal.message, refusal.headers)
 

@@ -19,6 +19,8 @@ STATUS: dict[str, int] = {
     "unsupported_checksum_algorithm": 400,
     "invalid_concat": 400,
     "partial_not_finished": 400,
+    "inconsistent_length": 400,  # the IETF draft's dialect (rindle.draft)
+    "completed_upload": 400,  # the IETF draft's dialect (rindle.draft)
     "final_upload": 403,
     "not_found": 404,
     "download_disabled": 405,

@@ -16,6 +16,7 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import replace
+from types import ModuleType
 
 import redis
 from botocore.exceptions import ClientError
@@ -23,7 +24,7 @@ from flask import Blueprint, Response, jsonify, redirect, request, stream_with_c
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 from werkzeug.http import http_date
 
-from rindle import hooks, protocol
+from rindle import draft, hooks, protocol
 from rindle.errors import BodyEnded, Fenced, RindleError, TailMissing, TusError
 from rindle.hooks import Refuse
 from rindle.lease import RELEASE_IF_IDLE, RELEASE_NOW
@@ -54,6 +55,8 @@ def tus_headers(response: Response) -> Response:
 
 
 def error_response(status: int, code: str, message: str, headers: dict[str, str]) -> Response:
+    if draft.is_draft(request.headers):  # the IETF draft's dialect: a problem document
+        return draft_dialect().problem_response(status, code, message, headers)
     response = jsonify(error=code, message=message)
     response.status_code = status
     response.headers.update(headers)
@@ -119,10 +122,12 @@ for _s3_error in S3_ERRORS:
 def method_not_allowed(err: MethodNotAllowed) -> Response:
     """405 as JSON with Allow, like every other tus error. Routing errors never reach a
     blueprint's handlers: ``init_app`` registers this on the app, for rindle's paths."""
+    allowed = list(err.valid_methods or ())
+    if "PUT" in allowed and not draft.is_draft(request.headers):
+        # The collection's PUT and PATCH create uploads in the IETF draft's dialect only.
+        allowed = [method for method in allowed if method not in ("PUT", "PATCH")]
     refusal = TusError(
-        "method_not_allowed",
-        f"{request.method} is not served here",
-        {"Allow": ", ".join(err.valid_methods or ())},
+        "method_not_allowed", f"{request.method} is not served here", {"Allow": ", ".join(allowed)}
     )
     return error_response(refusal.status, refusal.code, refusal.message, refusal.headers)
 
@@ -171,8 +176,8 @@ def patched(upload: Upload) -> Response:
 
 @blueprint.before_request
 def _check_version() -> None:
-    if request.method not in ("OPTIONS", "GET"):  # GET is a plain download, not tus
-        protocol.check_version(request.headers.get("Tus-Resumable"))
+    if request.method not in ("OPTIONS", "GET") and not draft.is_draft(request.headers):
+        protocol.check_version(request.headers.get("Tus-Resumable"))  # GET: a plain download
 
 
 @blueprint.before_request
@@ -181,6 +186,22 @@ def _refuse_while_stopping() -> None:
     upload: the client retries, on another node or on this one once it has restarted."""
     if request.method in ("POST", "PATCH") and current_rindle().stopping:
         raise TusError("shutting_down", "this server is shutting down; retry", {"Retry-After": "5"})
+
+
+@blueprint.before_request
+def _speak_the_draft() -> Response | None:
+    """A request with Upload-Draft-Interop-Version is answered in the IETF draft's dialect
+    (``rindle.web.draft``), on the same uploads; tus requests go on to the views below."""
+    if not draft.is_draft(request.headers):
+        return None
+    return draft_dialect().dispatch(request.view_args or {})
+
+
+def draft_dialect() -> ModuleType:
+    """``rindle.web.draft``, imported when first needed: it builds on this module."""
+    from rindle.web import draft as dialect
+
+    return dialect
 
 
 def load(upload_id: str) -> Upload:
@@ -270,6 +291,45 @@ def create() -> Response:
     if with_body and length is not None and (request.content_length or 0) > length:
         raise TusError("exceeds_upload_length", "the body goes beyond Upload-Length")
 
+    upload = new_upload(length, metadata, part_size, concat, partials)
+    upload_id = upload.id
+    if partials:
+        rindle.jobs.complete(upload_id)  # assembles the final object from the partials
+    response = Response(status=201)
+    response.headers["Location"] = url_for(".upload", upload_id=upload_id, _external=True)
+    if with_body and length != 0:
+        # creation-with-upload. The upload exists now: whatever happens to the body, the
+        # client gets its Location and the offset that was kept, and resumes from there.
+        overflow = False
+        try:
+            result = write_body(upload, protocol.Append(0, checksum, None))
+            upload, overflow = result.upload, result.overflow
+            close_if_unread(response, result)
+        except RindleError as err:
+            log.warning("upload %s: first bytes with the POST not kept: %s", upload_id, err)
+            upload = load(upload_id)
+        response.headers["Upload-Offset"] = str(upload.offset)
+        if overflow:  # a chunked body longer than Upload-Length: what fits was kept
+            raise TusError(
+                "exceeds_upload_length",
+                "bytes beyond Upload-Length were refused; the rest was kept",
+                {"Location": response.headers["Location"], "Upload-Offset": str(upload.offset)},
+            )
+    return with_expiry(tus_headers(response), upload)
+
+
+def new_upload(
+    length: int | None,
+    metadata: dict[str, bytes | None],
+    part_size: int,
+    concat: str = "",
+    partials: list[Upload] | None = None,
+) -> Upload:
+    """Record a new upload: its id, the object key (the app's ``pre_create`` hook, kept
+    under the prefix), the empty object of a zero-length upload; ``upload_created``."""
+    rindle = current_rindle()
+    settings = rindle.settings
+    partials = partials or []
     upload_id = secrets.token_urlsafe(24)  # 192 random bits, URL-safe
     key = settings.s3_prefix + upload_id
     if rindle.hooks.pre_create is not None:
@@ -301,29 +361,14 @@ def create() -> Response:
         object_etag=object_etag,
     )
     rindle.notify(hooks.upload_created, upload)
-    if partials:
-        rindle.jobs.complete(upload_id)  # assembles the final object from the partials
-    response = Response(status=201)
-    response.headers["Location"] = url_for(".upload", upload_id=upload_id, _external=True)
-    if with_body and length != 0:
-        # creation-with-upload. The upload exists now: whatever happens to the body, the
-        # client gets its Location and the offset that was kept, and resumes from there.
-        overflow = False
-        try:
-            result = write_body(upload, protocol.Append(0, checksum, None))
-            upload, overflow = result.upload, result.overflow
-            close_if_unread(response, result)
-        except RindleError as err:
-            log.warning("upload %s: first bytes with the POST not kept: %s", upload_id, err)
-            upload = load(upload_id)
-        response.headers["Upload-Offset"] = str(upload.offset)
-        if overflow:  # a chunked body longer than Upload-Length: what fits was kept
-            raise TusError(
-                "exceeds_upload_length",
-                "bytes beyond Upload-Length were refused; the rest was kept",
-                {"Location": response.headers["Location"], "Upload-Offset": str(upload.offset)},
-            )
-    return with_expiry(tus_headers(response), upload)
+    return upload
+
+
+@blueprint.route("/", methods=["PUT", "PATCH"])
+def create_otherwise() -> Response:
+    """The IETF draft creates uploads by PUT and PATCH too (``_speak_the_draft`` answers
+    those); tus 1.0.0 does not."""
+    raise MethodNotAllowed(valid_methods=["OPTIONS", "POST"])
 
 
 def final_partials(urls: list[str]) -> list[Upload]:
@@ -411,9 +456,15 @@ def terminate(upload_id: str) -> Response:
     """Termination: a tombstone (410 from now on), a running writer stops at its next
     lease renewal, this node's idle tail goes, and an RQ job aborts the multipart upload
     and deletes the shared tails."""
-    rindle = current_rindle()
     upload = load(upload_id)
     authorize("delete", upload)
+    end_upload(upload)
+    return tus_headers(Response(status=204))
+
+
+def end_upload(upload: Upload) -> None:
+    """Terminate ``upload`` (410 ``gone`` if it has ended already)."""
+    rindle, upload_id = current_rindle(), upload.id
     if not rindle.uploads.set_state(
         upload_id, State.TERMINATED, (*WRITABLE, State.ASSEMBLING, State.COMPLETED)
     ):
@@ -426,7 +477,6 @@ def terminate(upload_id: str) -> Response:
         rindle.jobs.clean_up(upload_id)
     except redis.RedisError:  # terminated already; the orphan sweep aborts it later
         log.exception("upload %s: could not enqueue its clean-up", upload_id)
-    return tus_headers(Response(status=204))
 
 
 @blueprint.route("/<upload_id>", methods=["GET"])

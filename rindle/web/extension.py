@@ -7,7 +7,7 @@ from flask.typing import ResponseReturnValue
 from flask_cors import CORS
 from werkzeug.exceptions import MethodNotAllowed
 
-from rindle import jobs, protocol
+from rindle import draft, jobs, protocol
 from rindle.config import Settings
 from rindle.core import Rindle
 from rindle.hooks import Hooks
@@ -41,17 +41,21 @@ def init_app(
     app.wsgi_app = MethodOverride(app.wsgi_app, url_prefix)  # type: ignore[method-assign]
     if settings.cors_origins:
         # flask-cors: preflights, Vary: Origin and credentials done right; we only say
-        # which tus headers a browser may send and read.
+        # which tus and IETF draft headers a browser may send and read.
         CORS(
             app,
             resources={rf"{url_prefix}(/.*)?": {}},
             origins=list(settings.cors_origins),
-            methods=list(protocol.METHODS),
-            allow_headers=list(protocol.REQUEST_HEADERS),
-            expose_headers=list(protocol.RESPONSE_HEADERS),
+            methods=[*protocol.METHODS, "PUT"],  # PUT: the draft's creation
+            allow_headers=unique(protocol.REQUEST_HEADERS + draft.REQUEST_HEADERS),
+            expose_headers=unique(protocol.RESPONSE_HEADERS + draft.RESPONSE_HEADERS),
             max_age=86400,
         )
     return rindle
+
+
+def unique(names: tuple[str, ...]) -> list[str]:
+    return list(dict.fromkeys(names))
 
 
 def answer_405_in_json(app: Flask, url_prefix: str) -> None:

@@ -29,7 +29,7 @@ from rindle.config import Settings
 from rindle.errors import BodyEnded, ChecksumMismatch, TailMissing, TusError
 from rindle.jobqueue import JobQueue
 from rindle.lease import ActiveWrite, Lease, ReleaseWatcher, new_token
-from rindle.storage import MultipartGone, S3Storage, SpoolFile, Tail, TailLocked
+from rindle.storage import S3_ERRORS, MultipartGone, S3Storage, SpoolFile, Tail, TailLocked
 from rindle.storage.shared_tail import Generation, SharedTailMissing, SharedTails
 from rindle.store import UploadStore
 from rindle.upload import WRITABLE, State, Upload
@@ -118,8 +118,9 @@ class Writer:
             assert after is not None
             if after.offset != upload.offset:
                 self.notify(hooks.upload_progress, after)
-                if after.state == State.ASSEMBLING:
-                    self.notify(hooks.upload_received, after)
+            if after.state == State.ASSEMBLING and upload.state != State.ASSEMBLING:
+                # (also when a deferred length was declared at the offset already reached)
+                self.notify(hooks.upload_received, after)
             return WriteResult(after, overflow, patch.ended_early)
         finally:
             self.lease.release(upload_id, token)
@@ -436,8 +437,14 @@ class _Patch:
             self.s3_upload_id = self.writer.s3.create_multipart(
                 self.upload.key, self.object_headers
             )
-            # Saved at once, so that an abort can always find it.
-            self.writer.store.save_s3_upload_id(self.upload.id, self.token, self.s3_upload_id)
+            # Saved at once, so that an abort can always find it. Refused (the upload
+            # was deleted, or the lease lost meanwhile): nobody else will know of it.
+            try:
+                self.writer.store.save_s3_upload_id(self.upload.id, self.token, self.s3_upload_id)
+            except BaseException:
+                with contextlib.suppress(*S3_ERRORS):
+                    self.writer.s3.abort_multipart(self.upload.key, self.s3_upload_id)
+                raise
 
     def _ship_part(
         self,

@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from flask import Response, request, url_for
 from werkzeug.http import parse_options_header
 
-from rindle import draft, hooks, protocol
+from rindle import draft, protocol
 from rindle.errors import Fenced, LeaseHeld, RindleError, TusError
 from rindle.lease import RELEASE_NOW
 from rindle.upload import WRITABLE, State, Upload
@@ -259,8 +259,6 @@ def receive(
                 "inconsistent_length", "the content ended before the upload's length", kept
             )
         upload = finish(upload)
-    elif upload.state == State.ASSEMBLING and before.offset == upload.offset:
-        notify_received(upload)
     return upload, result
 
 
@@ -275,11 +273,4 @@ def finish(upload: Upload) -> Upload:
     except Fenced:
         load(upload.id)  # 410 when a DELETE or the expiry sweep ended it meanwhile
         raise
-    notify_received(result.upload)
     return result.upload
-
-
-def notify_received(upload: Upload) -> None:
-    """``upload_received``, which the writer sends only when its request moved the offset."""
-    if upload.state == State.ASSEMBLING:
-        current_rindle().notify(hooks.upload_received, upload)

@@ -388,6 +388,44 @@ def test_a_deferred_length_declared_with_the_last_bytes_finishes_the_upload(node
     assert node.object(upload_id) == data
 
 
+def test_a_deferred_length_declared_at_the_offset_reached_finishes_the_upload(node: Node):
+    """An empty PATCH that declares the length at the offset already reached: no bytes
+    move, but the upload is received, and its receivers hear of it."""
+    data = random_bytes(PART + 10)
+    upload_id = node.create(None)
+    node.write(upload_id, data)
+    received: list[str] = []
+
+    def on_received(sender: object, upload: Upload) -> None:
+        received.append(upload.id)
+
+    with hooks.upload_received.connected_to(on_received):
+        node.write(upload_id, b"", length=len(data))
+
+    upload = node.upload(upload_id)
+    assert (upload.state, upload.length, upload.offset) == (State.ASSEMBLING, len(data), len(data))
+    assert received == [upload_id]
+    assert node.jobs.completions == [upload_id]
+    node.complete(upload_id)
+    assert node.object(upload_id) == data
+
+
+def test_a_multipart_upload_whose_id_cannot_be_saved_is_aborted(
+    node: Node, monkeypatch: pytest.MonkeyPatch
+):
+    """A DELETE between CreateMultipartUpload and saving its id: the save is refused,
+    and nobody else could ever find that multipart upload, so the writer aborts it."""
+    upload_id = node.create(3 * PART)
+
+    def refused(*args: object) -> None:
+        raise Fenced("the upload was deleted")
+
+    monkeypatch.setattr(node.store, "save_s3_upload_id", refused)
+    with pytest.raises(Fenced):
+        node.write(upload_id, random_bytes(2 * PART))
+    assert node.s3.client.list_multipart_uploads(Bucket=BUCKET).get("Uploads", []) == []
+
+
 # -- an early end ---------------------------------------------------------------------
 
 

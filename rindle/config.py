@@ -75,6 +75,11 @@ def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str:
     return value
 
 
+# gunicorn threads per web process (the Procfile's default for $RINDLE_THREADS): a PATCH
+# from a slow client holds one for its whole length, so they must outnumber them.
+DEFAULT_THREADS = 256
+
+
 @dataclass(frozen=True)
 class Settings:
     redis_url: str
@@ -109,6 +114,8 @@ class Settings:
     max_checksum_body: int  # 0: four of the upload's parts
     min_free_disk: int  # new PATCHes are refused below this much free space for tails
     parts_in_flight: int  # part uploads one PATCH runs at once while its body arrives
+    threads: int  # RINDLE_THREADS: requests one web process serves at once (gunicorn's)
+    redis_connections: int  # most Redis connections one process opens (others wait)
     demo: bool  # RINDLE_DEMO=1: the example app.py serves its upload page at /
 
     @classmethod
@@ -160,5 +167,7 @@ class Settings:
             max_checksum_body=_int(env, "RINDLE_MAX_CHECKSUM_BODY", 0),
             min_free_disk=_int(env, "RINDLE_MIN_FREE_DISK", 256 * MIB),
             parts_in_flight=max(1, _int(env, "RINDLE_PARTS_IN_FLIGHT", 4)),
+            threads=max(1, _int(env, "RINDLE_THREADS", DEFAULT_THREADS)),
+            redis_connections=max(4, _int(env, "RINDLE_REDIS_CONNECTIONS", 64)),
             demo=_choice(env, "RINDLE_DEMO", ("0", "1")) == "1",
         )

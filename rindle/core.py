@@ -26,15 +26,13 @@ from rindle.storage import S3Storage, check_tail_dir, make_s3_client
 from rindle.storage.shared_tail import SharedTails
 from rindle.store import UploadStore
 from rindle.upload import Upload
-from rindle.writer import Writer
+from rindle.writer import PART_UPLOAD_THREADS, Writer
 
 log = logging.getLogger("rindle")
 
 
 class Rindle:
-    def __init__(
-        self, settings: Settings, hooks: Hooks | None = None, sender: Any = None, s3_pool: int = 32
-    ) -> None:
+    def __init__(self, settings: Settings, hooks: Hooks | None = None, sender: Any = None) -> None:
         """``sender``: what signals are sent from (the app, for its receivers). The tail
         directory is made, or checked to be private, now: at start-up, not mid-upload."""
         try:
@@ -44,7 +42,6 @@ class Rindle:
         self.settings = settings
         self.hooks = hooks or Hooks()
         self.sender = sender
-        self.s3_pool = s3_pool
 
     def notify(self, signal: NamedSignal, upload: Upload) -> None:
         """Send a signal to the app's receivers; their failures never fail an upload."""
@@ -67,18 +64,26 @@ class Rindle:
 
     @cached_property
     def redis(self) -> redis.Redis:
-        return redis.Redis.from_url(
+        # Hundreds of request and lease threads share it: past RINDLE_REDIS_CONNECTIONS
+        # they wait for a free connection (up to 10 s) instead of failing at once.
+        pool = redis.BlockingConnectionPool.from_url(
             self.settings.redis_url,
+            max_connections=self.settings.redis_connections,
+            timeout=10,
             decode_responses=True,
             socket_timeout=10,
             socket_connect_timeout=5,
             health_check_interval=30,
         )
+        return redis.Redis(connection_pool=pool)
 
     @cached_property
     def jobs(self) -> JobQueue:
         # rq stores pickled payloads: it needs a client that does not decode.
-        connection = redis.Redis.from_url(self.settings.redis_url)
+        pool = redis.BlockingConnectionPool.from_url(
+            self.settings.redis_url, max_connections=8, timeout=10
+        )
+        connection = redis.Redis(connection_pool=pool)
         return JobQueue(Queue(self.settings.queue, connection=connection))
 
     @cached_property
@@ -91,7 +96,9 @@ class Rindle:
 
     @cached_property
     def s3(self) -> S3Storage:
-        client = make_s3_client(self.s3_pool, path_style=bool(self.settings.s3_endpoint))
+        # One connection for each request thread and each part upload thread at most.
+        pool = self.settings.threads + PART_UPLOAD_THREADS
+        client = make_s3_client(pool, path_style=bool(self.settings.s3_endpoint))
         return S3Storage(client, self.settings.s3_bucket)
 
     @cached_property

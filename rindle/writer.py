@@ -38,6 +38,8 @@ log = logging.getLogger("rindle")
 
 # How often a running writer renews its lease (and sees a release request or a DELETE).
 CHECK_IN_SECONDS = 1.0
+# Part uploads one process runs at once, for all its PATCHes (RINDLE_PARTS_IN_FLIGHT each).
+PART_UPLOAD_THREADS = 64
 Reader = Callable[[int], bytes]  # read(n): up to n bytes, b"" at the end; BodyEnded
 
 
@@ -73,8 +75,9 @@ class Writer:
         self.notify = notify
         self.on_tail_opened = on_tail_opened  # starts this node's tail reaper
         self.shared = shared
-        # Part uploads that overlap with receiving the next part: one per PATCH at most.
-        self.part_uploads = ThreadPoolExecutor(max_workers=64, thread_name_prefix="rindle-part")
+        self.part_uploads = ThreadPoolExecutor(
+            max_workers=PART_UPLOAD_THREADS, thread_name_prefix="rindle-part"
+        )
 
     def write(
         self,

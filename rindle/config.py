@@ -108,6 +108,11 @@ class Settings:
     tail_store: str  # "local": tails on this node only; "s3": a shared copy in S3 too
     max_checksum_body: int  # 0: four of the upload's parts
     min_free_disk: int  # new PATCHes are refused below this much free space for tails
+    metrics: bool  # RINDLE_METRICS=1: Prometheus metrics at /metrics
+    metrics_dir: str  # PROMETHEUS_MULTIPROC_DIR: prometheus_client's multiprocess mode
+    log_format: str  # "text" or "json" (one JSON object per line)
+    dashboard_user: str  # rq-dashboard at /rq behind HTTP basic auth ...
+    dashboard_password: str  # ... when a password is set ("": not mounted)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -157,4 +162,9 @@ class Settings:
             min_rate_window=max(1, _int(env, "RINDLE_MIN_RATE_WINDOW", 30)),
             max_checksum_body=_int(env, "RINDLE_MAX_CHECKSUM_BODY", 0),
             min_free_disk=_int(env, "RINDLE_MIN_FREE_DISK", 256 * MIB),
+            metrics=_choice(env, "RINDLE_METRICS", ("0", "1")) == "1",
+            metrics_dir=env.get("PROMETHEUS_MULTIPROC_DIR", ""),
+            log_format=_choice(env, "RINDLE_LOG_FORMAT", ("text", "json")),
+            dashboard_user=env.get("RINDLE_DASHBOARD_USER") or "rindle",
+            dashboard_password=env.get("RINDLE_DASHBOARD_PASSWORD", ""),
         )

@@ -15,6 +15,7 @@ import redis
 from blinker import NamedSignal
 from rq import Queue
 
+from rindle import metrics
 from rindle.assembly import Assembly
 from rindle.config import Settings
 from rindle.errors import ConfigError
@@ -92,6 +93,7 @@ class Rindle:
     @cached_property
     def s3(self) -> S3Storage:
         client = make_s3_client(self.s3_pool, path_style=bool(self.settings.s3_endpoint))
+        metrics.instrument_s3(client)  # part durations, failed calls
         return S3Storage(client, self.settings.s3_bucket)
 
     @cached_property

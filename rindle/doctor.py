@@ -247,12 +247,12 @@ def check_tmp_dir(rindle: Rindle) -> Iterator[Check]:
     free = shutil.disk_usage(tails).free
     # Each running PATCH holds up to two parts there.
     wanted = settings.min_free_disk + 2 * settings.part_size
-    detail = f"{tails}: writable, {free / MIB:.0f} MiB free"
+    detail = f"{tails}: writable, {size(free)} free"
     if free < settings.min_free_disk:
         yield Check(
             "tmp dir",
             FAIL,
-            detail + f", below RINDLE_MIN_FREE_DISK ({settings.min_free_disk / MIB:.0f} MiB): "
+            detail + f", below RINDLE_MIN_FREE_DISK ({size(settings.min_free_disk)}): "
             "PATCHes are refused with 507",
             "free some space, or point RINDLE_TMP_DIR at a larger disk",
         )
@@ -261,7 +261,7 @@ def check_tmp_dir(rindle: Rindle) -> Iterator[Check]:
             "tmp dir",
             WARN,
             detail + f": room for few PATCHes (each holds up to 2 parts of "
-            f"{settings.part_size / MIB:.0f} MiB)",
+            f"{size(settings.part_size)})",
             "free some space, or point RINDLE_TMP_DIR at a larger disk",
         )
     else:
@@ -326,9 +326,19 @@ def check_sizes(rindle: Rindle) -> Iterator[Check]:
         yield Check(
             "sizes",
             OK,
-            f"parts of {part / MIB:g} MiB; the largest upload ({largest / MIB:g} MiB) takes "
-            f"parts of {needed / MIB:g} MiB, at most {MAX_PARTS} of them",
+            f"parts of {size(part)}; the largest upload ({size(largest)}) takes parts of "
+            f"{size(needed)}, at most {MAX_PARTS} of them",
         )
+
+
+def size(n: int) -> str:
+    """``n`` bytes for a person: 8 MiB, 524.3 MiB, 5 TiB."""
+    value, unit = float(n), "bytes"
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            break
+        value /= 1024
+    return f"{value:.1f}".removesuffix(".0") + f" {unit}"
 
 
 # -- the processes around the web node ---------------------------------------------------

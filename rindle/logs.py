@@ -29,6 +29,8 @@ HANDLER_NAME = "rindle"
 # Loggers that get a handler of their own from the library (rq.logutils); their lines
 # belong on the root's one handler.
 OWN_HANDLER_LOGGERS = ("rq.worker", "rq.job", "rq.scheduler", "rq.cron", "rq.worker_pool")
+# Chatty at INFO (botocore: "Found credentials..." in every process): warnings only.
+QUIET_LOGGERS = ("botocore", "boto3", "s3transfer", "urllib3")
 # The attributes of every LogRecord: anything else on a record came with ``extra``.
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
 
@@ -118,7 +120,8 @@ def make_handler(log_format: str) -> logging.Handler:
 
 def configure(log_format: str = "text", level: int = logging.INFO) -> None:
     """One handler on the root logger, in ``log_format`` ("text" or "json"); called again,
-    it replaces its own handler and leaves the others alone. Handlers that libraries put
+    it replaces its own handler and leaves the others alone; botocore and friends log
+    warnings only (``QUIET_LOGGERS``). Handlers that libraries put
     on their own loggers (``OWN_HANDLER_LOGGERS``) are removed, so that each line is
     printed once, by the root's handler."""
     root = logging.getLogger()
@@ -126,6 +129,8 @@ def configure(log_format: str = "text", level: int = logging.INFO) -> None:
         root.removeHandler(handler)
     root.addHandler(make_handler(log_format))
     root.setLevel(level)
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(max(level, logging.WARNING))
     for name in OWN_HANDLER_LOGGERS:
         logger = logging.getLogger(name)
         for handler in list(logger.handlers):

@@ -23,8 +23,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-# Read here, not through rindle.config: this file is loaded before anything of rindle is
-# imported, and prometheus_client needs its directory to exist by then.
+# Read here, not through rindle.config: importing rindle in gunicorn's master would load
+# the app's dependencies there, before the fork (the JSON formatter is the exception).
 METRICS_DIR = os.environ.get("PROMETHEUS_MULTIPROC_DIR", "")
 LOG_FORMAT = os.environ.get("RINDLE_LOG_FORMAT", "text")
 

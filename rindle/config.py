@@ -31,6 +31,12 @@ def default_tmp_dir(environ: Mapping[str, str] | None = None) -> str:
     )
 
 
+def metrics_dir(environ: Mapping[str, str] | None = None) -> str:
+    """PROMETHEUS_MULTIPROC_DIR (prometheus_client's multiprocess mode), or ""."""
+    env = os.environ if environ is None else environ
+    return env.get("PROMETHEUS_MULTIPROC_DIR", "")
+
+
 def redact_url(url: str) -> str:
     """``url`` with its password (if any) replaced by ``***``: for logs and banners."""
     parts = urlsplit(url)
@@ -163,7 +169,7 @@ class Settings:
             max_checksum_body=_int(env, "RINDLE_MAX_CHECKSUM_BODY", 0),
             min_free_disk=_int(env, "RINDLE_MIN_FREE_DISK", 256 * MIB),
             metrics=_choice(env, "RINDLE_METRICS", ("0", "1")) == "1",
-            metrics_dir=env.get("PROMETHEUS_MULTIPROC_DIR", ""),
+            metrics_dir=metrics_dir(env),
             log_format=_choice(env, "RINDLE_LOG_FORMAT", ("text", "json")),
             dashboard_user=env.get("RINDLE_DASHBOARD_USER") or "rindle",
             dashboard_password=env.get("RINDLE_DASHBOARD_PASSWORD", ""),

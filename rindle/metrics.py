@@ -16,15 +16,22 @@ mounting ``rindle.web.metrics``) switches on.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from typing import Any
 
 import redis
 from prometheus_client import Counter, Gauge, Histogram
 
+from rindle.config import metrics_dir
 from rindle.keys import UPLOAD_COUNTERS
 
 log = logging.getLogger("rindle")
+
+# prometheus_client opens its files there as soon as a metric is defined (below): a
+# process started without gunicorn.conf.py (the RQ worker, the CLI) would fail to import.
+if _directory := metrics_dir():
+    os.makedirs(_directory, exist_ok=True)
 
 REQUESTS = Counter(
     "rindle_requests",

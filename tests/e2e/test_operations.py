@@ -105,7 +105,8 @@ def test_a_scrape_after_an_upload_shows_its_bytes_and_its_completion(make_stack,
         assert samples["rindle_tails"] == 0
     # Both gunicorn workers count in the shared directory (multiprocess mode).
     pids = {p.stem.rsplit("_", 1)[1] for p in (tmp_path / "prom").glob("counter_*.db")}
-    assert len(pids) >= 2, pids
+    children = Path(f"/proc/{stack.web.pid}/task/{stack.web.pid}/children").read_text().split()
+    assert len(children) == 2 and set(children) <= pids, (children, pids)
 
 
 def test_metrics_count_the_tail_on_disk_the_423_and_the_termination(make_stack, tmp_path):
@@ -268,7 +269,8 @@ def test_the_queue_dashboard_needs_its_password(make_stack):
     stack = make_stack(RINDLE_DASHBOARD_PASSWORD="s3cret", RINDLE_DASHBOARD_USER="ops")
     data = payload(1000, seed=6)
     url = upload(stack.files_url, data, len(data))
-    wait_completed(stack, url.rsplit("/", 1)[1])
+    upload_id = url.rsplit("/", 1)[1]
+    wait_completed(stack, upload_id)
 
     assert requests.get(f"{stack.url}/rq/", timeout=10).status_code == 401
     wrong = requests.get(f"{stack.url}/rq/", auth=("ops", "nope"), timeout=10)
@@ -282,6 +284,17 @@ def test_the_queue_dashboard_needs_its_password(make_stack):
         f"{stack.url}/rq/0/data/workers.json", auth=("ops", "s3cret"), timeout=10
     )
     assert workers.status_code == 200 and len(workers.json()["workers"]) == 1
+    finished = requests.get(
+        f"{stack.url}/rq/0/data/jobs/rindle/finished/8/asc/1.json",
+        auth=("ops", "s3cret"),
+        timeout=10,
+    )
+    assert finished.status_code == 200, finished.text
+    assert [j["id"] for j in finished.json()["jobs"]] == [f"rindle-complete-{upload_id}"]
+    page = requests.get(
+        f"{stack.url}/rq/0/view/job/rindle-complete-{upload_id}", auth=("ops", "s3cret"), timeout=10
+    )
+    assert page.status_code == 200
 
 
 def test_without_a_password_there_is_no_dashboard(stack):

@@ -37,7 +37,7 @@ from rindle.config import (
     redact_url,
 )
 from rindle.core import Rindle
-from rindle.storage import S3_ERRORS, MultipartGone, error_code
+from rindle.storage import S3_ERRORS, MultipartGone, S3Storage, error_code, make_s3_client
 
 OK, WARN, FAIL = "ok", "warn", "fail"
 PROBE_PART = 5 * MIB  # S3's smallest non-final part: what every PATCH ships
@@ -162,7 +162,7 @@ def check_s3(rindle: Rindle) -> Iterator[Check]:
         return
     where = settings.s3_endpoint or "AWS"
     style = "path-style" if settings.s3_endpoint else "virtual-hosted-style"
-    s3 = rindle.s3
+    s3 = probe_storage(rindle)
     try:
         s3.client.head_bucket(Bucket=settings.s3_bucket)
     except S3_ERRORS as exc:
@@ -183,13 +183,21 @@ def check_s3(rindle: Rindle) -> Iterator[Check]:
             "it in virtual-hosted-style URLs (presigned downloads fail)",
             "use a bucket name without dots",
         )
-    yield _multipart_probe(rindle)
+    yield _multipart_probe(rindle, s3)
 
 
-def _multipart_probe(rindle: Rindle) -> Check:
+def probe_storage(rindle: Rindle) -> S3Storage:
+    """The app's bucket through a client of its own: the probe's calls (and failures)
+    stay out of the metrics of the web processes, which may share this node's
+    PROMETHEUS_MULTIPROC_DIR."""
+    path_style = bool(rindle.settings.s3_endpoint)
+    return S3Storage(make_s3_client(2, path_style=path_style), rindle.settings.s3_bucket)
+
+
+def _multipart_probe(rindle: Rindle, s3: S3Storage) -> Check:
     """CreateMultipartUpload, one 5 MiB UploadPart, AbortMultipartUpload, under the
     prefix (the orphan sweep would abort anything left behind)."""
-    settings, s3 = rindle.settings, rindle.s3
+    settings = rindle.settings
     key = f"{settings.s3_prefix}.doctor/{secrets.token_hex(8)}"
     step = "CreateMultipartUpload"
     upload_id = ""

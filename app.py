@@ -13,9 +13,10 @@ import rindle
 
 
 def create_app(settings: rindle.Settings | None = None, hooks: rindle.Hooks | None = None) -> Flask:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    app = Flask(__name__)
     settings = settings or rindle.Settings.from_env()
+    # One line per event, with the request and upload ids (RINDLE_LOG_FORMAT=json: JSON).
+    rindle.configure_logging(settings.log_format)
+    app = Flask(__name__)
     if settings.trusted_proxies:
         # Honour X-Forwarded-Proto/Host/Port so Location points at the public URL.
         app.wsgi_app = ProxyFix(  # type: ignore[method-assign]

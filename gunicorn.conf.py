@@ -3,16 +3,66 @@ itself, so the Procfile, ``scripts/run``, the tests and the benchmarks all load 
 
 The command line (the Procfile's, or ``devstack.services.web_command``) sets the worker
 class, the counts, the timeouts and the bind address. This file adds what a command line
-cannot: a hook that installs rindle's graceful stop in every worker
-(``rindle.web.graceful``: on SIGTERM, running PATCHes keep what they received and
-answer). ``init_app`` installs it already unless the app is preloaded. With ``--preload``
-the master imports the app before it forks, and each worker then replaces our handler
-with gunicorn's. This hook runs in the worker after that, so it covers both cases.
+cannot:
+
+- ``post_worker_init`` installs rindle's graceful stop in every worker
+  (``rindle.web.graceful``: on SIGTERM, running PATCHes keep what they received and
+  answer). ``init_app`` installs it already unless the app is preloaded. With
+  ``--preload`` the master imports the app before it forks, and each worker then replaces
+  our handler with gunicorn's. This hook runs in the worker after that, so it covers both.
+- ``logconfig_dict``: gunicorn's own lines in JSON with ``RINDLE_LOG_FORMAT=json``.
+- ``on_starting`` and ``child_exit`` keep the Prometheus metrics of every worker
+  (``RINDLE_METRICS=1``, ``PROMETHEUS_MULTIPROC_DIR``): the directory where each worker
+  counts is emptied when gunicorn starts, and a dead worker's live gauges (PATCHes in
+  progress) are dropped; its counters stay counted.
 """
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
+
+# Read here, not through rindle.config: importing rindle in gunicorn's master would load
+# the app's dependencies there, before the fork (the JSON formatter is the exception).
+METRICS_DIR = os.environ.get("PROMETHEUS_MULTIPROC_DIR", "")
+LOG_FORMAT = os.environ.get("RINDLE_LOG_FORMAT", "text")
+
+
+def json_logging(log_format: str) -> dict[str, Any]:
+    """gunicorn's own lines as JSON too with RINDLE_LOG_FORMAT=json (the app's lines are
+    rindle's: ``rindle.configure_logging``). No access log, as without this setting."""
+    if log_format != "json":
+        return {}  # gunicorn's defaults
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "root": {"level": "INFO", "handlers": []},  # the app adds its one handler
+        "loggers": {
+            "gunicorn.error": {"level": "INFO", "handlers": ["json"], "propagate": False},
+            "gunicorn.access": {"level": "WARNING", "handlers": [], "propagate": False},
+        },
+        "handlers": {
+            "json": {
+                "class": "logging.StreamHandler",
+                "formatter": "json",
+                "stream": "ext://sys.stderr",
+            }
+        },
+        "formatters": {"json": {"()": "rindle.logs.JsonFormatter"}},
+    }
+
+
+logconfig_dict = json_logging(LOG_FORMAT)
+if METRICS_DIR:
+    Path(METRICS_DIR).mkdir(parents=True, exist_ok=True)
+
+
+def on_starting(server: Any) -> None:
+    """Before any worker: no counts left from an earlier run in PROMETHEUS_MULTIPROC_DIR."""
+    if METRICS_DIR:
+        for stale in Path(METRICS_DIR).glob("*.db"):
+            stale.unlink(missing_ok=True)
 
 
 def post_worker_init(worker: Any) -> None:
@@ -20,3 +70,11 @@ def post_worker_init(worker: Any) -> None:
     from rindle.web.graceful import install
 
     install()
+
+
+def child_exit(server: Any, worker: Any) -> None:
+    """A worker ended: its live gauges no longer count (multiprocess metrics only)."""
+    if METRICS_DIR:
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(worker.pid, METRICS_DIR)

@@ -5,7 +5,9 @@
 - S3: an external S3 when ``RINDLE_S3_BUCKET`` is set (with ``AWS_ENDPOINT_URL_S3`` for a
   non-AWS store), else SeaweedFS with its data in ``.rindle-data/seaweedfs``, bucket ``rindle``.
 - The app (``devstack.Stack``): gunicorn on 127.0.0.1:$PORT (default 5000), one rq worker
-  and the rq cron clock, their output on this terminal.
+  and the rq cron clock, their output on this terminal; metrics at /metrics (in
+  multiprocess mode, in ``.rindle-data/metrics``), rq-dashboard at /rq behind a password;
+  ``flask rindle doctor`` runs once everything is up.
 
 Ctrl-C (or SIGTERM) stops everything; if any process dies, everything stops, exit code 1.
 """
@@ -18,6 +20,7 @@ import functools
 import importlib.util
 import os
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -42,6 +45,7 @@ from rindle.config import redact_url
 
 DEV_ACCESS_KEY = "rindle"
 DEV_SECRET_KEY = "rindle-dev-secret"  # a loopback-only dev server; printed at start
+DEV_DASHBOARD_PASSWORD = "rindle-dev"  # rq-dashboard of the loopback-only dev stack
 
 
 class Abort(Exception):
@@ -132,6 +136,16 @@ def start_s3(data_dir: Path, cleanup: list[Callable[[], Any]]) -> dict[str, str]
     return s3.env()
 
 
+def run_doctor(env: dict[str, str]) -> bool:
+    """``flask rindle doctor`` on the running stack, its report on this terminal."""
+    cmd = [sys.executable, "-m", "flask", "--app", "app:app", "rindle", "doctor"]
+    say("flask rindle doctor:")
+    done = subprocess.run(cmd, env=env, cwd=REPO_ROOT, check=False)
+    if done.returncode != 0:
+        say("the doctor found problems (see FAIL above); the stack keeps running")
+    return done.returncode == 0
+
+
 def banner(port: int, env: dict[str, str]) -> str:
     files = f"http://{LOOPBACK}:{port}/files/"
     page = f"http://{LOOPBACK}:{port}/"
@@ -142,11 +156,15 @@ def banner(port: int, env: dict[str, str]) -> str:
     endpoint = env.get("AWS_ENDPOINT_URL_S3", "")
     s3_ls = f"--endpoint-url {endpoint} " if endpoint else ""
     bucket, prefix = env.get("RINDLE_S3_BUCKET", "rindle"), env.get("RINDLE_S3_PREFIX", "uploads/")
+    user = env.get("RINDLE_DASHBOARD_USER") or "rindle"
+    password = env.get("RINDLE_DASHBOARD_PASSWORD", "")
     return f"""
 rindle is up.
 
   Upload page (Uppy):      {page}
   Upload URL (tus 1.0.0):  {files}
+  Metrics (Prometheus):    http://{LOOPBACK}:{port}/metrics
+  Queue (rq-dashboard):    http://{LOOPBACK}:{port}/rq/  (user {user!r}, password {password!r})
 
   With tuspy (pip install tuspy):
     python -c "from tusclient.client import TusClient; \\
@@ -197,11 +215,16 @@ def run(port: int, data_dir: Path) -> int:
         env.setdefault("RINDLE_PUBLIC", "1")  # the example app has no authorize hook
         env.setdefault("RINDLE_DEMO", "1")  # the upload page at / (demo/)
         env["PYTHONUNBUFFERED"] = "1"
+        # /metrics of both gunicorn workers, and rq-dashboard behind a password.
+        env.setdefault("RINDLE_METRICS", "1")
+        env.setdefault("PROMETHEUS_MULTIPROC_DIR", str(data_dir / "metrics"))
+        env.setdefault("RINDLE_DASHBOARD_PASSWORD", DEV_DASHBOARD_PASSWORD)
         say(f"tails in {env['RINDLE_TMP_DIR']}")
 
         stack = Stack(env, port=port, clock=True)  # output to this terminal
         cleanup.append(functools.partial(stack.stop, timeout=15))
         stack.start()
+        run_doctor(env)
         print(banner(port, env), flush=True)
 
         while (proc := stack.exited()) is None:

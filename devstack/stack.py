@@ -115,6 +115,8 @@ class Stack(Service):
             self._start_clock()
         self._wait_web(timeout)
         self._wait_worker(timeout)
+        if self.with_clock:
+            self._wait_background(timeout)
         return self
 
     def restart_web(self, *, kill: bool = False, timeout: float = 60.0) -> None:
@@ -188,6 +190,29 @@ class Stack(Service):
                 timeout=timeout,
                 procs=[self.worker],
                 what="for the rq worker to register",
+            )
+        finally:
+            conn.close()
+
+    def _wait_background(self, timeout: float) -> None:
+        """Until the clock is registered and the worker holds RQ's scheduler lock: what
+        ``flask rindle doctor`` looks for."""
+        import redis
+        from rq.cron import CronScheduler
+
+        assert self.clock is not None
+        queue = self.env.get("RINDLE_QUEUE", "rindle")
+        conn = redis.Redis.from_url(self.env["REDIS_URL"])
+        try:
+            wait_until(
+                lambda: (
+                    bool(CronScheduler.all(conn, cleanup=False))
+                    and bool(conn.exists(f"rq:scheduler-lock:{queue}"))
+                ),
+                timeout=timeout,
+                procs=[self.clock, *([self.worker] if self.worker else [])],
+                what="for the rq cron clock and RQ's scheduler",
+                interval=0.2,
             )
         finally:
             conn.close()

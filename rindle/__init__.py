@@ -14,6 +14,7 @@ from rindle.hooks import (
     upload_received,
     upload_terminated,
 )
+from rindle.logs import configure as configure_logging
 from rindle.storage import tail_path
 from rindle.upload import State, Upload
 from rindle.web import init_app
@@ -26,6 +27,7 @@ __all__ = [
     "Settings",
     "State",
     "Upload",
+    "configure_logging",
     "init_app",
     "tail_path",
     "upload_completed",

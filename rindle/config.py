@@ -31,6 +31,12 @@ def default_tmp_dir(environ: Mapping[str, str] | None = None) -> str:
     )
 
 
+def metrics_dir(environ: Mapping[str, str] | None = None) -> str:
+    """PROMETHEUS_MULTIPROC_DIR (prometheus_client's multiprocess mode), or ""."""
+    env = os.environ if environ is None else environ
+    return env.get("PROMETHEUS_MULTIPROC_DIR", "")
+
+
 def redact_url(url: str) -> str:
     """``url`` with its password (if any) replaced by ``***``: for logs and banners."""
     parts = urlsplit(url)
@@ -117,6 +123,11 @@ class Settings:
     threads: int  # RINDLE_THREADS: requests one web process serves at once (gunicorn's)
     redis_connections: int  # most Redis connections one process opens (others wait)
     demo: bool  # RINDLE_DEMO=1: the example app.py serves its upload page at /
+    metrics: bool  # RINDLE_METRICS=1: Prometheus metrics at /metrics
+    metrics_dir: str  # PROMETHEUS_MULTIPROC_DIR: prometheus_client's multiprocess mode
+    log_format: str  # "text" or "json" (one JSON object per line)
+    dashboard_user: str  # rq-dashboard at /rq behind HTTP basic auth ...
+    dashboard_password: str  # ... when a password is set ("": not mounted)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -170,4 +181,9 @@ class Settings:
             threads=max(1, _int(env, "RINDLE_THREADS", DEFAULT_THREADS)),
             redis_connections=max(4, _int(env, "RINDLE_REDIS_CONNECTIONS", 64)),
             demo=_choice(env, "RINDLE_DEMO", ("0", "1")) == "1",
+            metrics=_choice(env, "RINDLE_METRICS", ("0", "1")) == "1",
+            metrics_dir=metrics_dir(env),
+            log_format=_choice(env, "RINDLE_LOG_FORMAT", ("text", "json")),
+            dashboard_user=env.get("RINDLE_DASHBOARD_USER") or "rindle",
+            dashboard_password=env.get("RINDLE_DASHBOARD_PASSWORD", ""),
         )

@@ -15,6 +15,7 @@ import redis
 from blinker import NamedSignal
 from rq import Queue
 
+from rindle import metrics
 from rindle.assembly import Assembly
 from rindle.config import Settings
 from rindle.errors import ConfigError
@@ -99,6 +100,7 @@ class Rindle:
         # One connection for each request thread and each part upload thread at most.
         pool = self.settings.threads + PART_UPLOAD_THREADS
         client = make_s3_client(pool, path_style=bool(self.settings.s3_endpoint))
+        metrics.instrument_s3(client)  # part durations, failed calls
         return S3Storage(client, self.settings.s3_bucket)
 
     @cached_property

@@ -9,12 +9,14 @@ imported once per worker process.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 from collections.abc import Callable
 from functools import cache
 
 from rq import get_current_job
 
+from rindle import logs
 from rindle.config import Settings
 from rindle.core import Rindle
 from rindle.errors import AssemblyError
@@ -44,26 +46,34 @@ def current() -> Rindle:
     return worker_rindle()
 
 
+def job_log_ids(upload_id: str | None = None) -> contextlib.AbstractContextManager[None]:
+    """Log lines of the running job name it (as their request id) and its upload."""
+    job = get_current_job()
+    return logs.bound(request=job.id if job is not None else None, upload=upload_id)
+
+
 def complete_upload(upload_id: str) -> str:
     """Assemble the object of an upload in ``assembling`` and mark it ``completed``.
 
     An object that does not match the upload is retried (RQ's Retry); on the last try
     the upload is marked failed instead of staying in ``assembling`` for ever.
     """
-    rindle = current()
-    try:
-        return rindle.assembly.complete(upload_id)
-    except AssemblyError as exc:
-        job = get_current_job()
-        if job is not None and job.retries_left:
-            raise
-        return rindle.assembly.give_up(upload_id, str(exc))
+    with job_log_ids(upload_id):
+        rindle = current()
+        try:
+            return rindle.assembly.complete(upload_id)
+        except AssemblyError as exc:
+            job = get_current_job()
+            if job is not None and job.retries_left:
+                raise
+            return rindle.assembly.give_up(upload_id, str(exc))
 
 
 def clean_up_upload(upload_id: str) -> str:
     """After DELETE or expiry: abort the multipart upload (and delete the object of a
     terminated upload). NoSuchUpload counts as done; other failures are retried."""
-    return current().maintenance.clean_up(upload_id)
+    with job_log_ids(upload_id):
+        return current().maintenance.clean_up(upload_id)
 
 
 def sweep_expired() -> dict[str, int]:

@@ -13,6 +13,8 @@ from __future__ import annotations
 EXPIRY_INDEX = "rindle:expiry"
 # Pub/sub channel on which a request asks the writer of an upload to let go.
 RELEASE_CHANNEL = "rindle:release"
+# Hash: upload lifecycle event (created, completed...) -> count, for the metrics.
+UPLOAD_COUNTERS = "rindle:metrics:uploads"
 _PREFIX = "rindle:upload:{"
 
 

@@ -26,6 +26,7 @@ from typing import TypeVar
 
 import redis
 
+from rindle import metrics
 from rindle.errors import LeaseHeld
 from rindle.keys import RELEASE_CHANNEL, release_key, writer_key
 from rindle.store import UploadStore
@@ -153,6 +154,8 @@ class Lease:
                 if now >= deadline:
                     raise LeaseHeld(upload_id) from None
                 if now - asked_at >= 1.0:  # again each second, in case a message was missed
+                    if not asked_at:
+                        metrics.RELEASE_REQUESTS.labels(kind).inc()
                     self.request_release(upload_id, kind)
                     asked_at = now
                 time.sleep(0.05)

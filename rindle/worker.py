@@ -23,6 +23,8 @@ from typing import Any
 
 from rq.worker import HerokuWorker
 
+from rindle import logs
+from rindle.config import Settings
 from rindle.jobs import worker_rindle
 
 
@@ -33,6 +35,9 @@ class RindleWorker(HerokuWorker):
     imminent_shutdown_delay = 6
 
     def work(self, *args: Any, **kwargs: Any) -> bool:
+        # Before the app is imported: RQ gave its loggers handlers of their own, and an
+        # app that configures the root logger too would print each RQ line twice.
+        logs.configure(Settings.from_env().log_format)
         rindle = worker_rindle()
         _ = rindle.uploads, rindle.s3, rindle.jobs, rindle.assembly, rindle.maintenance
         return super().work(*args, **kwargs)

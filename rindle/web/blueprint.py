@@ -24,12 +24,13 @@ from flask import Blueprint, Response, jsonify, redirect, request, stream_with_c
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 from werkzeug.http import http_date
 
-from rindle import draft, hooks, protocol
+from rindle import draft, hooks, logs, protocol
 from rindle.errors import BodyEnded, Fenced, RindleError, TailMissing, TusError
 from rindle.hooks import Refuse
 from rindle.lease import RELEASE_IF_IDLE, RELEASE_NOW
 from rindle.storage import S3_ERRORS, error_code, tail_path, try_remove_idle_tail
 from rindle.upload import ENDED, WRITABLE, State, Upload
+from rindle.web import observe
 from rindle.web.context import current_rindle
 from rindle.writer import WriteResult
 
@@ -247,11 +248,13 @@ def read_body(n: int) -> bytes:
 def write_body(upload: Upload, append: protocol.Append) -> WriteResult:
     """Stream the request body into the upload."""
     interrupt = connection_shutdown(socket.SHUT_RD)  # ends a read blocked on the client
-    try:
-        return current_rindle().writer.write(upload.id, append, read_body, interrupt)
-    except Fenced:
-        load(upload.id)  # 410 when a DELETE or the expiry sweep ended it meanwhile
-        raise
+    with observe.BodyWrite(upload) as written:  # metrics and one summary line
+        try:
+            written.result = current_rindle().writer.write(upload.id, append, read_body, interrupt)
+        except Fenced:
+            load(upload.id)  # 410 when a DELETE or the expiry sweep ended it meanwhile
+            raise
+        return written.result
 
 
 # -- the endpoints -------------------------------------------------------------------
@@ -331,6 +334,7 @@ def new_upload(
     settings = rindle.settings
     partials = partials or []
     upload_id = secrets.token_urlsafe(24)  # 192 random bits, URL-safe
+    logs.bind_upload(upload_id)
     key = settings.s3_prefix + upload_id
     if rindle.hooks.pre_create is not None:
         chosen = hooks.choose_key(

@@ -9,9 +9,12 @@ import click
 from flask.cli import AppGroup
 from werkzeug.http import http_date
 
+from rindle import doctor as checkup
 from rindle.web.context import current_rindle
 
-cli = AppGroup("rindle", help="Maintain rindle uploads (tails, expired uploads, orphans).")
+cli = AppGroup(
+    "rindle", help="Check and maintain rindle (doctor, tails, expired uploads, orphans)."
+)
 
 dry_run_option = click.option(
     "--dry-run", is_flag=True, help="Only count what would be done; change nothing."
@@ -83,3 +86,22 @@ def list_uploads(state: str | None) -> None:
         click.echo(f"{upload.id}  {upload.state:<10} {upload.offset}/{upload.length}  {age}s")
         shown += 1
     click.echo(f"{shown} upload(s)")
+
+
+MARKS = {checkup.OK: "ok  ", checkup.WARN: "WARN", checkup.FAIL: "FAIL"}
+
+
+@cli.command("doctor")
+def doctor() -> None:
+    """Check Redis, S3, the tmp dir, the size limits and the workers; exit 1 on a failure."""
+    results = checkup.run(current_rindle())
+    for check in results:
+        click.echo(f"{MARKS[check.status]}  {check.name}: {check.detail}")
+        if check.fix and check.status != checkup.OK:
+            click.echo(f"      fix: {check.fix}")
+    failed = [c.name for c in results if c.status == checkup.FAIL]
+    warned = [c.name for c in results if c.status == checkup.WARN]
+    if failed:
+        click.echo(f"doctor: {len(failed)} failed ({', '.join(failed)})")
+        raise SystemExit(1)
+    click.echo("doctor: all good" + (f" ({len(warned)} warning(s))" if warned else ""))

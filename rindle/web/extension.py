@@ -11,7 +11,7 @@ from rindle import draft, jobs, protocol
 from rindle.config import Settings
 from rindle.core import Rindle
 from rindle.hooks import Hooks
-from rindle.web import graceful
+from rindle.web import dashboard, graceful, metrics, observe
 from rindle.web.blueprint import blueprint, method_not_allowed
 from rindle.web.cli import cli
 from rindle.web.context import EXTENSION, app_context_rindle
@@ -26,8 +26,9 @@ def init_app(
 ) -> Rindle:
     """Register rindle on ``app``: settings in ``app.config["RINDLE"]``, blueprint at
     ``url_prefix``, ``flask rindle ...`` commands, the app's ``hooks``, the graceful stop
-    on SIGTERM in a gunicorn worker (``rindle.web.graceful``). Returns the app's services
-    (also in ``app.extensions["rindle"]``)."""
+    on SIGTERM in a gunicorn worker (``rindle.web.graceful``); ``/metrics`` with
+    RINDLE_METRICS=1, rq-dashboard at ``/rq`` with RINDLE_DASHBOARD_PASSWORD. Returns the
+    app's services (also in ``app.extensions["rindle"]``)."""
     settings = settings or app.config.get("RINDLE") or Settings.from_env()
     app.config["RINDLE"] = settings
     rindle = Rindle(settings, hooks, sender=app)
@@ -36,7 +37,12 @@ def init_app(
     graceful.install_in_gunicorn_worker()  # with --preload: gunicorn.conf.py's hook does
     jobs.add_lookup(app_context_rindle)
     app.register_blueprint(blueprint, url_prefix=url_prefix)
+    observe.install(app)  # request ids on log lines, request counts
     answer_405_in_json(app, url_prefix)
+    if settings.metrics:
+        metrics.mount(app)
+    if settings.dashboard_password:
+        dashboard.mount(app)
     app.cli.add_command(cli)
     app.wsgi_app = MethodOverride(app.wsgi_app, url_prefix)  # type: ignore[method-assign]
     if settings.cors_origins:

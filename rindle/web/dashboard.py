@@ -1,0 +1,72 @@
+"""rq-dashboard, mounted in the app behind authentication: never without.
+
+``init_app`` mounts it at ``/rq`` when ``RINDLE_DASHBOARD_PASSWORD`` is set, behind HTTP
+basic auth (user ``RINDLE_DASHBOARD_USER``). An app with its own login calls
+``mount(app, authorize=...)`` instead, with a function that says whether the current
+request may see it. Its destructive actions (delete a job, empty a queue) are switched
+off: they are plain POSTs without CSRF protection, and a browser resends basic auth by
+itself.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Callable
+
+from flask import Flask, Response, request
+
+from rindle.errors import ConfigError
+from rindle.web.context import EXTENSION
+
+BLUEPRINT = "rq_dashboard"
+REALM = "rindle rq-dashboard"
+
+
+def mount(app: Flask, url_prefix: str = "/rq", authorize: Callable[[], bool] | None = None) -> None:
+    """Serve rq-dashboard on rindle's Redis at ``url_prefix`` (call after init_app).
+    ``authorize()`` says whether the current request may see it; without one, HTTP
+    basic auth with RINDLE_DASHBOARD_USER / RINDLE_DASHBOARD_PASSWORD, which must be set."""
+    settings = app.extensions[EXTENSION].settings
+    if authorize is None:
+        if not settings.dashboard_password:
+            raise ConfigError(
+                "rq-dashboard needs authentication: set RINDLE_DASHBOARD_PASSWORD, or "
+                "mount it with an authorize function"
+            )
+        authorize = basic_auth(settings.dashboard_user, settings.dashboard_password)
+    import rq_dashboard  # only where it is mounted: it pulls in arrow and more
+
+    app.config.setdefault("RQ_DASHBOARD_REDIS_URL", settings.redis_url)
+    app.config.setdefault("RQ_DASHBOARD_DISABLE_DELETE", True)
+    rq_dashboard.web.setup_rq_connection(app)
+    check = authorize
+
+    def guard() -> Response | None:
+        if request.blueprint == BLUEPRINT and not check():
+            return Response(
+                "authentication required\n",
+                401,
+                {"WWW-Authenticate": f'Basic realm="{REALM}", charset="UTF-8"'},
+                content_type="text/plain",
+            )
+        return None
+
+    app.before_request(guard)
+    app.register_blueprint(rq_dashboard.blueprint, url_prefix=url_prefix)
+
+
+def basic_auth(user: str, password: str) -> Callable[[], bool]:
+    """Whether the request carries these credentials (compared in constant time)."""
+    expected = (user.encode(), password.encode())
+
+    def check() -> bool:
+        auth = request.authorization
+        if auth is None or auth.type != "basic":
+            return False
+        given = ((auth.username or "").encode(), (auth.password or "").encode())
+        # Both compared, always: the time taken says nothing about which one is wrong.
+        same_user = hmac.compare_digest(given[0], expected[0])
+        same_password = hmac.compare_digest(given[1], expected[1])
+        return same_user and same_password
+
+    return check

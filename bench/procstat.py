@@ -1,0 +1,230 @@
+"""Memory and CPU of the server's processes, read from /proc (Linux only).
+
+``Watch`` follows process trees (gunicorn's master and its workers, the rq worker and its
+work horses, ...) through one phase of a benchmark: a thread samples every process's
+VmRSS a few times a second and keeps each one's peak (the kernel's VmHWM, reset at the
+start where allowed, is folded in at the end). CPU seconds are utime + stime of a whole
+tree, reaped children included (cutime + cstime), taken at the start and at the end: a
+work horse that forks and exits within the phase is counted once, in its parent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+MIB = 1024 * 1024
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def status(pid: int) -> dict[str, int]:
+    """VmRSS and VmHWM of ``pid`` in bytes (OSError once it is gone)."""
+    values = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            name, _, rest = line.partition(":")
+            if name in ("VmRSS", "VmHWM"):
+                values[name] = int(rest.split()[0]) * 1024
+    return values
+
+
+def cpu(pid: int) -> tuple[float, float]:
+    """(own, reaped children's) CPU seconds of ``pid``: utime + stime, cutime + cstime."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    # fields[0] is field 3 of proc(5) (state): utime..cstime are fields 14..17.
+    utime, stime, cutime, cstime = (int(x) for x in fields[11:15])
+    return (utime + stime) / CLK_TCK, (cutime + cstime) / CLK_TCK
+
+
+def children(pid: int) -> list[int]:
+    kids = []
+    with contextlib.suppress(OSError):
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(OSError):
+                kids += [int(c) for c in (task / "children").read_text().split()]
+    return kids
+
+
+def descendants(pid: int) -> list[tuple[int, int]]:
+    """(pid, depth) of every live process below ``pid``, depth 1 for its children."""
+    found, todo = [], [(kid, 1) for kid in children(pid)]
+    while todo:
+        kid, depth = todo.pop()
+        found.append((kid, depth))
+        todo += [(grandkid, depth + 1) for grandkid in children(kid)]
+    return found
+
+
+def tree_cpu(pid: int) -> float:
+    """CPU seconds of ``pid`` and everything below it, living or reaped (0 if gone)."""
+    total = 0.0
+    for member in [pid, *(kid for kid, _ in descendants(pid))]:
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            total += sum(cpu(member))
+    return total
+
+
+def cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+@dataclass
+class Root:
+    """A process tree to watch: its top process, and what to call it and its children."""
+
+    pid: int
+    label: str  # e.g. "gunicorn master"
+    child_label: str  # e.g. "gunicorn worker"; grandchildren get " child" appended
+    rss: bool = True  # False: CPU only (a context process, such as the S3 server)
+
+
+@dataclass
+class Seen:
+    pid: int
+    label: str
+    root: str
+    at_start: bool
+    peak_rss: int = 0
+    first_rss: int = 0
+    last_rss: int = 0
+    cpu_first: float | None = None
+    cpu_last: float | None = None
+
+    @property
+    def cpu_seconds(self) -> float:
+        if self.cpu_last is None:
+            return 0.0
+        return self.cpu_last - ((self.cpu_first or 0.0) if self.at_start else 0.0)
+
+
+@dataclass
+class Watch:
+    """Peak RSS per process and CPU per tree of ``roots`` over one phase."""
+
+    roots: dict[str, Root]
+    interval: float = 0.2
+    seen: dict[int, Seen] = field(default_factory=dict)
+    cpu_start: dict[str, float] = field(default_factory=dict)
+    cpu_end: dict[str, float] = field(default_factory=dict)
+    hwm_reset: bool = False
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        for name, root in self.roots.items():
+            self.cpu_start[name] = tree_cpu(root.pid)
+        self._sample(first=True)
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="procstat", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        self._sample()
+        for member in self.seen.values():  # the kernel's peak, where it covers the phase
+            if member.at_start and not self.hwm_reset:
+                continue
+            with contextlib.suppress(OSError):
+                member.peak_rss = max(member.peak_rss, status(member.pid).get("VmHWM", 0))
+        for name, root in self.roots.items():
+            self.cpu_end[name] = tree_cpu(root.pid)
+
+    def cpu_seconds(self, names: list[str] | None = None) -> float:
+        """CPU seconds used during the phase by the trees ``names`` (default: all)."""
+        names = list(self.roots) if names is None else names
+        return sum(self.cpu_end[n] - self.cpu_start[n] for n in names if n in self.cpu_end)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._sample()
+
+    def _members(self) -> list[tuple[int, str, str]]:
+        members = []
+        for name, root in self.roots.items():
+            members.append((root.pid, root.label, name))
+            for kid, depth in descendants(root.pid):
+                members.append((kid, root.child_label + " child" * (depth - 1), name))
+        return members
+
+    def _sample(self, first: bool = False) -> None:
+        for pid, label, name in self._members():
+            if not self.roots[name].rss and pid != self.roots[name].pid:
+                continue
+            try:
+                rss = status(pid).get("VmRSS", 0)
+                own, reaped = cpu(pid)
+            except (OSError, IndexError, ValueError):
+                continue
+            member = self.seen.get(pid)
+            if member is None:
+                member = self.seen[pid] = Seen(pid, label, name, at_start=first, first_rss=rss)
+                member.cpu_first = own + reaped
+                if first:
+                    with contextlib.suppress(OSError):
+                        # "5" resets VmHWM to the current RSS (Linux >= 4.0, ptrace rights).
+                        Path(f"/proc/{pid}/clear_refs").write_text("5")
+                        self.hwm_reset = True
+            member.peak_rss = max(member.peak_rss, rss)
+            member.last_rss = rss
+            member.cpu_last = own + reaped
+
+    # ------------------------------------------------------------------ reporting
+
+    def summary(self) -> dict[str, object]:
+        processes = []
+        for m in sorted(self.seen.values(), key=lambda m: (m.root, not m.at_start, m.pid)):
+            if not self.roots[m.root].rss:
+                continue
+            processes.append(
+                {
+                    "pid": m.pid,
+                    "role": m.label,
+                    "alive_at_start": m.at_start,
+                    "peak_rss_mib": round(m.peak_rss / MIB, 1),
+                    "start_rss_mib": round(m.first_rss / MIB, 1),
+                    "end_rss_mib": round(m.last_rss / MIB, 1),
+                    "cpu_s": round(m.cpu_seconds, 2),
+                }
+            )
+        return {
+            "processes": processes,
+            "cpu_s_by_tree": {
+                n: round(self.cpu_end[n] - self.cpu_start[n], 2) for n in self.cpu_end
+            },
+        }
+
+    def report(self, indent: str = "  ") -> list[str]:
+        """One line per process that was there at the start, one per role for processes
+        born during the phase (rq work horses: many, short-lived), CPU per tree."""
+        lines = []
+        born: dict[str, list[Seen]] = {}
+        for m in sorted(self.seen.values(), key=lambda m: (m.root, m.pid)):
+            if not self.roots[m.root].rss:
+                continue
+            if not m.at_start:
+                born.setdefault(m.label, []).append(m)
+                continue
+            lines.append(
+                f"{indent}{m.label:24} pid {m.pid:>7}: peak RSS {m.peak_rss / MIB:7.1f} MiB "
+                f"(start {m.first_rss / MIB:6.1f}, end {m.last_rss / MIB:6.1f}), "
+                f"CPU {m.cpu_seconds:6.1f} s"
+            )
+        for label, group in born.items():
+            peak = max(m.peak_rss for m in group)
+            lines.append(
+                f"{indent}{label:24} {len(group):>3} born during the run: "
+                f"largest peak RSS {peak / MIB:7.1f} MiB (sampled)"
+            )
+        cpu_parts = ", ".join(
+            f"{n} {self.cpu_end[n] - self.cpu_start[n]:.1f} s" for n in self.cpu_end
+        )
+        lines.append(f"{indent}CPU seconds by process tree (children included): {cpu_parts}")
+        return lines

@@ -55,6 +55,7 @@ import resource
 import secrets
 import shlex
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -438,98 +439,123 @@ def split(total: int, clients: int) -> list[int]:
     return [share + (1 if i < extra else 0) for i in range(clients)]
 
 
+def _median_rate(phases: list[Phase], what: str) -> float:
+    return statistics.median(p.rate(what) for p in phases)
+
+
+def _spread(phases: list[Phase], what: str) -> str:
+    """' (min-max)' of the rates when there were repeats."""
+    if len(phases) < 2:
+        return ""
+    rates = [p.rate(what) for p in phases]
+    return f" ({min(rates):.0f}-{max(rates):.0f})"
+
+
 def fast_round(args: argparse.Namespace, target: Target, clients: int) -> dict[str, Any]:
-    """``clients`` tuspy clients, then the same bytes as raw multipart uploads."""
+    """``clients`` tuspy clients, then the same bytes as raw multipart uploads with each
+    ``--raw-in-flight``; all of it ``--repeat`` times, alternating; medians reported."""
     bucket = os.environ.get("RINDLE_S3_BUCKET") or "rindle"
     prefix = os.environ.get("RINDLE_S3_PREFIX", "uploads/")
     total = int(args.mib_each * MIB * clients) if args.mib_each else int(args.mib * MIB)
     sizes = split(total, clients)
     chunk = int(args.chunk_mib * MIB) if args.chunk_mib else None
-    seed = secrets.token_bytes(16)
     s3 = _s3_client()
-    keys: list[str] = []
-    raw_phases: dict[int, Phase] = {}
+    tus_phases: list[Phase] = []
+    raw_phases: dict[int, list[Phase]] = {n: [] for n in args.raw_in_flight}
+    part_size = args.part_mib and int(args.part_mib * MIB)
     load_before = load_average()
     print(
         f"fast: {total / MIB:g} MiB over {clients} tuspy client(s) "
         f"({sizes[0] / MIB:.2f} MiB each), "
-        + (f"PATCHes of {args.chunk_mib:g} MiB" if chunk else "one PATCH per upload"),
+        + (f"PATCHes of {args.chunk_mib:g} MiB" if chunk else "one PATCH per upload")
+        + (f", {args.repeat} times" if args.repeat > 1 else ""),
         flush=True,
     )
-    try:
-        keys += warm_up(target.url, prefix)
-        watch = target.watch()
-        tus_phase = _run_clients(
-            "tus",
-            _tus_client,
-            [
-                (i, target.url, size, chunk, seed, bucket, prefix, args.timeout, args.verify)
-                for i, size in enumerate(sizes)
-            ],
-            args.timeout,
-            before_start=watch.start,
-        )
-        watch.stop()
-        keys += [r["key"] for r in tus_phase.results]
-        if args.verify and not all(r.get("verified") for r in tus_phase.results):
-            raise RuntimeError("an object in S3 does not match the bytes that were uploaded")
-
-        part_size = args.part_mib and int(args.part_mib * MIB)
-        part_size = part_size or detect_part_size(bucket, tus_phase.results[0]["key"])
-        part_size = part_size or int(os.environ.get("RINDLE_TUS_PART_SIZE") or DEFAULT_PART_SIZE)
-        for in_flight in args.raw_in_flight:
-            run_id = secrets.token_hex(4)
-            raw_keys = [f"{prefix}bench-raw/{run_id}-{i}" for i in range(clients)]
-            keys += raw_keys
-            raw_phases[in_flight] = _run_clients(
-                f"raw{in_flight}",
-                _raw_client,
+    watch = target.watch()
+    keys = warm_up(target.url, prefix)
+    for _ in range(args.repeat):
+        seed = secrets.token_bytes(16)
+        try:
+            tus_phase = _run_clients(
+                "tus",
+                _tus_client,
                 [
-                    (i, size, part_size, in_flight, seed, bucket, raw_keys[i], args.timeout)
+                    (i, target.url, size, chunk, seed, bucket, prefix, args.timeout, args.verify)
                     for i, size in enumerate(sizes)
                 ],
                 args.timeout,
+                before_start=watch.start,
             )
-    finally:
-        if not args.keep:
-            for key in keys:
-                with contextlib.suppress(Exception):
-                    s3.delete_object(Bucket=bucket, Key=key)
+            watch.stop()
+            tus_phases.append(tus_phase)
+            keys += [r["key"] for r in tus_phase.results]
+            if args.verify and not all(r.get("verified") for r in tus_phase.results):
+                raise RuntimeError("an object in S3 does not match the bytes that were uploaded")
+            part_size = part_size or detect_part_size(bucket, tus_phase.results[0]["key"])
+            part_size = part_size or int(
+                os.environ.get("RINDLE_TUS_PART_SIZE") or DEFAULT_PART_SIZE
+            )
+            for in_flight in args.raw_in_flight:
+                run_id = secrets.token_hex(4)
+                raw_keys = [f"{prefix}bench-raw/{run_id}-{i}" for i in range(clients)]
+                keys += raw_keys
+                raw_phases[in_flight].append(
+                    _run_clients(
+                        f"raw{in_flight}",
+                        _raw_client,
+                        [
+                            (i, size, part_size, in_flight, seed, bucket, raw_keys[i], args.timeout)
+                            for i, size in enumerate(sizes)
+                        ],
+                        args.timeout,
+                    )
+                )
+        finally:
+            if not args.keep:
+                for key in keys:
+                    with contextlib.suppress(Exception):
+                        s3.delete_object(Bucket=bucket, Key=key)
+            keys = []
 
-    up, e2e = tus_phase.rate("uploaded"), tus_phase.rate("completed")
+    up, e2e = _median_rate(tus_phases, "uploaded"), _median_rate(tus_phases, "completed")
     server_cpu = watch.cpu_seconds([t for t in SERVER_TREES if t in target.roots])
-    gib = tus_phase.total / GIB
+    gib = sum(p.total for p in tus_phases) / GIB
+    median = f"medians of {args.repeat} runs" if args.repeat > 1 else "one run each"
     print(
-        f"part size {part_size / MIB:g} MiB, total {tus_phase.total / MIB:g} MiB, "
-        f"{os.cpu_count()} CPUs, load average before {load_before}, after {load_average()}"
+        f"part size {(part_size or 0) / MIB:g} MiB, {os.cpu_count()} CPUs, "
+        f"load average before {load_before}, after {load_average()}"
     )
-    print(f"{'':52} {'seconds':>8} {'MB/s':>8} {'rindle e2e / this':>18}")
-    print(
-        f"{'rindle, upload phase (last PATCH acknowledged)':52} "
-        f"{tus_phase.seconds('uploaded'):8.2f} {up:8.1f}"
-    )
-    print(
-        f"{'rindle, end to end (objects complete in S3)':52} "
-        f"{tus_phase.seconds('completed'):8.2f} {e2e:8.1f}"
-    )
+    print(f"{median:52} {'MB/s':>8} {'range':>10} {'rindle e2e / this':>18}")
+    rows = [
+        ("rindle, upload phase (last PATCH acknowledged)", tus_phases, "uploaded", None),
+        ("rindle, end to end (objects complete in S3)", tus_phases, "completed", None),
+    ]
+    rows += [
+        (f"raw boto3 multipart, {n} part(s) in flight", phases, "completed", n)
+        for n, phases in raw_phases.items()
+    ]
     ratios = {}
-    for in_flight, phase in raw_phases.items():
-        raw = phase.rate("completed")
-        ratios[in_flight] = e2e / raw
-        label = f"raw boto3 multipart, {in_flight} part(s) in flight"
-        print(f"{label:52} {phase.seconds('completed'):8.2f} {raw:8.1f} {e2e / raw:18.2f}")
+    for label, phases, what, in_flight in rows:
+        rate = _median_rate(phases, what)
+        ratio = ""
+        if in_flight is not None:
+            ratios[in_flight] = e2e / rate
+            ratio = f"{e2e / rate:18.2f}"
+        print(f"{label:52} {rate:8.1f} {_spread(phases, what):>10} {ratio}")
     ceiling = max(raw_phases)
+    ceiling_rate = _median_rate(raw_phases[ceiling], "completed")
     print(
         f"ratio rindle / ceiling (raw, {ceiling} in flight): upload phase "
-        f"{up / raw_phases[ceiling].rate('completed'):.2f}, end to end {ratios[ceiling]:.2f}"
+        f"{up / ceiling_rate:.2f}, end to end {ratios[ceiling]:.2f}"
     )
     if args.verify:
         print("integrity: every object's sha256 matches its source bytes")
+    client_cpu = sum(p.client_cpu for p in tus_phases)
     print(
-        f"server CPU (gunicorn + rq trees) during the rindle run: {server_cpu:.1f} s, "
-        f"{server_cpu / gib:.1f} s per GiB; tus client processes {tus_phase.client_cpu:.1f} s"
+        f"server CPU (gunicorn + rq trees) during the rindle runs: {server_cpu:.1f} s for "
+        f"{gib:g} GiB, {server_cpu / gib:.1f} s per GiB; tus client processes {client_cpu:.1f} s"
     )
-    print("server processes during the rindle run:")
+    print("server processes during the rindle runs:")
     for line in watch.report():
         print(line)
     return {
@@ -537,9 +563,16 @@ def fast_round(args: argparse.Namespace, target: Target, clients: int) -> dict[s
         "mib_total": total / MIB,
         "chunk_mib": args.chunk_mib,
         "part_size": part_size,
+        "repeat": args.repeat,
         "tus_upload_mb_s": round(up, 1),
         "tus_end_to_end_mb_s": round(e2e, 1),
-        "raw_mb_s_by_in_flight": {k: round(p.rate("completed"), 1) for k, p in raw_phases.items()},
+        "tus_end_to_end_mb_s_each": [round(p.rate("completed"), 1) for p in tus_phases],
+        "raw_mb_s_by_in_flight": {
+            n: round(_median_rate(p, "completed"), 1) for n, p in raw_phases.items()
+        },
+        "raw_mb_s_each_by_in_flight": {
+            n: [round(x.rate("completed"), 1) for x in p] for n, p in raw_phases.items()
+        },
         "ratio_end_to_end_by_in_flight": {k: round(v, 3) for k, v in ratios.items()},
         "ratio_end_to_end": round(ratios[ceiling], 3),
         "server_cpu_s": round(server_cpu, 2),
@@ -678,6 +711,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=[1, 4],
         help="parts in flight of the raw boto3 runs (1,4); the largest is the ceiling",
     )
+    fast.add_argument(
+        "--repeat", type=int, default=1, help="rindle and raw runs, alternating; medians (1)"
+    )
     fast.add_argument("--no-verify", dest="verify", action="store_false", help="skip sha256")
 
     slow = p.add_argument_group("slow mode")
@@ -730,6 +766,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             p.error("slow mode takes one --clients count")
         if args.size < 1 or args.rate < 1 or args.client_procs < 1:
             p.error("--size, --rate and --client-procs must be positive")
+    if args.repeat < 1:
+        p.error("--repeat must be positive")
     if args.mib <= 0 or (args.chunk_mib is not None and args.chunk_mib <= 0):
         p.error("--mib and --chunk-mib must be positive")
     if args.part_mib is not None and not 5 <= args.part_mib <= 5 * 1024:

@@ -89,37 +89,34 @@ class Seen:
     pid: int
     label: str
     root: str
-    at_start: bool
+    at_start: bool  # there when the watch first started
     peak_rss: int = 0
     first_rss: int = 0
     last_rss: int = 0
-    cpu_first: float | None = None
+    cpu_seconds: float = 0.0  # summed over the segments (own + reaped children)
+    cpu_base: float | None = None  # the value at the start of the current segment
     cpu_last: float | None = None
-
-    @property
-    def cpu_seconds(self) -> float:
-        if self.cpu_last is None:
-            return 0.0
-        return self.cpu_last - ((self.cpu_first or 0.0) if self.at_start else 0.0)
 
 
 @dataclass
 class Watch:
-    """Peak RSS per process and CPU per tree of ``roots`` over one phase."""
+    """Peak RSS per process and CPU per tree of ``roots`` over one phase, or over several
+    segments (``start`` ... ``stop``, repeated): CPU is summed over the segments only,
+    peaks are the highest seen in any of them."""
 
     roots: dict[str, Root]
     interval: float = 0.2
     seen: dict[int, Seen] = field(default_factory=dict)
-    cpu_start: dict[str, float] = field(default_factory=dict)
-    cpu_end: dict[str, float] = field(default_factory=dict)
+    cpu_by_tree: dict[str, float] = field(default_factory=dict)
     hwm_reset: bool = False
+    _tree_base: dict[str, float] = field(default_factory=dict)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
 
     def start(self) -> None:
         for name, root in self.roots.items():
-            self.cpu_start[name] = tree_cpu(root.pid)
-        self._sample(first=True)
+            self._tree_base[name] = tree_cpu(root.pid)
+        self._sample(segment_start=True)
         self._stop.clear()
         self._thread = threading.Thread(target=self._run, name="procstat", daemon=True)
         self._thread.start()
@@ -128,19 +125,24 @@ class Watch:
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
+            self._thread = None
         self._sample()
-        for member in self.seen.values():  # the kernel's peak, where it covers the phase
+        for member in self.seen.values():
+            if member.cpu_base is not None and member.cpu_last is not None:
+                member.cpu_seconds += member.cpu_last - member.cpu_base
+            member.cpu_base = None
             if member.at_start and not self.hwm_reset:
-                continue
+                continue  # VmHWM would be the peak since the process started
             with contextlib.suppress(OSError):
                 member.peak_rss = max(member.peak_rss, status(member.pid).get("VmHWM", 0))
         for name, root in self.roots.items():
-            self.cpu_end[name] = tree_cpu(root.pid)
+            spent = tree_cpu(root.pid) - self._tree_base.pop(name)
+            self.cpu_by_tree[name] = self.cpu_by_tree.get(name, 0.0) + spent
 
     def cpu_seconds(self, names: list[str] | None = None) -> float:
-        """CPU seconds used during the phase by the trees ``names`` (default: all)."""
+        """CPU seconds used while watched by the trees ``names`` (default: all)."""
         names = list(self.roots) if names is None else names
-        return sum(self.cpu_end[n] - self.cpu_start[n] for n in names if n in self.cpu_end)
+        return sum(self.cpu_by_tree.get(n, 0.0) for n in names)
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
@@ -154,24 +156,29 @@ class Watch:
                 members.append((kid, root.child_label + " child" * (depth - 1), name))
         return members
 
-    def _sample(self, first: bool = False) -> None:
+    def _sample(self, segment_start: bool = False) -> None:
+        first = segment_start and not self.seen
         for pid, label, name in self._members():
             if not self.roots[name].rss and pid != self.roots[name].pid:
                 continue
             try:
-                rss = status(pid).get("VmRSS", 0)
+                rss = status(pid).get("VmRSS")
                 own, reaped = cpu(pid)
             except (OSError, IndexError, ValueError):
+                continue
+            if rss is None:  # a zombie: no memory left to count
                 continue
             member = self.seen.get(pid)
             if member is None:
                 member = self.seen[pid] = Seen(pid, label, name, at_start=first, first_rss=rss)
-                member.cpu_first = own + reaped
-                if first:
-                    with contextlib.suppress(OSError):
-                        # "5" resets VmHWM to the current RSS (Linux >= 4.0, ptrace rights).
-                        Path(f"/proc/{pid}/clear_refs").write_text("5")
-                        self.hwm_reset = True
+            if segment_start:
+                member.cpu_base = own + reaped
+                with contextlib.suppress(OSError):
+                    # "5" resets VmHWM to the current RSS (Linux >= 4.0, ptrace rights).
+                    Path(f"/proc/{pid}/clear_refs").write_text("5")
+                    self.hwm_reset = True
+            elif member.cpu_base is None:
+                member.cpu_base = 0.0  # born during this segment
             member.peak_rss = max(member.peak_rss, rss)
             member.last_rss = rss
             member.cpu_last = own + reaped
@@ -179,15 +186,20 @@ class Watch:
     # ------------------------------------------------------------------ reporting
 
     def summary(self) -> dict[str, object]:
-        processes = []
-        for m in sorted(self.seen.values(), key=lambda m: (m.root, not m.at_start, m.pid)):
+        """Processes there at the start one by one; the ones born during the phase (rq
+        work horses, a restarted gunicorn worker) by role: how many and the largest peak."""
+        processes: list[dict[str, object]] = []
+        born: dict[str, list[Seen]] = {}
+        for m in sorted(self.seen.values(), key=lambda m: (m.root, m.pid)):
             if not self.roots[m.root].rss:
+                continue
+            if not m.at_start:
+                born.setdefault(m.label, []).append(m)
                 continue
             processes.append(
                 {
                     "pid": m.pid,
                     "role": m.label,
-                    "alive_at_start": m.at_start,
                     "peak_rss_mib": round(m.peak_rss / MIB, 1),
                     "start_rss_mib": round(m.first_rss / MIB, 1),
                     "end_rss_mib": round(m.last_rss / MIB, 1),
@@ -196,9 +208,14 @@ class Watch:
             )
         return {
             "processes": processes,
-            "cpu_s_by_tree": {
-                n: round(self.cpu_end[n] - self.cpu_start[n], 2) for n in self.cpu_end
+            "born_during_the_phase": {
+                label: {
+                    "count": len(group),
+                    "largest_peak_rss_mib": round(max(m.peak_rss for m in group) / MIB, 1),
+                }
+                for label, group in born.items()
             },
+            "cpu_s_by_tree": {n: round(v, 2) for n, v in self.cpu_by_tree.items()},
         }
 
     def report(self, indent: str = "  ") -> list[str]:
@@ -223,8 +240,6 @@ class Watch:
                 f"{indent}{label:24} {len(group):>3} born during the run: "
                 f"largest peak RSS {peak / MIB:7.1f} MiB (sampled)"
             )
-        cpu_parts = ", ".join(
-            f"{n} {self.cpu_end[n] - self.cpu_start[n]:.1f} s" for n in self.cpu_end
-        )
+        cpu_parts = ", ".join(f"{n} {v:.1f} s" for n, v in self.cpu_by_tree.items())
         lines.append(f"{indent}CPU seconds by process tree (children included): {cpu_parts}")
         return lines

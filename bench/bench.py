@@ -600,6 +600,18 @@ def run_fast(args: argparse.Namespace, target: Target) -> dict[str, Any]:
     return {"mode": "fast", **target.config, "rounds": rounds}
 
 
+def print_tail_stores(runs: list[dict[str, Any]]) -> None:
+    """The fast runs of several --tail-store values side by side."""
+    print("tail store  clients   upload MB/s   end to end MB/s   ceiling MB/s   ratio e2e")
+    for run in runs:
+        for r in run["rounds"]:
+            ceiling = r["raw_mb_s_by_in_flight"][max(r["raw_mb_s_by_in_flight"])]
+            print(
+                f"{run['tail_store']:10} {r['clients']:8} {r['tus_upload_mb_s']:13.1f}"
+                f" {r['tus_end_to_end_mb_s']:17.1f} {ceiling:14.1f} {r['ratio_end_to_end']:11.2f}"
+            )
+
+
 # --------------------------------------------------------------------------- slow mode
 
 
@@ -789,6 +801,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.self_contained:
             runs = self_contained_runs(args, lambda target: run_one(args, target))
+            if len(runs) > 1 and args.mode == "fast":
+                print_tail_stores(runs)
             summary: Any = runs if len(runs) > 1 else runs[0]
         else:
             overrides, web_args = server_settings(args)

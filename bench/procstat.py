@@ -1,11 +1,11 @@
 """Memory and CPU of the server's processes, read from /proc (Linux only).
 
 ``Watch`` follows process trees (gunicorn's master and its workers, the rq worker and its
-work horses, ...) through one phase of a benchmark: a thread samples every process's
-VmRSS a few times a second and keeps each one's peak (the kernel's VmHWM, reset at the
-start where allowed, is folded in at the end). CPU seconds are utime + stime of a whole
-tree, reaped children included (cutime + cstime), taken at the start and at the end: a
-work horse that forks and exits within the phase is counted once, in its parent.
+work horses, ...) through one phase of a benchmark, or several: a thread samples every
+process's VmRSS five times a second and keeps each one's peak (the kernel's VmHWM, reset
+at the start where allowed, is folded in at the end). CPU seconds are utime + stime of a
+whole tree, reaped children included (cutime + cstime), taken at the start and at the
+end: a work horse that forks and exits within the phase is counted once, in its parent.
 """
 
 from __future__ import annotations

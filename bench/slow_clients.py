@@ -31,6 +31,7 @@ import time
 import traceback
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -458,6 +459,14 @@ def run(
         f"slow clients: {opts.clients} x {size_mib:g} MiB in one PATCH each at "
         f"{rate_kib:g} KiB/s (chunks of {opts.chunk / KIB:g} KiB, burst {opts.burst:g} s)"
     )
+    wmem, rmem = _socket_buffers()
+    if wmem and rmem:
+        fits = opts.size <= wmem[2] + rmem[2]
+        print(
+            f"  socket buffers (TCP)    send up to {wmem[2] / MIB:g} MiB, receive "
+            f"{rmem[1] / KIB:g} KiB growing up to {rmem[2] / MIB:g} MiB while read"
+            + (": a body this small can sit whole in them" if fits else "")
+        )
     print(f"  uploads finished        {len(finished)}/{opts.clients}")
     if errors:
         print(f"  first client error      {errors[0]}")
@@ -497,6 +506,18 @@ def run(
         f"max RSS {out['bench_client_max_rss_mib']} MiB"
     )
     return out
+
+
+def _socket_buffers() -> tuple[list[int], list[int]]:
+    """(min, default, max) of tcp_wmem and tcp_rmem ([] where unreadable)."""
+    found = []
+    for name in ("tcp_wmem", "tcp_rmem"):
+        try:
+            text = Path(f"/proc/sys/net/ipv4/{name}").read_text()
+            found.append([int(x) for x in text.split()])
+        except (OSError, ValueError):
+            found.append([])
+    return found[0], found[1]
 
 
 def _rounded(value: float) -> float | None:

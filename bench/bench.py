@@ -6,6 +6,12 @@
     python bench/bench.py --self-contained --mode slow --clients 400 --size 4MiB --rate 256KiB
     python bench/bench.py --url http://127.0.0.1:5000/files/ --mib 256 --clients 4
 
+The goal lines of issue #10 (each also prints peak RSS per server process and CPU s/GiB):
+
+    python bench/bench.py --self-contained --mode slow --clients 100 --size 16MiB --rate 512KiB
+    python bench/bench.py --self-contained --mode slow --clients 400 --size 4MiB --rate 256KiB
+    python bench/bench.py --self-contained --mode fast --clients 1,4 --mib-each 256 --repeat 3
+
 Fast mode (issue #10, goal 3): for each count in ``--clients`` (default 1,4), that many
 client processes (one process each, so the GIL of one client never slows another) upload
 ``--mib`` MiB in total (or ``--mib-each`` each) of random bytes with tuspy, one PATCH per
@@ -765,7 +771,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--gunicorn-arg",
         action="append",
         default=[],
-        help="more gunicorn arguments, e.g. '--worker-connections 1000' (repeatable)",
+        help="more gunicorn arguments, e.g. --gunicorn-arg=--preload or "
+        "--gunicorn-arg '--worker-connections 1000' (repeatable)",
     )
     server.add_argument(
         "--env", action="append", default=[], help="NAME=VALUE for the app (repeatable)"

@@ -461,11 +461,11 @@ def run(
     )
     wmem, rmem = _socket_buffers()
     if wmem and rmem:
-        fits = opts.size <= wmem[2] + rmem[2]
+        fits = opts.size <= wmem[2] + rmem[1]  # a socket nobody reads keeps the default
         print(
             f"  socket buffers (TCP)    send up to {wmem[2] / MIB:g} MiB, receive "
             f"{rmem[1] / KIB:g} KiB growing up to {rmem[2] / MIB:g} MiB while read"
-            + (": a body this small can sit whole in them" if fits else "")
+            + (": a body this small can sit whole in them unread" if fits else "")
         )
     print(f"  uploads finished        {len(finished)}/{opts.clients}")
     if errors:

@@ -1,24 +1,49 @@
 #!/usr/bin/env python
-"""Throughput benchmark: rindle (tus -> S3 multipart) against raw boto3 multipart uploads.
+"""rindle's benchmark: fast clients against raw S3, and many slow clients with a probe.
 
-    python bench/bench.py --self-contained                 # starts and stops everything
+    python bench/bench.py --self-contained                      # fast mode, 1 then 4 clients
+    python bench/bench.py --self-contained --mode slow          # 100 x 16 MiB at 512 KiB/s
+    python bench/bench.py --self-contained --mode slow --clients 400 --size 4MiB --rate 256KiB
     python bench/bench.py --url http://127.0.0.1:5000/files/ --mib 256 --clients 4
 
-K client processes (one process each, so the GIL of one client never slows another) each
-upload MiB/K mebibytes of random bytes with tuspy. The upload phase ends when the last
-PATCH is acknowledged; the end-to-end time when the completion job has made every object
-in S3 (the bench polls HEAD on ``RINDLE_S3_BUCKET``/``RINDLE_S3_PREFIX + <upload id>``).
-Then the same K processes send the same bytes straight to the same S3 with boto3
-(CreateMultipartUpload, UploadPart with the part size the server used, Complete): the
-ceiling that rindle can approach. Both rates are printed with their ratio, and the peak
-RSS of each gunicorn worker during the tus phase (VmHWM, reset at the start where the
-kernel allows), which stays bounded per upload: bodies are streamed, never held whole.
+The goal lines of issue #10 (each also prints peak RSS per server process and CPU s/GiB):
+
+    python bench/bench.py --self-contained --mode slow --clients 100 --size 16MiB --rate 512KiB
+    python bench/bench.py --self-contained --mode slow --clients 400 --size 4MiB --rate 256KiB
+    python bench/bench.py --self-contained --mode fast --clients 1,4 --mib-each 256 --repeat 3
+
+Fast mode (issue #10, goal 3): for each count in ``--clients`` (default 1,4), that many
+client processes (one process each, so the GIL of one client never slows another) upload
+``--mib`` MiB in total (or ``--mib-each`` each) of random bytes with tuspy, one PATCH per
+upload unless ``--chunk-mib``. The upload phase ends when the last PATCH is
+acknowledged; the end-to-end time when the completion job has made every object in S3
+(the bench polls HEAD). Then the same processes send the same bytes straight to the same
+S3 with boto3 (CreateMultipartUpload, UploadPart with the part size the server used,
+Complete), once with each number of parts in flight of ``--raw-in-flight`` (default 1,4;
+a thread pool per client): the ceiling that rindle can approach. Printed: MB/s of each,
+rindle's end-to-end rate over each ceiling, server CPU seconds per GiB (gunicorn and rq
+process trees, children included) and the peak RSS of every server process.
+
+Slow mode (issue #10, goals 1 and 2): see ``bench/slow_clients.py``. N clients start
+together, each sending one PATCH throttled to ``--rate``; a probe (a fresh connection,
+POST then HEAD, every 0.5 s, from a few seconds after the start until the last PATCH is
+answered) measures what a new client waits. Printed: uploads finished, wall time against
+the ideal (size / rate), probe latency p50/p99/max and how many probes were answered,
+failed or timed out, objects verified exactly (sha256) in S3, peak RSS per server process,
+server CPU, and the bench client's own CPU.
 
 Connected mode uses the same environment as the app: AWS_* (AWS_ENDPOINT_URL_S3 for an
-S3-compatible store), RINDLE_S3_BUCKET, RINDLE_S3_PREFIX. ``--self-contained`` starts
-redis-server and SeaweedFS, then the app as the Procfile runs it (``devstack.Stack``:
-gunicorn with 2 gthread workers of 8 threads, one rq worker) on free loopback ports, and
-tears it all down at the end.
+S3-compatible store), RINDLE_S3_BUCKET, RINDLE_S3_PREFIX; pass --gunicorn-pid and
+--worker-pid (else the gunicorn master is looked up by port) for RSS and CPU.
+``--self-contained`` starts redis-server and SeaweedFS, then the app as the Procfile runs
+it (``devstack.Stack``: gunicorn, one rq worker) on free loopback ports, and tears it all
+down at the end. Server settings for that stack: ``--web-workers``, ``--threads``,
+``--worker-class``, ``--gunicorn-arg`` (appended to gunicorn's command line, where the
+last of a repeated option wins), ``--part-mib`` (RINDLE_TUS_PART_SIZE),
+``--parts-in-flight`` (RINDLE_PARTS_IN_FLIGHT), ``--tail-store`` and ``--env NAME=VALUE``.
+
+The machine's load average is printed before and after each mode: other work on the
+machine shows in every number here.
 """
 
 from __future__ import annotations
@@ -32,38 +57,50 @@ import math
 import multiprocessing as mp
 import os
 import re
+import resource
 import secrets
+import shlex
 import shutil
+import statistics
 import sys
 import tempfile
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from multiprocessing.synchronize import Barrier
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))  # rindle (the S3 client settings) and devstack
+BENCH_DIR = Path(__file__).resolve().parent
+REPO_ROOT = BENCH_DIR.parent
+for _path in (REPO_ROOT, BENCH_DIR):  # rindle and devstack; this dir's modules
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
 
+import procstat  # noqa: E402
+import slow_clients  # noqa: E402
+
+KIB = 1024
 MIB = 1024 * 1024
+GIB = 1024 * MIB
 MB = 1_000_000
 DEFAULT_PART_SIZE = 8 * MIB  # rindle's default RINDLE_TUS_PART_SIZE
 POLL_INTERVAL = 0.02  # seconds between HEADs while waiting for the completion job
+SERVER_TREES = ["web", "jobs"]  # the roots whose CPU counts as the server's
 
 
 # --------------------------------------------------------------------------- clients
 # Each runs in its own (spawned) process and returns a plain dict through a queue.
 
 
-def _s3_client() -> Any:
+def _s3_client(connections: int = 4) -> Any:
     """The same boto3 client settings as the app (checksums only when required, ...)."""
     from rindle.storage import make_s3_client
 
-    return make_s3_client(max_pool_connections=4)
+    return make_s3_client(max_pool_connections=connections)
 
 
 def _payload(index: int, size: int, seed: bytes) -> bytes:
@@ -101,6 +138,18 @@ def _verify(s3: Any, bucket: str, key: str, data: bytes) -> bool:
     return digest.hexdigest() == hashlib.sha256(data).hexdigest()
 
 
+def verify_phase(phase: Phase, seed: bytes, bucket: str) -> bool:
+    """After a phase (so that no client's check takes CPU from another's upload): every
+    object's sha256 against the bytes its client sent, regenerated from ``seed``."""
+    s3 = _s3_client()
+
+    def exact(r: dict[str, Any]) -> bool:
+        return _verify(s3, bucket, r["key"], _payload(r["index"], r["size"], seed))
+
+    with ThreadPoolExecutor(2) as pool:
+        return all(pool.map(exact, phase.results))
+
+
 def _tus_client(
     index: int,
     url: str,
@@ -110,7 +159,6 @@ def _tus_client(
     bucket: str,
     prefix: str,
     timeout: float,
-    verify: bool,
     barrier: Barrier,
     results: Any,
 ) -> None:
@@ -133,8 +181,6 @@ def _tus_client(
         result["key"] = key = prefix + upload_id
         _wait_for_object(s3, bucket, key, size, result["started"] + timeout)
         result["completed"] = time.monotonic()
-        if verify:
-            result["verified"] = _verify(s3, bucket, key, data)
     except BaseException:
         result["error"] = traceback.format_exc()
     results.put(result)
@@ -144,6 +190,7 @@ def _raw_client(
     index: int,
     size: int,
     part_size: int,
+    in_flight: int,
     seed: bytes,
     bucket: str,
     key: str,
@@ -151,25 +198,30 @@ def _raw_client(
     barrier: Barrier,
     results: Any,
 ) -> None:
+    """boto3 multipart upload of the same bytes, ``in_flight`` UploadParts at a time."""
     result: dict[str, Any] = {"index": index, "size": size, "key": key}
     try:
-        data = _payload(index, size, seed)
-        s3 = _s3_client()
+        data = memoryview(_payload(index, size, seed))
+        s3 = _s3_client(max(4, in_flight))
         barrier.wait(timeout=timeout)
         result["started"] = time.monotonic()
         upload_id = s3.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"]
-        parts = []
-        for number, start in enumerate(range(0, max(size, 1), part_size), start=1):
-            body = data[start : start + part_size]
-            etag = s3.upload_part(
+
+        def put(numbered: tuple[int, int]) -> dict[str, Any]:
+            number, start = numbered
+            body = bytes(data[start : start + part_size])
+            answer = s3.upload_part(
                 Bucket=bucket,
                 Key=key,
                 UploadId=upload_id,
                 PartNumber=number,
                 Body=body,
                 ContentLength=len(body),
-            )["ETag"]
-            parts.append({"PartNumber": number, "ETag": etag})
+            )
+            return {"PartNumber": number, "ETag": answer["ETag"]}
+
+        with ThreadPoolExecutor(in_flight) as pool:
+            parts = list(pool.map(put, enumerate(range(0, max(size, 1), part_size), start=1)))
         s3.complete_multipart_upload(
             Bucket=bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}
         )
@@ -184,6 +236,7 @@ class Phase:
     name: str
     results: list[dict[str, Any]]
     started: float
+    client_cpu: float  # CPU seconds of the client processes (spawn included)
 
     @property
     def total(self) -> int:
@@ -197,6 +250,11 @@ class Phase:
         return self.total / MB / self.seconds(what)
 
 
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def _run_clients(
     name: str,
     target: Callable[..., None],
@@ -208,6 +266,7 @@ def _run_clients(
     ctx = mp.get_context("spawn")
     barrier = ctx.Barrier(len(per_client_args) + 1)
     results = ctx.Queue()
+    cpu_before = _children_cpu()
     procs = [
         ctx.Process(target=target, args=(*args, barrier, results), name=f"{name}-{i}")
         for i, args in enumerate(per_client_args)
@@ -239,36 +298,11 @@ def _run_clients(
     errors = [r["error"] for r in collected if "error" in r]
     if errors:
         raise RuntimeError(f"{name}: {len(errors)} client(s) failed; first:\n{errors[0]}")
-    return Phase(name, sorted(collected, key=lambda r: r["index"]), started)
+    results_sorted = sorted(collected, key=lambda r: r["index"])
+    return Phase(name, results_sorted, started, _children_cpu() - cpu_before)
 
 
-# --------------------------------------------------------------------------- memory
-
-
-def _proc_status(pid: int) -> dict[str, int]:
-    """VmRSS and VmHWM of ``pid`` in bytes."""
-    values = {}
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            name, _, rest = line.partition(":")
-            if name in ("VmRSS", "VmHWM"):
-                values[name] = int(rest.split()[0]) * 1024
-    return values
-
-
-def _children(pid: int) -> list[int]:
-    kids = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        with contextlib.suppress(OSError):
-            kids += [int(c) for c in (task / "children").read_text().split()]
-    return kids
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-    except OSError:
-        return ""
+# --------------------------------------------------------------------------- the server
 
 
 def find_gunicorn_master(port: int | None) -> int | None:
@@ -278,90 +312,105 @@ def find_gunicorn_master(port: int | None) -> int | None:
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
-        cmdline = _cmdline(int(entry.name))
+        cmdline = procstat.cmdline(int(entry.name))
         if "gunicorn" not in cmdline or not re.search(rf":{port}(\s|$)", cmdline):
             continue
         with contextlib.suppress(OSError):
             ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            if "gunicorn" not in _cmdline(ppid):
+            if "gunicorn" not in procstat.cmdline(ppid):
                 masters.append(int(entry.name))
     return masters[0] if len(masters) == 1 else None
 
 
 @dataclass
-class Memory:
-    """Peak RSS of the gunicorn workers over one phase."""
+class Target:
+    """Where the bench sends its uploads, and the server processes it watches."""
 
-    master: int | None
-    before: dict[int, dict[str, int]] = field(default_factory=dict)
-    peak_reset: bool = False
+    url: str
+    roots: dict[str, procstat.Root]
+    config: dict[str, Any]
 
-    def workers(self) -> list[int]:
-        return _children(self.master) if self.master else []
-
-    def start(self) -> None:
-        for pid in self.workers():
-            with contextlib.suppress(OSError):
-                self.before[pid] = _proc_status(pid)
-                # "5" resets VmHWM to the current RSS (Linux >= 4.0, needs ptrace rights).
-                Path(f"/proc/{pid}/clear_refs").write_text("5")
-                self.peak_reset = True
-
-    def report(self) -> list[str]:
-        if not self.master:
-            return ["gunicorn workers: not found (pass --gunicorn-pid to report their RSS)"]
-        since = "during the tus phase" if self.peak_reset else "since the worker started"
-        lines = [f"gunicorn workers (master pid {self.master}), peak RSS {since}:"]
-        for pid in self.workers():
-            try:
-                now = _proc_status(pid)
-            except OSError:
-                continue
-            before = self.before.get(pid, {}).get("VmRSS")
-            start = f"{before / MIB:7.1f} MiB at start, " if before else ""
-            lines.append(
-                f"  pid {pid}: {start}peak {now['VmHWM'] / MIB:7.1f} MiB, "
-                f"now {now['VmRSS'] / MIB:7.1f} MiB"
-            )
-        return lines
+    def watch(self) -> procstat.Watch:
+        return procstat.Watch(dict(self.roots))
 
 
-# --------------------------------------------------------------------------- the stack
+def roots_of(
+    web: int | None, jobs: int | None, redis: int | None = None, s3: int | None = None
+) -> dict[str, procstat.Root]:
+    roots = {}
+    if web:
+        roots["web"] = procstat.Root(web, "gunicorn master", "gunicorn worker")
+    if jobs:
+        roots["jobs"] = procstat.Root(jobs, "rq worker", "rq work horse")
+    if redis:
+        roots["redis"] = procstat.Root(redis, "redis-server", "redis child", rss=False)
+    if s3:
+        roots["s3"] = procstat.Root(s3, "seaweedfs", "seaweedfs child", rss=False)
+    return roots
+
+
+def server_settings(args: argparse.Namespace) -> tuple[dict[str, str], list[str]]:
+    """The environment overrides and extra gunicorn arguments asked for on the command line."""
+    env: dict[str, str] = {}
+    if args.part_mib:
+        env["RINDLE_TUS_PART_SIZE"] = str(int(args.part_mib * MIB))
+    if args.parts_in_flight is not None:
+        env["RINDLE_PARTS_IN_FLIGHT"] = str(args.parts_in_flight)
+    for pair in args.env:
+        name, _, value = pair.partition("=")
+        env[name] = value
+    web_args: list[str] = []
+    if args.web_workers is not None:
+        web_args += ["--workers", str(args.web_workers)]
+    if args.threads is not None:
+        web_args += ["--threads", str(args.threads)]
+    if args.worker_class:
+        web_args += ["--worker-class", args.worker_class]
+    for extra in args.gunicorn_arg:
+        web_args += shlex.split(extra)
+    return env, web_args
 
 
 def self_contained_runs(
-    part_size: int | None, tail_stores: list[str], run_one: Callable[[str, int], dict[str, Any]]
+    args: argparse.Namespace, run_one: Callable[[Target], dict[str, Any]]
 ) -> list[dict[str, Any]]:
-    """redis-server + SeaweedFS, then for each of ``tail_stores`` in turn the app on them
-    (devstack's Stack: the Procfile's gunicorn settings and an rq worker) with that
-    RINDLE_TAIL_STORE, and ``run_one(tus URL, gunicorn master pid)``. Torn down at the end.
+    """redis-server + SeaweedFS, then for each ``--tail-store`` in turn the app on them
+    (devstack's Stack: the Procfile's gunicorn settings plus ``--web-workers`` & co., and
+    an rq worker), and ``run_one(target)``. Torn down at the end.
 
     Sets the AWS_* and RINDLE_S3_* variables in this process for the bench's own clients.
     """
     from devstack import Stack, private_services, stack_env
 
+    overrides, web_args = server_settings(args)
     root = Path(tempfile.mkdtemp(prefix="rindle-bench-"))
     results = []
     try:
         with private_services(root, bucket="rindle-bench") as (redis_server, s3):
             os.environ.update({**s3.env(), "RINDLE_S3_PREFIX": "bench/"})
-            for n, tail_store in enumerate(tail_stores):
+            for n, tail_store in enumerate(args.tail_store.split(",")):
                 settings = {
                     "REDIS_URL": redis_server.url,
                     **s3.env(),
                     "RINDLE_S3_PREFIX": "bench/",
                     "RINDLE_TMP_DIR": str(root / f"node{n}"),
                     "RINDLE_TAIL_STORE": tail_store,
+                    **overrides,
                 }
-                if part_size:
-                    settings["RINDLE_TUS_PART_SIZE"] = str(part_size)
-                with Stack(stack_env(settings), log_dir=root / f"logs{n}") as stack:
-                    assert stack.web is not None
-                    print(f"--- RINDLE_TAIL_STORE={tail_store}: {stack.files_url}", flush=True)
+                stack = Stack(stack_env(settings), log_dir=root / f"logs{n}", web_args=web_args)
+                with stack:
+                    assert stack.web is not None and stack.worker is not None
+                    redis_pid = redis_server.proc.pid if redis_server.proc else None
+                    s3_pid = s3.proc.pid if s3.proc else None
+                    roots = roots_of(stack.web.pid, stack.worker.pid, redis_pid, s3_pid)
+                    config = {"tail_store": tail_store, "web_args": web_args, "env": overrides}
+                    print(
+                        f"--- {stack.files_url} RINDLE_TAIL_STORE={tail_store}; gunicorn "
+                        f"{' '.join(web_args) or '(devstack defaults)'}; env {overrides or '-'}",
+                        flush=True,
+                    )
                     try:
-                        results.append(
-                            {"tail_store": tail_store, **run_one(stack.files_url, stack.web.pid)}
-                        )
+                        results.append(run_one(Target(stack.files_url, roots, config)))
                     except BaseException:
                         print(stack.logs(30), file=sys.stderr)
                         raise
@@ -370,7 +419,11 @@ def self_contained_runs(
     return results
 
 
-# --------------------------------------------------------------------------- main
+def load_average() -> str:
+    return ", ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+# --------------------------------------------------------------------------- fast mode
 
 
 def detect_part_size(bucket: str, key: str) -> int | None:
@@ -385,8 +438,6 @@ def warm_up(url: str, prefix: str, uploads: int = 8) -> list[str]:
     """Untimed: a few concurrent empty uploads, so that every web worker has built its S3
     client (an empty upload is one PutObject), as a long-running server would have.
     Returns the keys of the empty objects."""
-    from concurrent.futures import ThreadPoolExecutor
-
     from tusclient import client as tus
 
     def one(_: int) -> str:
@@ -403,89 +454,256 @@ def split(total: int, clients: int) -> list[int]:
     return [share + (1 if i < extra else 0) for i in range(clients)]
 
 
-def run(args: argparse.Namespace, url: str, master: int | None) -> dict[str, Any]:
+def _median_rate(phases: list[Phase], what: str) -> float:
+    return statistics.median(p.rate(what) for p in phases)
+
+
+def _spread(phases: list[Phase], what: str) -> str:
+    """' (min-max)' of the rates when there were repeats."""
+    if len(phases) < 2:
+        return ""
+    rates = [p.rate(what) for p in phases]
+    return f" ({min(rates):.0f}-{max(rates):.0f})"
+
+
+def fast_round(args: argparse.Namespace, target: Target, clients: int) -> dict[str, Any]:
+    """``clients`` tuspy clients, then the same bytes as raw multipart uploads with each
+    ``--raw-in-flight``; all of it ``--repeat`` times, alternating; medians reported."""
     bucket = os.environ.get("RINDLE_S3_BUCKET") or "rindle"
     prefix = os.environ.get("RINDLE_S3_PREFIX", "uploads/")
-    total = int(args.mib * MIB)
-    sizes = split(total, args.clients)
+    total = int(args.mib_each * MIB * clients) if args.mib_each else int(args.mib * MIB)
+    sizes = split(total, clients)
     chunk = int(args.chunk_mib * MIB) if args.chunk_mib else None
-    seed = secrets.token_bytes(16)
     s3 = _s3_client()
-    keys: list[str] = []
+    tus_phases: list[Phase] = []
+    raw_phases: dict[int, list[Phase]] = {n: [] for n in args.raw_in_flight}
+    part_size = args.part_mib and int(args.part_mib * MIB)
+    load_before = load_average()
     print(
-        f"bench: {args.mib:g} MiB over {args.clients} tuspy client(s) "
+        f"fast: {total / MIB:g} MiB over {clients} tuspy client(s) "
         f"({sizes[0] / MIB:.2f} MiB each), "
-        + (f"PATCHes of {args.chunk_mib:g} MiB" if chunk else "one PATCH per upload"),
+        + (f"PATCHes of {args.chunk_mib:g} MiB" if chunk else "one PATCH per upload")
+        + (f", {args.repeat} times" if args.repeat > 1 else ""),
         flush=True,
     )
-    try:
-        keys += warm_up(url, prefix)
-        memory = Memory(master)
-        tus_phase = _run_clients(
-            "tus",
-            _tus_client,
-            [
-                (i, url, size, chunk, seed, bucket, prefix, args.timeout, args.verify)
-                for i, size in enumerate(sizes)
-            ],
-            args.timeout,
-            before_start=memory.start,
-        )
-        keys += [r["key"] for r in tus_phase.results]
-        if args.verify and not all(r.get("verified") for r in tus_phase.results):
-            raise RuntimeError("an object in S3 does not match the bytes that were uploaded")
+    watch = target.watch()
+    keys = warm_up(target.url, prefix)
+    for _ in range(args.repeat):
+        seed = secrets.token_bytes(16)
+        try:
+            tus_phase = _run_clients(
+                "tus",
+                _tus_client,
+                [
+                    (i, target.url, size, chunk, seed, bucket, prefix, args.timeout)
+                    for i, size in enumerate(sizes)
+                ],
+                args.timeout,
+                before_start=watch.start,
+            )
+            watch.stop()
+            tus_phases.append(tus_phase)
+            keys += [r["key"] for r in tus_phase.results]
+            if args.verify and not verify_phase(tus_phase, seed, bucket):
+                raise RuntimeError("an object in S3 does not match the bytes that were uploaded")
+            part_size = part_size or detect_part_size(bucket, tus_phase.results[0]["key"])
+            part_size = part_size or int(
+                os.environ.get("RINDLE_TUS_PART_SIZE") or DEFAULT_PART_SIZE
+            )
+            for in_flight in args.raw_in_flight:
+                run_id = secrets.token_hex(4)
+                raw_keys = [f"{prefix}bench-raw/{run_id}-{i}" for i in range(clients)]
+                keys += raw_keys
+                raw_phases[in_flight].append(
+                    _run_clients(
+                        f"raw{in_flight}",
+                        _raw_client,
+                        [
+                            (i, size, part_size, in_flight, seed, bucket, raw_keys[i], args.timeout)
+                            for i, size in enumerate(sizes)
+                        ],
+                        args.timeout,
+                    )
+                )
+        finally:
+            if not args.keep:
+                for key in keys:
+                    with contextlib.suppress(Exception):
+                        s3.delete_object(Bucket=bucket, Key=key)
+            keys = []
 
-        part_size = args.part_mib and int(args.part_mib * MIB)
-        part_size = part_size or detect_part_size(bucket, tus_phase.results[0]["key"])
-        part_size = part_size or int(os.environ.get("RINDLE_TUS_PART_SIZE") or DEFAULT_PART_SIZE)
-        run_id = secrets.token_hex(4)
-        raw_keys = [f"{prefix}bench-raw/{run_id}-{i}" for i in range(args.clients)]
-        keys += raw_keys
-        raw_phase = _run_clients(
-            "raw",
-            _raw_client,
-            [
-                (i, size, part_size, seed, bucket, raw_keys[i], args.timeout)
-                for i, size in enumerate(sizes)
-            ],
-            args.timeout,
-        )
-    finally:
-        if not args.keep:
-            for key in keys:
-                with contextlib.suppress(Exception):
-                    s3.delete_object(Bucket=bucket, Key=key)
-
-    up, e2e = tus_phase.rate("uploaded"), tus_phase.rate("completed")
-    raw = raw_phase.rate("completed")
-    rows = [
-        ("rindle, upload phase (last PATCH acknowledged)", tus_phase.seconds("uploaded"), up),
-        ("rindle, end to end (objects complete in S3)", tus_phase.seconds("completed"), e2e),
-        ("raw S3 multipart (boto3, same part size)", raw_phase.seconds("completed"), raw),
-    ]
-    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    up, e2e = _median_rate(tus_phases, "uploaded"), _median_rate(tus_phases, "completed")
+    server_cpu = watch.cpu_seconds([t for t in SERVER_TREES if t in target.roots])
+    gib = sum(p.total for p in tus_phases) / GIB
+    median = f"medians of {args.repeat} runs" if args.repeat > 1 else "one run each"
     print(
-        f"part size {part_size / MIB:g} MiB, total {tus_phase.total / MIB:g} MiB, "
-        f"{os.cpu_count()} CPUs, load average {load}"
+        f"part size {(part_size or 0) / MIB:g} MiB, {os.cpu_count()} CPUs, "
+        f"load average before {load_before}, after {load_average()}"
     )
-    print(f"{'':50} {'seconds':>8} {'MB/s':>8}")
-    for label, seconds, rate in rows:
-        print(f"{label:50} {seconds:8.2f} {rate:8.1f}")
-    print(f"ratio rindle / raw S3: upload phase {up / raw:.2f}, end to end {e2e / raw:.2f}")
+    print(f"{median:52} {'MB/s':>8} {'range':>10} {'rindle e2e / this':>18}")
+    rows = [
+        ("rindle, upload phase (last PATCH acknowledged)", tus_phases, "uploaded", None),
+        ("rindle, end to end (objects complete in S3)", tus_phases, "completed", None),
+    ]
+    rows += [
+        (f"raw boto3 multipart, {n} part(s) in flight", phases, "completed", n)
+        for n, phases in raw_phases.items()
+    ]
+    ratios = {}
+    for label, phases, what, in_flight in rows:
+        rate = _median_rate(phases, what)
+        ratio = ""
+        if in_flight is not None:
+            ratios[in_flight] = e2e / rate
+            ratio = f"{e2e / rate:18.2f}"
+        print(f"{label:52} {rate:8.1f} {_spread(phases, what):>10} {ratio}")
+    ceiling = max(raw_phases)
+    ceiling_rate = _median_rate(raw_phases[ceiling], "completed")
+    print(
+        f"ratio rindle / ceiling (raw, {ceiling} in flight): upload phase "
+        f"{up / ceiling_rate:.2f}, end to end {ratios[ceiling]:.2f}"
+    )
     if args.verify:
         print("integrity: every object's sha256 matches its source bytes")
-    for line in memory.report():
+    client_cpu = sum(p.client_cpu for p in tus_phases)
+    print(
+        f"server CPU (gunicorn + rq trees) during the rindle runs: {server_cpu:.1f} s for "
+        f"{gib:g} GiB, {server_cpu / gib:.1f} s per GiB; tus client processes {client_cpu:.1f} s"
+    )
+    print("server processes during the rindle runs:")
+    for line in watch.report():
         print(line)
     return {
-        "mib": args.mib,
-        "clients": args.clients,
+        "clients": clients,
+        "mib_total": total / MIB,
         "chunk_mib": args.chunk_mib,
         "part_size": part_size,
+        "repeat": args.repeat,
         "tus_upload_mb_s": round(up, 1),
         "tus_end_to_end_mb_s": round(e2e, 1),
-        "raw_s3_mb_s": round(raw, 1),
-        "ratio_end_to_end": round(e2e / raw, 3),
+        "tus_end_to_end_mb_s_each": [round(p.rate("completed"), 1) for p in tus_phases],
+        "raw_mb_s_by_in_flight": {
+            n: round(_median_rate(p, "completed"), 1) for n, p in raw_phases.items()
+        },
+        "raw_mb_s_each_by_in_flight": {
+            n: [round(x.rate("completed"), 1) for x in p] for n, p in raw_phases.items()
+        },
+        "ratio_end_to_end_by_in_flight": {k: round(v, 3) for k, v in ratios.items()},
+        "ratio_end_to_end": round(ratios[ceiling], 3),
+        "server_cpu_s": round(server_cpu, 2),
+        "server_cpu_s_per_gib": round(server_cpu / gib, 2),
+        "load_average_before": load_before,
+        "load_average_after": load_average(),
+        "server": watch.summary(),
     }
+
+
+def run_fast(args: argparse.Namespace, target: Target) -> dict[str, Any]:
+    rounds = []
+    for clients in args.clients:
+        rounds.append(fast_round(args, target, clients))
+        print()
+    if len(rounds) > 1:
+        print("clients   upload MB/s   end to end MB/s   ceiling MB/s   ratio e2e   CPU s/GiB")
+        for r in rounds:
+            ceiling = r["raw_mb_s_by_in_flight"][max(r["raw_mb_s_by_in_flight"])]
+            print(
+                f"{r['clients']:7} {r['tus_upload_mb_s']:13.1f} {r['tus_end_to_end_mb_s']:17.1f}"
+                f" {ceiling:14.1f} {r['ratio_end_to_end']:11.2f}"
+                f" {r['server_cpu_s_per_gib']:11.1f}"
+            )
+    return {"mode": "fast", **target.config, "rounds": rounds}
+
+
+def print_tail_stores(runs: list[dict[str, Any]]) -> None:
+    """The fast runs of several --tail-store values side by side."""
+    print("tail store  clients   upload MB/s   end to end MB/s   ceiling MB/s   ratio e2e")
+    for run in runs:
+        for r in run["rounds"]:
+            ceiling = r["raw_mb_s_by_in_flight"][max(r["raw_mb_s_by_in_flight"])]
+            print(
+                f"{run['tail_store']:10} {r['clients']:8} {r['tus_upload_mb_s']:13.1f}"
+                f" {r['tus_end_to_end_mb_s']:17.1f} {ceiling:14.1f} {r['ratio_end_to_end']:11.2f}"
+            )
+
+
+# --------------------------------------------------------------------------- slow mode
+
+
+def run_slow(args: argparse.Namespace, target: Target) -> dict[str, Any]:
+    rate = args.rate
+    opts = slow_clients.SlowOptions(
+        url=target.url,
+        clients=args.clients[0],
+        size=args.size,
+        rate=rate,
+        chunk=args.chunk or int(min(64 * KIB, max(4 * KIB, rate / 8))),
+        burst=args.burst,
+        procs=args.client_procs,
+        interval=args.probe_interval,
+        delay=args.probe_delay,
+        probe_timeout=args.probe_timeout,
+        timeout=args.timeout,
+        seed=secrets.token_bytes(16),
+    )
+    load_before = load_average()
+    watch = target.watch()
+    out = slow_clients.run(
+        opts,
+        watch=watch,
+        s3=_s3_client(8),
+        bucket=os.environ.get("RINDLE_S3_BUCKET") or "rindle",
+        prefix=os.environ.get("RINDLE_S3_PREFIX", "uploads/"),
+        keep=args.keep,
+    )
+    server_cpu = watch.cpu_seconds([t for t in SERVER_TREES if t in target.roots])
+    gib = opts.clients * opts.size / GIB
+    print(
+        f"  server CPU              {server_cpu:.1f} s (gunicorn + rq trees), "
+        f"{server_cpu / gib:.1f} s per GiB"
+    )
+    print(
+        f"  load average            before {load_before}, after {load_average()} "
+        f"({os.cpu_count()} CPUs)"
+    )
+    print("  server processes from the start of the PATCHes until every object was complete:")
+    for line in watch.report(indent="    "):
+        print(line)
+    return {
+        **out,
+        **target.config,
+        "server_cpu_s": round(server_cpu, 2),
+        "server_cpu_s_per_gib": round(server_cpu / gib, 2),
+        "load_average_before": load_before,
+        "load_average_after": load_average(),
+        "server": watch.summary(),
+    }
+
+
+# --------------------------------------------------------------------------- main
+
+_UNITS = {"": 1, "b": 1, "k": KIB, "kib": KIB, "m": MIB, "mib": MIB, "g": GIB, "gib": GIB}
+_UNITS |= {"kb": 1000, "mb": 1000**2, "gb": 1000**3}
+
+
+def parse_size(text: str) -> int:
+    """'16MiB', '512KiB', '512k', '4M' (binary), '4MB' (decimal), '1000' (bytes); '/s'
+    at the end is allowed (a rate)."""
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-z]*)\s*(/s)?\s*", text.lower())
+    if not match or match.group(2) not in _UNITS:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 16MiB, 512KiB)")
+    return int(float(match.group(1)) * _UNITS[match.group(2)])
+
+
+def int_list(text: str) -> list[int]:
+    try:
+        values = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        msg = f"not a comma-separated list of integers: {text!r}"
+        raise argparse.ArgumentTypeError(msg) from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"need positive integers: {text!r}")
+    return values
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -497,36 +715,96 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="start redis, SeaweedFS, gunicorn and an rq worker, then tear them down",
     )
-    p.add_argument("--mib", type=float, default=256, help="MiB uploaded in total (256)")
-    p.add_argument("--clients", type=int, default=4, help="concurrent client processes (4)")
+    p.add_argument("--mode", choices=["fast", "slow"], default="fast", help="(fast)")
     p.add_argument(
+        "--clients",
+        type=int_list,
+        default=None,
+        help="fast: client counts run one after the other (1,4); slow: clients (100)",
+    )
+    p.add_argument("--timeout", type=float, default=600, help="seconds allowed per phase")
+    p.add_argument("--keep", action="store_true", help="keep the objects the bench made")
+    p.add_argument("--json", action="store_true", help="also print the results as JSON")
+
+    fast = p.add_argument_group("fast mode")
+    fast.add_argument("--mib", type=float, default=256, help="MiB uploaded in total (256)")
+    fast.add_argument("--mib-each", type=float, default=None, help="MiB per client instead")
+    fast.add_argument(
         "--chunk-mib", type=float, default=None, help="PATCH size in MiB (default: one PATCH)"
     )
-    p.add_argument(
+    fast.add_argument(
+        "--raw-in-flight",
+        type=int_list,
+        default=[1, 4],
+        help="parts in flight of the raw boto3 runs (1,4); the largest is the ceiling",
+    )
+    fast.add_argument(
+        "--repeat", type=int, default=1, help="rindle and raw runs, alternating; medians (1)"
+    )
+    fast.add_argument("--no-verify", dest="verify", action="store_false", help="skip sha256")
+
+    slow = p.add_argument_group("slow mode")
+    slow.add_argument("--size", type=parse_size, default=16 * MIB, help="per client (16MiB)")
+    slow.add_argument("--rate", type=parse_size, default=512 * KIB, help="per client (512KiB)")
+    slow.add_argument("--chunk", type=parse_size, default=None, help="bytes per send")
+    slow.add_argument(
+        "--burst", type=float, default=1.0, help="seconds of catch-up after a stall (1)"
+    )
+    slow.add_argument("--client-procs", type=int, default=1, help="client processes (1)")
+    slow.add_argument("--probe-interval", type=float, default=0.5, help="seconds (0.5)")
+    slow.add_argument("--probe-delay", type=float, default=3.0, help="first probe after (3 s)")
+    slow.add_argument("--probe-timeout", type=float, default=120, help="seconds (120)")
+
+    server = p.add_argument_group("the server (--self-contained)")
+    server.add_argument(
         "--part-mib",
         type=float,
         default=None,
-        help="part size; --self-contained sets RINDLE_TUS_PART_SIZE to it (default: the "
-        "app's, 8 MiB); connected, the raw run uses the one the server used",
+        help="RINDLE_TUS_PART_SIZE (default: the app's, 8 MiB); connected, the fast "
+        "mode's raw runs use the one the server used",
     )
-    p.add_argument(
+    server.add_argument("--parts-in-flight", type=int, default=None, help="RINDLE_PARTS_IN_FLIGHT")
+    server.add_argument("--web-workers", type=int, default=None, help="gunicorn --workers")
+    server.add_argument("--threads", type=int, default=None, help="gunicorn --threads")
+    server.add_argument("--worker-class", default=None, help="gunicorn --worker-class")
+    server.add_argument(
+        "--gunicorn-arg",
+        action="append",
+        default=[],
+        help="more gunicorn arguments, e.g. --gunicorn-arg=--preload or "
+        "--gunicorn-arg '--worker-connections 1000' (repeatable)",
+    )
+    server.add_argument(
+        "--env", action="append", default=[], help="NAME=VALUE for the app (repeatable)"
+    )
+    server.add_argument(
         "--tail-store",
         default="local",
-        help="--self-contained: RINDLE_TAIL_STORE, or several, comma-separated, run one "
-        "after the other on fresh stacks and compared (e.g. local,s3)",
+        help="RINDLE_TAIL_STORE, or several, comma-separated, run one after the other on "
+        "fresh stacks (e.g. local,s3)",
     )
-    p.add_argument("--gunicorn-pid", type=int, default=None, help="gunicorn master (connected)")
-    p.add_argument("--timeout", type=float, default=600, help="seconds allowed per phase")
-    p.add_argument("--no-verify", dest="verify", action="store_false", help="skip sha256 check")
-    p.add_argument("--keep", action="store_true", help="keep the objects the bench made")
-    p.add_argument("--json", action="store_true", help="also print the results as JSON")
+    server.add_argument("--gunicorn-pid", type=int, default=None, help="(connected)")
+    server.add_argument("--worker-pid", type=int, default=None, help="rq worker (connected)")
+
     args = p.parse_args(argv)
-    if args.clients < 1 or args.mib <= 0 or (args.chunk_mib is not None and args.chunk_mib <= 0):
-        p.error("--clients, --mib and --chunk-mib must be positive")
+    if args.clients is None:
+        args.clients = [100] if args.mode == "slow" else [1, 4]
+    if args.mode == "slow":
+        if len(args.clients) != 1:
+            p.error("slow mode takes one --clients count")
+        if args.size < 1 or args.rate < 1 or args.client_procs < 1:
+            p.error("--size, --rate and --client-procs must be positive")
+    if args.repeat < 1:
+        p.error("--repeat must be positive")
+    if args.mib <= 0 or (args.chunk_mib is not None and args.chunk_mib <= 0):
+        p.error("--mib and --chunk-mib must be positive")
     if args.part_mib is not None and not 5 <= args.part_mib <= 5 * 1024:
         p.error("--part-mib must be between 5 and 5120 (S3's limits)")
-    if math.ceil(args.mib / args.clients / (args.part_mib or 5)) > 10_000:
+    largest = args.mib_each or args.mib / min(args.clients)
+    if args.mode == "fast" and math.ceil(largest / (args.part_mib or 5)) > 10_000:
         p.error("more than 10,000 parts per client")
+    if any("=" not in pair for pair in args.env):
+        p.error("--env takes NAME=VALUE")
     return args
 
 
@@ -535,26 +813,20 @@ def main(argv: list[str] | None = None) -> int:
     from tusclient.exceptions import TusCommunicationError
 
     args = parse_args(argv)
+    run_one = run_slow if args.mode == "slow" else run_fast
     try:
         if args.self_contained:
-            part_size = args.part_mib and int(args.part_mib * MIB)
-            runs = self_contained_runs(
-                part_size,
-                args.tail_store.split(","),
-                lambda url, master: run(args, url, master),
-            )
-            if len(runs) > 1:
-                print("tail store   upload MB/s   end to end MB/s   raw S3 MB/s   ratio e2e")
-                for r in runs:
-                    print(
-                        f"{r['tail_store']:12} {r['tus_upload_mb_s']:11.1f}"
-                        f" {r['tus_end_to_end_mb_s']:17.1f} {r['raw_s3_mb_s']:13.1f}"
-                        f" {r['ratio_end_to_end']:11.2f}"
-                    )
-            summary = runs if len(runs) > 1 else runs[0]
+            runs = self_contained_runs(args, lambda target: run_one(args, target))
+            if len(runs) > 1 and args.mode == "fast":
+                print_tail_stores(runs)
+            summary: Any = runs if len(runs) > 1 else runs[0]
         else:
+            overrides, web_args = server_settings(args)
+            if overrides or web_args:
+                print("note: server settings apply to --self-contained only; ignored")
             master = args.gunicorn_pid or find_gunicorn_master(urlsplit(args.url).port)
-            summary = run(args, args.url, master)
+            config = {"url": args.url}
+            summary = run_one(args, Target(args.url, roots_of(master, args.worker_pid), config))
     except (RuntimeError, OSError, TusCommunicationError, BotoCoreError, ClientError) as exc:
         print(f"bench failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1

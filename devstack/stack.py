@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Self
 
@@ -75,7 +75,9 @@ class Stack(Service):
     process runs in its own process group and dies with this Python (``ManagedProcess``);
     its output goes to ``log_dir/<gunicorn|worker|clock>.log``, or to this terminal
     without a ``log_dir``. ``worker_env`` runs the worker with other settings than the web
-    process (e.g. the web process behind a fault proxy, the worker direct).
+    process (e.g. the web process behind a fault proxy, the worker direct). ``web_args``
+    go after gunicorn's usual arguments, and gunicorn takes the last of a repeated option
+    (a benchmark's ``--threads 32``).
     """
 
     def __init__(
@@ -86,8 +88,10 @@ class Stack(Service):
         port: int | None = None,
         clock: bool = False,
         worker_env: Mapping[str, str] | None = None,
+        web_args: Sequence[str] = (),
     ) -> None:
         self.env = dict(env)
+        self.web_args = list(web_args)
         self.worker_env = dict(worker_env) if worker_env is not None else self.env
         self.log_dir = Path(log_dir) if log_dir is not None else None
         self.port = port or free_port()
@@ -158,9 +162,8 @@ class Stack(Service):
         return ManagedProcess(name, argv, env=env, cwd=REPO_ROOT, log_path=self._log(log)).start()
 
     def _start_web(self) -> None:
-        self.web = self._spawn(
-            "gunicorn", web_command(self.port, env=self.env), self.env, "gunicorn"
-        )
+        argv = [*web_command(self.port, env=self.env), *self.web_args]
+        self.web = self._spawn("gunicorn", argv, self.env, "gunicorn")
 
     def _start_worker(self) -> None:
         env = self.worker_env

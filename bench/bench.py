@@ -359,11 +359,12 @@ def server_settings(args: argparse.Namespace) -> tuple[dict[str, str], list[str]
     for pair in args.env:
         name, _, value = pair.partition("=")
         env[name] = value
-    web_args: list[str] = []
+    # As the Procfile does: the app sizes its connection pools from RINDLE_THREADS too.
     if args.web_workers is not None:
-        web_args += ["--workers", str(args.web_workers)]
+        env["WEB_CONCURRENCY"] = str(args.web_workers)
     if args.threads is not None:
-        web_args += ["--threads", str(args.threads)]
+        env["RINDLE_THREADS"] = str(args.threads)
+    web_args: list[str] = []
     if args.worker_class:
         web_args += ["--worker-class", args.worker_class]
     for extra in args.gunicorn_arg:

@@ -38,6 +38,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, Self
 
+from rindle.config import DEFAULT_THREADS
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 LOOPBACK = "127.0.0.1"
 GRPC_PORT_OFFSET = 10000  # SeaweedFS's default distance from a gRPC port to its http port
@@ -580,7 +582,7 @@ CRON_FILE = "workers/cron.py"  # rq cron's registrations (the clock process)
 
 # The Procfile's defaults for its ${WEB_CONCURRENCY} and ${RINDLE_THREADS}.
 WEB_CONCURRENCY = 2
-RINDLE_THREADS = 8
+RINDLE_THREADS = DEFAULT_THREADS
 
 
 def web_command(

@@ -66,3 +66,18 @@ def test_a_tail_is_never_opened_through_a_planted_symlink(tmp_path):
 def test_a_final_upload_concatenates_at_most_100_partials_by_default():
     assert Settings.from_env({}).max_partials == 100
     assert Settings.from_env({"RINDLE_TUS_MAX_PARTIALS": "7"}).max_partials == 7
+
+
+def test_the_procfile_and_the_app_agree_on_the_thread_count():
+    """The app sizes its S3 pool from RINDLE_THREADS: its default must be the one the
+    Procfile gives gunicorn, or a default deployment's pool would not fit its threads."""
+    from pathlib import Path
+
+    from rindle.config import DEFAULT_THREADS
+
+    web = next(
+        line
+        for line in (Path(__file__).parents[2] / "Procfile").read_text().splitlines()
+        if line.startswith("web:")
+    )
+    assert f"--threads ${{RINDLE_THREADS:-{DEFAULT_THREADS}}}" in web

@@ -14,6 +14,7 @@ PutObject) before the offset reaches the length, so "offset == length" always me
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import logging
 import shutil
 import threading
@@ -417,7 +418,8 @@ class _Patch:
                 self.active.stop("part upload failed")
                 raise
 
-        self.inflight.append(self.writer.part_uploads.submit(ship))
+        # (in the request's context: its log lines carry the request and upload ids)
+        self.inflight.append(self.writer.part_uploads.submit(contextvars.copy_context().run, ship))
 
     def _collect_shipped(self) -> None:
         """Forget the parts committed so far; raise the error of a failed one."""
@@ -512,7 +514,9 @@ class _Patch:
                     self.active.stop(f"lease renewal failed: {exc}")
                     return
 
-        thread = threading.Thread(target=renew, name="rindle-lease", daemon=True)
+        thread = threading.Thread(
+            target=contextvars.copy_context().run, args=(renew,), name="rindle-lease", daemon=True
+        )
         thread.start()
         try:
             yield

@@ -101,6 +101,38 @@ class RawPatch:
         self.close()
 
 
+def tcp_entries(sock: socket.socket) -> tuple[list[str] | None, list[str] | None]:
+    """The /proc/net/tcp lines (split) of both ends of ``sock``'s loopback connection:
+    the client's end, then the server's."""
+
+    def hex_address(address: tuple[str, int]) -> str:
+        return f"{socket.inet_aton(address[0])[::-1].hex().upper()}:{address[1]:04X}"
+
+    client, server = hex_address(sock.getsockname()), hex_address(sock.getpeername())
+    mine = theirs = None
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if (fields[1], fields[2]) == (client, server):
+            mine = fields
+        elif (fields[1], fields[2]) == (server, client):
+            theirs = fields
+    return mine, theirs
+
+
+def kernel_queues(sock: socket.socket) -> tuple[int | None, int | None]:
+    """The bytes the client's kernel still has to deliver on this connection, and the
+    bytes the server's kernel holds that the server has not read."""
+    mine, theirs = tcp_entries(sock)
+    unsent = None if mine is None else int(mine[4].split(":")[0], 16)
+    unread = None if theirs is None else int(theirs[4].split(":")[1], 16)
+    return unsent, unread
+
+
+def read_all(patch: RawPatch) -> bool:
+    """The server process has read every byte sent on ``patch`` (no kernel holds any)."""
+    return kernel_queues(patch.sock) == (0, 0)
+
+
 def record(stack: Stack, upload_id: str) -> dict[str, str]:
     return stack.redis.hgetall(ukey(upload_id))
 
@@ -364,15 +396,19 @@ def test_kill_before_the_first_part_keeps_nothing_unacknowledged(crashed: Upload
 
 
 def test_kill_after_parts_keeps_the_committed_parts(crashed: Uploads):
-    """Killed with two parts committed and more bytes in the tail: the offset is the two
-    parts (the tail bytes were never acknowledged); the resume sends the rest."""
+    """Killed with two parts committed and 2 MiB more received: the offset is the two
+    parts (those bytes were never acknowledged); the resume sends the rest."""
     stack = crashed.stack
     data = payload(3 * P + 123, seed=102)
     url = create(stack, len(data))
     upload_id = crashed.track(url)
     patch = RawPatch(url, 0, len(data))
     patch.send(data[: 2 * P + 2 * MIB])
-    poll(lambda: committed_at_least(stack, upload_id, 2 * P, 2 * MIB), 30, "for two parts")
+    poll(
+        lambda: (committed_at_least(stack, upload_id, 2 * P, 0) and read_all(patch)) or None,
+        30,
+        "for two parts, and the 2 MiB after them read",
+    )
     kill_web(stack, patch)
 
     after = assert_consistent(stack, upload_id, data)
@@ -394,7 +430,13 @@ def start_two(stack: Stack, seed: int) -> list[tuple[str, str, bytes, int, RawPa
         upload_id = upload_id_of(url)
         patch = RawPatch(url, 0, size)
         patch.send(data[: base + MIB])
-        poll(lambda u=upload_id, b=base: committed_at_least(stack, u, b, MIB), 30, "parts")
+        poll(
+            lambda u=upload_id, b=base, p=patch: (
+                (committed_at_least(stack, u, b, 0) and read_all(p)) or None
+            ),
+            30,
+            "parts, and the MiB after them read",
+        )
         started.append((url, upload_id, data, base, patch))
     return started
 

@@ -47,7 +47,15 @@ from devstack.services import (
 from rindle.jobqueue import RETRY_INTERVALS, completion_job_id
 from tests.conftest import PART_SIZE, Stack, stack_env
 from tests.e2e.conftest import MIB, TUS, Uploads, payload, poll, read_response
-from tests.e2e.test_faults import PATCH, RawPatch, create, record, tail_size, target_of
+from tests.e2e.test_faults import (
+    PATCH,
+    RawPatch,
+    create,
+    read_all,
+    record,
+    target_of,
+    tcp_entries,
+)
 from tests.e2e.test_faults_worker import children, horse_of
 from tests.faultproxy import FaultProxy
 
@@ -56,37 +64,9 @@ pytestmark = pytest.mark.e2e
 P = PART_SIZE
 SENT = 23 * MIB + 99  # what the client sends before it falls silent
 LENGTH = 30 * MIB + 7
-READ_CHUNK = MIB  # RINDLE_READ_CHUNK's default: how much the writer asks for at a time
 IN_FLIGHT_BOUND = 0  # bytes that may still sit in kernel buffers at the signal (see above)
 ANSWER_WITHIN = 5.0  # seconds from the signal to the client's answer
 GRACEFUL_LOG = "graceful stop (SIGTERM)"
-
-
-def tcp_entries(sock: socket.socket) -> tuple[list[str] | None, list[str] | None]:
-    """The /proc/net/tcp lines (split) of both ends of ``sock``'s loopback connection:
-    the client's end, then the server's."""
-
-    def hex_address(address: tuple[str, int]) -> str:
-        return f"{socket.inet_aton(address[0])[::-1].hex().upper()}:{address[1]:04X}"
-
-    client, server = hex_address(sock.getsockname()), hex_address(sock.getpeername())
-    mine = theirs = None
-    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
-        fields = line.split()
-        if (fields[1], fields[2]) == (client, server):
-            mine = fields
-        elif (fields[1], fields[2]) == (server, client):
-            theirs = fields
-    return mine, theirs
-
-
-def kernel_queues(sock: socket.socket) -> tuple[int | None, int | None]:
-    """The bytes the client's kernel still has to deliver on this connection, and the
-    bytes the server's kernel holds that the server has not read."""
-    mine, theirs = tcp_entries(sock)
-    unsent = None if mine is None else int(mine[4].split(":")[0], 16)
-    unread = None if theirs is None else int(theirs[4].split(":")[1], 16)
-    return unsent, unread
 
 
 def server_process(master: int, sock: socket.socket) -> int:
@@ -101,17 +81,12 @@ def server_process(master: int, sock: socket.socket) -> int:
 
 
 def all_received(stack: Stack, upload_id: str, patch: RawPatch) -> bool | None:
-    """True once the server process has every byte sent. The writer reads READ_CHUNK at
-    a time, so it has written all full chunks (all full parts committed, the rest of the
-    full chunks in the tail; only the final state matches both), and the kernels hold
-    none of the bytes (so the last, short chunk is in gunicorn's own buffer)."""
-    sent = patch.sent
-    full = sent // P * P
-    in_tail = (sent - full) // READ_CHUNK * READ_CHUNK
+    """True once the server process has every byte sent: all full parts committed, and
+    the kernels hold none of the bytes (the rest is in the writer's files, or in
+    gunicorn's own buffer for the last, short read)."""
+    full = patch.sent // P * P
     committed = int(record(stack, upload_id).get("committed") or 0)
-    if committed != full or tail_size(stack, upload_id) != in_tail:
-        return None
-    return kernel_queues(patch.sock) == (0, 0) or None
+    return (committed == full and read_all(patch)) or None
 
 
 def send_and_fall_silent(stack: Stack, url: str, upload_id: str, data: bytes) -> RawPatch:

@@ -155,7 +155,7 @@ class Settings:
             or f"{socket.gethostname()}:{os.path.abspath(default_tmp_dir(env))}",
             trusted_proxies=_int(env, "RINDLE_TRUSTED_PROXIES", 0),
             lease_seconds=max(5, _int(env, "RINDLE_LEASE_SECONDS", 60)),
-            read_chunk=max(64 * 1024, _int(env, "RINDLE_READ_CHUNK", 256 * 1024)),
+            read_chunk=max(64 * 1024, _int(env, "RINDLE_READ_CHUNK", 64 * 1024)),
             orphan_grace=_int(env, "RINDLE_ORPHAN_GRACE", 3600),
             reap_interval=_int(env, "RINDLE_REAP_INTERVAL", 600),
             release_wait=_int(env, "RINDLE_RELEASE_WAIT", 3),

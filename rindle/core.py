@@ -99,7 +99,10 @@ class Rindle:
     def s3(self) -> S3Storage:
         # One connection for each request thread and each part upload thread at most.
         pool = self.settings.threads + PART_UPLOAD_THREADS
-        client = make_s3_client(pool, path_style=bool(self.settings.s3_endpoint))
+        endpoint = self.settings.s3_endpoint  # "" for AWS itself: HTTPS
+        client = make_s3_client(
+            pool, path_style=bool(endpoint), sign_payload=endpoint.startswith("http:")
+        )
         metrics.instrument_s3(client)  # part durations, failed calls
         return S3Storage(client, self.settings.s3_bucket)
 

@@ -15,7 +15,9 @@ from botocore.exceptions import BotoCoreError, ClientError
 S3_ERRORS = (BotoCoreError, ClientError)
 
 
-def make_s3_client(max_pool_connections: int = 32, path_style: bool = False) -> BaseClient:
+def make_s3_client(
+    max_pool_connections: int = 32, path_style: bool = False, sign_payload: bool = True
+) -> BaseClient:
     """A boto3 S3 client that works with S3-compatible stores (endpoint and credentials
     from boto3's own variables).
 
@@ -23,6 +25,9 @@ def make_s3_client(max_pool_connections: int = 32, path_style: bool = False) -> 
     trailers that R2, B2 and older MinIO reject), a pool sized for the request threads,
     path-style addressing for custom endpoints (``path_style``), and SigV4 for presigned
     URLs too (botocore would presign with SigV2, which newer AWS regions refuse).
+    ``sign_payload=False`` sends bodies as UNSIGNED-PAYLOAD instead of hashing every byte
+    with SHA-256 for the signature (without a checksum header botocore hashes them even
+    over HTTPS): for an HTTPS endpoint, where TLS already protects the bytes.
     """
     config = Config(
         signature_version="s3v4",
@@ -32,7 +37,10 @@ def make_s3_client(max_pool_connections: int = 32, path_style: bool = False) -> 
         connect_timeout=5,
         read_timeout=60,
         retries={"mode": "standard", "max_attempts": 3},
-        s3={"addressing_style": "path"} if path_style else None,
+        s3={
+            **({"addressing_style": "path"} if path_style else {}),
+            "payload_signing_enabled": sign_payload,
+        },
     )
     return boto3.session.Session().client("s3", config=config)
 

@@ -193,6 +193,8 @@ class FileSlice(io.RawIOBase):
     """A window onto part of an open file, seekable, so that boto3 can sign and retry
     it. Positional reads (pread): the file's own offset is left alone."""
 
+    PIECE = 64 * 1024
+
     def __init__(self, fd: int, start: int, size: int) -> None:
         super().__init__()
         self._fd = fd
@@ -207,8 +209,11 @@ class FileSlice(io.RawIOBase):
         return True
 
     def read(self, n: int | None = -1) -> bytes:
+        """Up to ``n`` bytes (all that is left for -1), at most PIECE for a positive
+        ``n``, as a raw stream may: boto3 hashes a body in 1 MiB reads, and a few hundred
+        uploads finishing at once each held such a buffer (~1 MiB of RSS apiece)."""
         left = self._size - self._pos
-        n = left if n is None or n < 0 else min(n, left)
+        n = left if n is None or n < 0 else min(n, left, self.PIECE)
         data = os.pread(self._fd, n, self._start + self._pos) if n > 0 else b""
         self._pos += len(data)
         return data

@@ -343,18 +343,26 @@ def crash_stack(
         yield stack
 
 
+def uploads_behind(
+    request: pytest.FixtureRequest, stack: Stack, proxy: FaultProxy
+) -> Iterator[Uploads]:
+    """Uploads on ``stack`` (a fixture's body); afterwards the proxy passes again and the
+    app runs."""
+    request.node.stash[_STACKS] = [stack]
+    helper = Uploads(stack)
+    yield helper
+    proxy.heal()
+    if stack.web is None or not stack.web.alive():
+        stack.restart_web()
+    helper.cleanup()
+
+
 @pytest.fixture
 def crashed(
     request: pytest.FixtureRequest, crash_stack: Stack, s3_proxy: FaultProxy
 ) -> Iterator[Uploads]:
     """Uploads on ``crash_stack``; afterwards the proxy passes again and the app runs."""
-    request.node.stash[_STACKS] = [crash_stack]
-    helper = Uploads(crash_stack)
-    yield helper
-    s3_proxy.heal()
-    if crash_stack.web is None or not crash_stack.web.alive():
-        crash_stack.restart_web()
-    helper.cleanup()
+    yield from uploads_behind(request, crash_stack, s3_proxy)
 
 
 def kill_web(stack: Stack, patch: RawPatch) -> float:

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 
 from devstack.services import RedisServer, SeaweedS3
-from tests.conftest import _STACKS, Stack
+from tests.conftest import Stack
 from tests.e2e import test_faults as faults
 from tests.e2e.conftest import Uploads, own_stack, payload, poll
 from tests.e2e.test_faults import (
@@ -59,13 +59,7 @@ def flight_stack(
 def flights(
     request: pytest.FixtureRequest, flight_stack: Stack, s3_proxy: FaultProxy
 ) -> Iterator[Uploads]:
-    request.node.stash[_STACKS] = [flight_stack]
-    helper = Uploads(flight_stack)
-    yield helper
-    s3_proxy.heal()
-    if flight_stack.web is None or not flight_stack.web.alive():
-        flight_stack.restart_web()
-    helper.cleanup()
+    yield from faults.uploads_behind(request, flight_stack, s3_proxy)
 
 
 def test_a_failed_middle_part_keeps_the_parts_before_it_and_commits_none_after(

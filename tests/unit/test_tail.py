@@ -65,3 +65,36 @@ def test_second_writer_on_this_node_is_locked_out(tmp_path):
         Tail.open("u", 0, root=str(tmp_path))
     first.close()
     Tail.open("u", 0, root=str(tmp_path)).close()
+
+
+def test_two_reapers_at_once_leave_a_new_writers_tail_alone(tmp_path, monkeypatch):
+    """Reaper B opened an idle tail; before B locks it, reaper A deletes it and a writer
+    makes a new tail at the same path. B's lock is on the old file: B must neither fail
+    nor delete the writer's file."""
+    import fcntl
+
+    from rindle.storage import tail as tail_module
+    from rindle.storage import try_remove_idle_tail
+
+    old = Tail.open("u1", 0, str(tmp_path))
+    old.write(b"old")
+    old.close()
+    path = tail_path("u1", str(tmp_path))
+    real_flock = fcntl.flock
+    newer: list[Tail] = []
+    raced = []
+
+    def meanwhile(fd, how):  # type: ignore[no-untyped-def]
+        if not raced:
+            raced.append(True)
+            os.unlink(path)  # reaper A
+            newer.append(Tail.open("u1", 0, str(tmp_path)))  # a writer's new tail
+            newer[0].write(b"new bytes")
+        return real_flock(fd, how)
+
+    monkeypatch.setattr(tail_module.fcntl, "flock", meanwhile)
+    assert try_remove_idle_tail(path) is False
+    monkeypatch.setattr(tail_module.fcntl, "flock", real_flock)
+    newer[0].close()
+    with open(path, "rb") as f:
+        assert f.read() == b"new bytes"

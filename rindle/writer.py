@@ -122,8 +122,8 @@ class Writer:
             assert after is not None
             if after.offset != upload.offset:
                 self.notify(hooks.upload_progress, after)
-            if after.state == State.ASSEMBLING and upload.state != State.ASSEMBLING:
-                # (also when a deferred length was declared at the offset already reached)
+            if after.state == State.ASSEMBLING:  # (``upload`` was writable: this write did it,
+                # also when it declared a deferred length at the offset already reached)
                 self.notify(hooks.upload_received, after)
             return WriteResult(after, overflow, patch.ended_early)
         finally:
@@ -209,8 +209,9 @@ class _Patch:
     into a fresh nameless spool file per part. Each full part is uploaded by a
     background thread while the body keeps arriving (up to RINDLE_PARTS_IN_FLIGHT at
     once), and committed in Redis only after its upload and the commit of the part
-    before it: commits stay in order, so the offset never has a hole. ``lock`` guards
-    the committed state that those threads move forward.
+    before it: commits stay in order, so the offset never has a hole, and only one
+    thread at a time moves the committed state forward (the request thread itself once
+    no part is in flight).
     """
 
     def __init__(
@@ -231,7 +232,6 @@ class _Patch:
         self.offset = upload.offset  # as committed in Redis
         self.committed = upload.committed  # bytes in committed parts
         self.s3_upload_id = upload.s3_upload_id
-        self.lock = threading.Lock()
         self.inflight: deque[Future[None]] = deque()  # part uploads, oldest first
         self.spools: list[SpoolFile] = []  # open spool files, closed when the PATCH ends
         self.shared_key = upload.tail_key  # the shared copy Redis records, if any
@@ -280,10 +280,7 @@ class _Patch:
             while received < room:
                 want = min(self.writer.settings.read_chunk, room - received)
                 if hasher is None:
-                    if self._is_full_part(filling, start):
-                        self._ship_meanwhile(filling, start)
-                        filling = self._new_spool()
-                        start += upload.part_size
+                    filling, start = self._ship_if_full(filling, start)
                     want = min(want, upload.part_size - filling.size)
                 try:
                     data = read(want)
@@ -304,10 +301,7 @@ class _Patch:
                     )
                 else:
                     self._collect_shipped()  # a failed part ends the PATCH now
-                    if self._is_full_part(filling, start):
-                        self._ship_meanwhile(filling, start)
-                        filling = self._new_spool()
-                        start += upload.part_size
+                    filling, start = self._ship_if_full(filling, start)
                 if self.active.stop_reason:  # asked to let go (see lease_kept, the watcher)
                     log.info("upload %s: letting go (%s)", upload.id, self.active.stop_reason)
                     self.ended_early = True
@@ -375,26 +369,28 @@ class _Patch:
             self.writer.shared.delete_quietly(self.shared_key)
         self.shared_key = key
 
-    def _is_full_part(self, spool: SpoolFile, start: int) -> bool:
-        """``spool`` (from upload offset ``start``) holds a full part that is not the
+    def _is_full_part(self, size: int, start: int) -> bool:
+        """``size`` bytes from upload offset ``start`` hold a full part that is not the
         upload's last part (the last part is _ship_last's)."""
         part_size, length = self.upload.part_size, self.upload.length
-        if spool.size < part_size:
-            return False
-        return length is None or start + part_size < length
+        return size >= part_size and (length is None or start + part_size < length)
 
-    def _new_spool(self) -> SpoolFile:
+    def _ship_if_full(self, filling: SpoolFile, start: int) -> tuple[SpoolFile, int]:
+        """Once ``filling`` (from upload offset ``start``) holds a full part, ship it in
+        the background; the body then goes on into a new spool file. Returns where the
+        body goes now, and that file's start."""
+        if not self._is_full_part(filling.size, start):
+            return filling, start
+        self._ship_meanwhile(filling, start)
         spool = SpoolFile.anonymous(self.writer.settings.tmp_dir)
         self.spools.append(spool)
-        return spool
+        return spool, start + self.upload.part_size
 
     def _ship_waiting_parts(self) -> None:
         """Ship every full part of a spooled body from where it lies, then drop them all
         at once: one copy of the rest, not one per part."""
         shipped = 0
-        while self._is_full_part(self.tail, self.committed) and (
-            self.tail.size - shipped >= self.upload.part_size
-        ):
+        while self._is_full_part(self.tail.size - shipped, self.committed):
             self._ship_part(self.tail, shipped)
             shipped += self.upload.part_size
         if shipped:
@@ -476,20 +472,19 @@ class _Patch:
             )
         if before is not None:
             before.result()  # the part before failed: this one is not committed
-        with self.lock:
-            assert self.committed == start, "parts are committed in order"
-            new_offset = start + size
-            self.writer.store.commit_part(
-                self.upload.id,
-                self.token,
-                self.offset,
-                new_offset,
-                (number, etag, size),
-                self.writer.settings.node_id,
-                self.declared,
-            )
-            self.committed = self.offset = new_offset
-            self.declared = None
+        assert self.committed == start, "parts are committed in order"
+        new_offset = start + size
+        self.writer.store.commit_part(
+            self.upload.id,
+            self.token,
+            self.offset,
+            new_offset,
+            (number, etag, size),
+            self.writer.settings.node_id,
+            self.declared,
+        )
+        self.committed = self.offset = new_offset
+        self.declared = None
         if empty_after:
             spool.truncate(0)  # frees its disk while the body keeps arriving
         self._replace_shared("")

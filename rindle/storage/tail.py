@@ -13,6 +13,7 @@ import io
 import os
 import stat
 import tempfile
+from collections.abc import Iterator
 
 from rindle.config import default_tmp_dir
 from rindle.errors import TailMissing
@@ -125,13 +126,18 @@ class SpoolFile:
 
     def copy_to(self, target: SpoolFile) -> None:
         """Append all of this file's bytes to ``target``."""
-        copied = 0
-        while copied < self.size:
-            chunk = os.pread(self._fd, min(1 << 20, self.size - copied), copied)
-            if not chunk:
-                raise OSError(f"spool file: {self.size} bytes expected, the file is shorter")
+        for chunk in self._chunks(0, self.size):
             target.write(chunk)
-            copied += len(chunk)
+
+    def _chunks(self, start: int, size: int) -> Iterator[bytes]:
+        """``size`` bytes from ``start``, 1 MiB at a time; OSError if the file is shorter."""
+        done = 0
+        while done < size:
+            chunk = os.pread(self._fd, min(1 << 20, size - done), start + done)
+            if not chunk:
+                raise OSError(f"{start + size} bytes expected, the file is shorter")
+            yield chunk
+            done += len(chunk)
 
     def truncate(self, size: int) -> None:
         """Cut the file back to its first ``size`` bytes (drop bytes never acknowledged)."""
@@ -185,12 +191,12 @@ class Tail(SpoolFile):
         """Drop the first ``count`` bytes (shipped as parts), keeping the rest in order."""
         keep = self.size - count
         copied = 0
-        while copied < keep:  # forward copy: the source is always ahead of the target
-            chunk = os.pread(self._fd, min(1 << 20, keep - copied), count + copied)
-            if not chunk:
-                raise OSError(f"{self.path}: {self.size} bytes expected, the file is shorter")
-            written = os.pwrite(self._fd, chunk, copied)
-            copied += written
+        for chunk in self._chunks(count, keep):  # forward: the source is ahead of the target
+            view = memoryview(chunk)
+            while view:
+                written = os.pwrite(self._fd, view, copied)
+                view = view[written:]
+                copied += written
         self.truncate(keep)
 
     def remove(self) -> None:

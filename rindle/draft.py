@@ -22,7 +22,6 @@ from rindle.upload import WRITABLE, State, Upload
 
 VERSION_HEADER = "Upload-Draft-Interop-Version"
 INTEROP_VERSIONS = (6, 8)
-LATEST = 8
 PARTIAL_UPLOAD = "application/partial-upload"  # an append's content type
 PROBLEM_JSON = "application/problem+json"
 

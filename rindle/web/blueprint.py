@@ -14,7 +14,7 @@ import logging
 import secrets
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from types import ModuleType
 
@@ -56,16 +56,18 @@ def tus_headers(response: Response) -> Response:
 
 
 def error_response(status: int, code: str, message: str, headers: dict[str, str]) -> Response:
-    if draft.is_draft(request.headers):  # the IETF draft's dialect: a problem document
-        return draft_dialect().problem_response(status, code, message, headers)
-    response = jsonify(error=code, message=message)
-    response.status_code = status
-    response.headers.update(headers)
+    in_draft = draft.is_draft(request.headers)
+    if in_draft:  # the IETF draft's dialect: a problem document
+        response = draft_dialect().problem_response(status, code, message, headers)
+    else:
+        response = jsonify(error=code, message=message)
+        response.status_code = status
+        response.headers.update(headers)
     if request.content_length or protocol.is_chunked(request.headers):
         # The body may be unread: ask the server to close rather than drain it (gunicorn
         # decides by itself: it drains a capped amount, then closes).
         response.headers["Connection"] = "close"
-    return tus_headers(response)
+    return response if in_draft else tus_headers(response)
 
 
 @blueprint.errorhandler(RindleError)
@@ -92,10 +94,10 @@ def _disk_failed(err: OSError) -> Response:
     the writer has already cut the tail back to what Redis acknowledges."""
     log.error("tail storage failed: %s", err)
     if err.errno == errno.ENOSPC:
-        return error_response(
-            507, "insufficient_storage", "this node is short of disk space; retry", {}
+        return _rindle_error(
+            TusError("insufficient_storage", "this node is short of disk space; retry")
         )
-    return error_response(500, "storage_error", "this node could not store the bytes", {})
+    return _rindle_error(TusError("storage_error", "this node could not store the bytes"))
 
 
 @blueprint.errorhandler(Refuse)
@@ -127,10 +129,13 @@ def method_not_allowed(err: MethodNotAllowed) -> Response:
     if "PUT" in allowed and not draft.is_draft(request.headers):
         # The collection's PUT and PATCH create uploads in the IETF draft's dialect only.
         allowed = [method for method in allowed if method not in ("PUT", "PATCH")]
-    refusal = TusError(
-        "method_not_allowed", f"{request.method} is not served here", {"Allow": ", ".join(allowed)}
+    return _rindle_error(
+        TusError(
+            "method_not_allowed",
+            f"{request.method} is not served here",
+            {"Allow": ", ".join(allowed)},
+        )
     )
-    return error_response(refusal.status, refusal.code, refusal.message, refusal.headers)
 
 
 def with_expiry(response: Response, upload: Upload) -> Response:
@@ -185,7 +190,13 @@ def _check_version() -> None:
 def _refuse_while_stopping() -> None:
     """A process that is shutting down (SIGTERM, ``rindle.web.graceful``) starts no new
     upload: the client retries, on another node or on this one once it has restarted."""
-    if request.method in ("POST", "PATCH") and current_rindle().stopping:
+    if request.method in ("POST", "PATCH"):
+        refuse_if_stopping()
+
+
+def refuse_if_stopping() -> None:
+    """503 (with Retry-After) once this process is shutting down."""
+    if current_rindle().stopping:
         raise TusError("shutting_down", "this server is shutting down; retry", {"Retry-After": "5"})
 
 
@@ -237,6 +248,30 @@ def take_over(upload: Upload, kind: str) -> Upload:
     return load(upload.id)
 
 
+def settled(upload_id: str, kind: str) -> Upload:
+    """The upload as a HEAD reports it: authorized ("head"), a request still writing it
+    asked to let go (``kind``, as for ``take_over``), its completion ensured if it is
+    assembling (in case the last append lost it)."""
+    upload = load(upload_id)
+    authorize("head", upload)
+    if upload.state in WRITABLE:
+        upload = take_over(upload, kind)
+    if upload.state == State.ASSEMBLING:
+        current_rindle().jobs.ensure_completion(upload_id)
+    return upload
+
+
+@contextlib.contextmanager
+def gone_if_ended(upload_id: str) -> Iterator[None]:
+    """A write that lost its race (Fenced) is 410 when a DELETE or the expiry sweep
+    ended the upload meanwhile, else the conflict itself."""
+    try:
+        yield
+    except Fenced:
+        load(upload_id)
+        raise
+
+
 def read_body(n: int) -> bytes:
     """The request body, as the writer reads it: client trouble is BodyEnded."""
     try:
@@ -248,12 +283,9 @@ def read_body(n: int) -> bytes:
 def write_body(upload: Upload, append: protocol.Append) -> WriteResult:
     """Stream the request body into the upload."""
     interrupt = connection_shutdown(socket.SHUT_RD)  # ends a read blocked on the client
-    with observe.BodyWrite(upload) as written:  # metrics and one summary line
-        try:
-            written.result = current_rindle().writer.write(upload.id, append, read_body, interrupt)
-        except Fenced:
-            load(upload.id)  # 410 when a DELETE or the expiry sweep ended it meanwhile
-            raise
+    # observe.BodyWrite: metrics and one summary line
+    with observe.BodyWrite(upload) as written, gone_if_ended(upload.id):
+        written.result = current_rindle().writer.write(upload.id, append, read_body, interrupt)
         return written.result
 
 
@@ -403,12 +435,7 @@ def final_partials(urls: list[str]) -> list[Upload]:
 
 @blueprint.route("/<upload_id>", methods=["HEAD"], endpoint="upload")
 def head(upload_id: str) -> Response:
-    upload = load(upload_id)
-    authorize("head", upload)
-    if upload.state in WRITABLE:
-        upload = take_over(upload, RELEASE_IF_IDLE)
-    if upload.state == State.ASSEMBLING:
-        current_rindle().jobs.ensure_completion(upload_id)  # in case the last PATCH lost it
+    upload = settled(upload_id, RELEASE_IF_IDLE)
     response = Response(status=200)
     if not upload.is_final or upload.state == State.COMPLETED:
         response.headers["Upload-Offset"] = str(upload.offset)  # a final one: once assembled

@@ -23,15 +23,18 @@ from flask import Response, request, url_for
 from werkzeug.http import parse_options_header
 
 from rindle import draft, protocol
-from rindle.errors import Fenced, LeaseHeld, RindleError, TusError
+from rindle.errors import LeaseHeld, RindleError, TusError
 from rindle.lease import RELEASE_NOW
 from rindle.upload import WRITABLE, State, Upload
 from rindle.web.blueprint import (
     authorize,
     close_if_unread,
     end_upload,
+    gone_if_ended,
     load,
     new_upload,
+    refuse_if_stopping,
+    settled,
     take_over,
     write_body,
 )
@@ -97,8 +100,6 @@ def problem_response(status: int, code: str, message: str, headers: Mapping[str,
         response.headers["Upload-Complete"] = "?0"
     if status == 413 and version in draft.INTEROP_VERSIONS:
         response.headers["Upload-Limit"] = upload_limit(version)
-    if request.content_length or protocol.is_chunked(request.headers):
-        response.headers["Connection"] = "close"  # the body may be unread (as for tus)
     return response
 
 
@@ -115,10 +116,8 @@ def options(version: int) -> Response:
 def create(version: int) -> Response:
     """Upload creation: the request's content (any size, maybe none, maybe interrupted)
     is the upload's beginning; ``Upload-Complete: ?1`` says it is all of it."""
-    rindle = current_rindle()
-    settings = rindle.settings
-    if rindle.stopping:  # POST and PATCH were refused already; PUT too
-        raise TusError("shutting_down", "this server is shutting down; retry", {"Retry-After": "5"})
+    settings = current_rindle().settings
+    refuse_if_stopping()  # POST and PATCH were refused already; PUT too
     transfer = draft.parse_transfer(request.headers, request.content_length, append=False)
     authorize("create", None)
     length = draft.creation_length(transfer, settings.max_size)
@@ -131,16 +130,11 @@ def create(version: int) -> Response:
         # The upload exists now: whatever happens to the content, the client may resume.
         try:
             upload, result = receive(upload, transfer, None, location)
-        except TusError as err:
+        except RindleError as err:
             if err.code in ("inconsistent_length", "upload_too_large"):
                 raise
             log.warning("upload %s: first bytes with the creation not kept: %s", upload.id, err)
             upload = load(upload.id)
-        except RindleError as err:
-            log.warning("upload %s: first bytes with the creation not kept: %s", upload.id, err)
-            upload = load(upload.id)
-    elif transfer.complete and length is None:  # (a chunked body is handled above)
-        upload = finish(upload)
     response = with_state(bodiless(201), upload)
     response.headers["Location"] = location
     response.headers["Upload-Limit"] = upload_limit(version, upload)
@@ -170,14 +164,9 @@ def retrieve_offset(version: int, upload_id: str) -> Response:
         draft.check_no_upload_fields(
             request.headers, ("Upload-Offset", "Upload-Complete", "Upload-Length")
         )
-    upload = load(upload_id)
-    authorize("head", upload)
-    if upload.state in WRITABLE:
-        # The draft: a request still writing this upload is ended first, so that the
-        # offset answered is the one a following append is held to.
-        upload = take_over(upload, RELEASE_NOW)
-    if upload.state == State.ASSEMBLING:
-        current_rindle().jobs.ensure_completion(upload_id)  # in case the last append lost it
+    # The draft: a request still writing this upload is ended first, so that the offset
+    # answered is the one a following append is held to.
+    upload = settled(upload_id, RELEASE_NOW)
     response = with_state(bodiless(204), upload)
     if upload.length is not None:
         response.headers["Upload-Length"] = str(upload.length)
@@ -221,8 +210,7 @@ def cancel(version: int, upload_id: str) -> Response:
     end_upload(upload)
     lease = current_rindle().lease
     with contextlib.suppress(LeaseHeld):  # not in time: it stops at its next renewal
-        if lease.held(upload_id):
-            lease.wait_until_free(upload_id, RELEASE_NOW)
+        lease.wait_until_free(upload_id, RELEASE_NOW)
     return bodiless(204)
 
 
@@ -265,12 +253,8 @@ def receive(
 def finish(upload: Upload) -> Upload:
     """Complete an upload of unknown length at its offset (a completing request with
     content of unknown length, now ended): declare the length, with no more bytes."""
-    rindle = current_rindle()
-    try:
-        result = rindle.writer.write(
+    with gone_if_ended(upload.id):
+        result = current_rindle().writer.write(
             upload.id, protocol.Append(upload.offset, None, upload.offset), lambda n: b""
         )
-    except Fenced:
-        load(upload.id)  # 410 when a DELETE or the expiry sweep ended it meanwhile
-        raise
     return result.upload

@@ -185,17 +185,26 @@ class Watch:
 
     # ------------------------------------------------------------------ reporting
 
-    def summary(self) -> dict[str, object]:
-        """Processes there at the start one by one; the ones born during the phase (rq
-        work horses, a restarted gunicorn worker) by role: how many and the largest peak."""
-        processes: list[dict[str, object]] = []
+    def _by_phase(self) -> tuple[list[Seen], dict[str, list[Seen]]]:
+        """The processes seen (of trees that were sampled), by root and pid: those there
+        at the start, and those born during the phase grouped by role."""
+        at_start: list[Seen] = []
         born: dict[str, list[Seen]] = {}
         for m in sorted(self.seen.values(), key=lambda m: (m.root, m.pid)):
             if not self.roots[m.root].rss:
                 continue
-            if not m.at_start:
+            if m.at_start:
+                at_start.append(m)
+            else:
                 born.setdefault(m.label, []).append(m)
-                continue
+        return at_start, born
+
+    def summary(self) -> dict[str, object]:
+        """Processes there at the start one by one; the ones born during the phase (rq
+        work horses, a restarted gunicorn worker) by role: how many and the largest peak."""
+        at_start, born = self._by_phase()
+        processes: list[dict[str, object]] = []
+        for m in at_start:
             processes.append(
                 {
                     "pid": m.pid,
@@ -221,14 +230,9 @@ class Watch:
     def report(self, indent: str = "  ") -> list[str]:
         """One line per process that was there at the start, one per role for processes
         born during the phase (rq work horses: many, short-lived), CPU per tree."""
+        at_start, born = self._by_phase()
         lines = []
-        born: dict[str, list[Seen]] = {}
-        for m in sorted(self.seen.values(), key=lambda m: (m.root, m.pid)):
-            if not self.roots[m.root].rss:
-                continue
-            if not m.at_start:
-                born.setdefault(m.label, []).append(m)
-                continue
+        for m in at_start:
             lines.append(
                 f"{indent}{m.label:24} pid {m.pid:>7}: peak RSS {m.peak_rss / MIB:7.1f} MiB "
                 f"(start {m.first_rss / MIB:6.1f}, end {m.last_rss / MIB:6.1f}), "

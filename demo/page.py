@@ -7,9 +7,11 @@ see ``demo.assets``); without it the page says how to install it.
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, current_app, jsonify, render_template, send_from_directory
+from flask import Blueprint, Response, jsonify, render_template, send_from_directory
 
 from demo import assets
+from rindle.config import MIB
+from rindle.web.context import current_rindle
 
 blueprint = Blueprint(
     "demo",
@@ -31,11 +33,11 @@ CSP = (
 
 @blueprint.get("/")
 def index() -> Response:
-    settings = current_app.extensions["rindle"].settings
+    settings = current_rindle().settings
     page = render_template(
         "rindle_demo.html",
         uppy_ready=assets.present(),
-        part_mib=settings.part_size / (1024 * 1024),
+        part_mib=settings.part_size / MIB,
         download=settings.download,
     )
     response = Response(page, mimetype="text/html")

@@ -580,9 +580,9 @@ WORKER_CLASS = "rindle.worker.RindleWorker"  # rq worker --worker-class
 CRON_FILE = "workers/cron.py"  # rq cron's registrations (the clock process)
 
 
-# The Procfile's defaults for its ${WEB_CONCURRENCY} and ${RINDLE_THREADS}.
+# The Procfile's defaults for its ${WEB_CONCURRENCY} and ${RINDLE_THREADS}: 2 and
+# DEFAULT_THREADS.
 WEB_CONCURRENCY = 2
-RINDLE_THREADS = DEFAULT_THREADS
 
 
 def web_command(
@@ -604,7 +604,7 @@ def web_command(
     """
     env = env or {}
     workers = int(env.get("WEB_CONCURRENCY") or WEB_CONCURRENCY)
-    threads = int(env.get("RINDLE_THREADS") or RINDLE_THREADS)
+    threads = int(env.get("RINDLE_THREADS") or DEFAULT_THREADS)
     return [
         sys.executable,
         "-m",

@@ -202,6 +202,7 @@ class Stack(Service):
         ``flask rindle doctor`` looks for."""
         import redis
         from rq.cron import CronScheduler
+        from rq.scheduler import RQScheduler
 
         assert self.clock is not None
         queue = self.env.get("RINDLE_QUEUE", "rindle")
@@ -210,7 +211,7 @@ class Stack(Service):
             wait_until(
                 lambda: (
                     bool(CronScheduler.all(conn, cleanup=False))
-                    and bool(conn.exists(f"rq:scheduler-lock:{queue}"))
+                    and bool(conn.exists(RQScheduler.get_locking_key(queue)))
                 ),
                 timeout=timeout,
                 procs=[self.clock, *([self.worker] if self.worker else [])],

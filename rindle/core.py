@@ -23,7 +23,7 @@ from rindle.hooks import Hooks
 from rindle.jobqueue import JobQueue
 from rindle.lease import Lease, ReleaseWatcher
 from rindle.maintenance import Maintenance, TailReaper
-from rindle.storage import S3Storage, check_tail_dir, make_s3_client
+from rindle.storage import S3Storage, check_tail_dir, s3_client_for
 from rindle.storage.shared_tail import SharedTails
 from rindle.store import UploadStore
 from rindle.upload import Upload
@@ -99,10 +99,7 @@ class Rindle:
     def s3(self) -> S3Storage:
         # One connection for each request thread and each part upload thread at most.
         pool = self.settings.threads + PART_UPLOAD_THREADS
-        endpoint = self.settings.s3_endpoint  # "" for AWS itself: HTTPS
-        client = make_s3_client(
-            pool, path_style=bool(endpoint), sign_payload=endpoint.startswith("http:")
-        )
+        client = s3_client_for(self.settings.s3_endpoint, pool)
         metrics.instrument_s3(client)  # part durations, failed calls
         return S3Storage(client, self.settings.s3_bucket)
 

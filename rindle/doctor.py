@@ -26,6 +26,7 @@ import redis
 from rq import Queue, Worker
 from rq.cron import CronScheduler
 from rq.defaults import DEFAULT_CRON_SCHEDULER_TTL as CRON_TTL
+from rq.scheduler import RQScheduler
 
 from rindle import protocol
 from rindle.config import (
@@ -37,7 +38,14 @@ from rindle.config import (
     redact_url,
 )
 from rindle.core import Rindle
-from rindle.storage import S3_ERRORS, MultipartGone, S3Storage, error_code, make_s3_client
+from rindle.storage import (
+    S3_ERRORS,
+    MultipartGone,
+    S3Storage,
+    error_code,
+    s3_client_for,
+    tail_path,
+)
 
 OK, WARN, FAIL = "ok", "warn", "fail"
 PROBE_PART = 5 * MIB  # S3's smallest non-final part: what every PATCH ships
@@ -45,7 +53,6 @@ SKEW_WARN, SKEW_FAIL = 1.0, 10.0  # seconds between this node's clock and Redis'
 # Rindle's keys all carry a TTL, so volatile-* policies may evict them as well.
 SAFE_POLICIES = ("noeviction",)
 NETWORK_FILESYSTEMS = ("nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "glusterfs", "ceph")
-SCHEDULER_LOCK = "rq:scheduler-lock:{}"  # held by the worker that runs RQ's scheduler
 
 
 @dataclass(frozen=True)
@@ -190,8 +197,8 @@ def probe_storage(rindle: Rindle) -> S3Storage:
     """The app's bucket through a client of its own: the probe's calls (and failures)
     stay out of the metrics of the web processes, which may share this node's
     PROMETHEUS_MULTIPROC_DIR."""
-    path_style = bool(rindle.settings.s3_endpoint)
-    return S3Storage(make_s3_client(2, path_style=path_style), rindle.settings.s3_bucket)
+    client = s3_client_for(rindle.settings.s3_endpoint, 2)
+    return S3Storage(client, rindle.settings.s3_bucket)
 
 
 def _multipart_probe(rindle: Rindle, s3: S3Storage) -> Check:
@@ -238,7 +245,7 @@ def _multipart_probe(rindle: Rindle, s3: S3Storage) -> Check:
 
 def check_tmp_dir(rindle: Rindle) -> Iterator[Check]:
     settings = rindle.settings
-    tails = os.path.join(settings.tmp_dir, "tus")
+    tails = os.path.dirname(tail_path("x", settings.tmp_dir))
     try:
         with tempfile.NamedTemporaryFile(dir=tails, prefix=".doctor-") as probe:
             probe.write(b"rindle")
@@ -356,7 +363,7 @@ def check_workers(rindle: Rindle) -> Iterator[Check]:
     queue: Queue = rindle.jobs.queue
     try:
         workers = Worker.all(queue=queue)
-        scheduler = bool(queue.connection.exists(SCHEDULER_LOCK.format(queue.name)))
+        scheduler = bool(queue.connection.exists(RQScheduler.get_locking_key(queue.name)))
         clocks = CronScheduler.all(queue.connection, cleanup=False)
     except redis.RedisError as exc:
         yield Check("rq", FAIL, f"cannot read RQ's workers: {exc}", "fix Redis first")

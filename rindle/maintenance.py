@@ -23,7 +23,13 @@ from blinker import NamedSignal
 from rindle import hooks
 from rindle.config import Settings
 from rindle.jobqueue import JobQueue
-from rindle.storage import S3_ERRORS, S3Storage, try_remove_idle_tail, upload_id_from_tail
+from rindle.storage import (
+    S3_ERRORS,
+    S3Storage,
+    scan_tails,
+    try_remove_idle_tail,
+    upload_id_from_tail,
+)
 from rindle.storage.shared_tail import SharedTails
 from rindle.store import ASSEMBLY_CHECK_SECONDS, UploadStore
 from rindle.upload import OPEN, WRITABLE, State, Upload
@@ -127,11 +133,7 @@ class Maintenance:
         root = root or self.settings.tmp_dir
         now = time.time() if now is None else now
         counts: Counter[str] = Counter(deleted=0, kept=0, busy=0)
-        try:
-            entries = list(os.scandir(os.path.join(root, "tus")))
-        except FileNotFoundError:
-            return dict(counts)
-        for entry in entries:
+        for entry in scan_tails(root):
             upload_id = upload_id_from_tail(entry.path, root)
             live = False
             if upload_id is None:

@@ -6,12 +6,14 @@ from rindle.storage.s3 import (
     S3Storage,
     error_code,
     make_s3_client,
+    s3_client_for,
 )
 from rindle.storage.tail import (
     SpoolFile,
     Tail,
     TailLocked,
     check_tail_dir,
+    scan_tails,
     tail_path,
     try_remove_idle_tail,
     upload_id_from_tail,
@@ -27,6 +29,8 @@ __all__ = [
     "check_tail_dir",
     "error_code",
     "make_s3_client",
+    "s3_client_for",
+    "scan_tails",
     "tail_path",
     "try_remove_idle_tail",
     "upload_id_from_tail",

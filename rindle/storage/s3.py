@@ -45,6 +45,14 @@ def make_s3_client(
     return boto3.session.Session().client("s3", config=config)
 
 
+def s3_client_for(endpoint: str, pool: int) -> BaseClient:
+    """The client for the app's S3 endpoint (``""`` for AWS itself: HTTPS): path-style
+    addressing for a custom endpoint, payloads signed only over plain HTTP."""
+    return make_s3_client(
+        pool, path_style=bool(endpoint), sign_payload=endpoint.startswith("http:")
+    )
+
+
 class MultipartGone(Exception):
     """S3 no longer knows the multipart upload (aborted: a lifecycle rule, by hand)."""
 

@@ -91,6 +91,15 @@ def try_remove_idle_tail(path: str) -> bool:
         os.close(fd)
 
 
+def scan_tails(root: str | None = None) -> list[os.DirEntry[str]]:
+    """The entries of ``<root>/tus`` (not only tails: check each with
+    ``upload_id_from_tail``); none when the directory is not there."""
+    try:
+        return list(os.scandir(os.path.dirname(tail_path("x", root))))
+    except FileNotFoundError:
+        return []
+
+
 class SpoolFile:
     """An open file of bytes on their way to S3: written in order, read back by
     position (``slice``) while more arrives."""

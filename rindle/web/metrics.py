@@ -14,7 +14,6 @@ the RQ queue from Redis (the same on every node), and this node's tails on disk.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -28,16 +27,10 @@ from prometheus_client import (
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
-from rq.registry import (
-    DeferredJobRegistry,
-    FailedJobRegistry,
-    ScheduledJobRegistry,
-    StartedJobRegistry,
-)
 
 from rindle import hooks, metrics
 from rindle.core import Rindle
-from rindle.storage import upload_id_from_tail
+from rindle.storage import scan_tails, upload_id_from_tail
 from rindle.web.context import EXTENSION
 
 log = logging.getLogger("rindle")
@@ -125,11 +118,7 @@ class ScrapeCollector:
 def tails_on_disk(tmp_dir: str) -> tuple[int, int]:
     """(count, bytes) of the tail files under ``<tmp_dir>/tus``."""
     count = size = 0
-    try:
-        entries = list(os.scandir(os.path.join(tmp_dir, "tus")))
-    except FileNotFoundError:
-        return 0, 0
-    for entry in entries:
+    for entry in scan_tails(tmp_dir):
         if upload_id_from_tail(entry.path, tmp_dir) is None:
             continue
         try:
@@ -144,12 +133,12 @@ def queue_jobs(rindle: Rindle) -> dict[str, int]:
     """Jobs of rindle's queue by state (read only: no registry clean-up on a scrape)."""
     queue = rindle.jobs.queue
     registries = {
-        "started": StartedJobRegistry,
-        "scheduled": ScheduledJobRegistry,
-        "deferred": DeferredJobRegistry,
-        "failed": FailedJobRegistry,
+        "started": queue.started_job_registry,
+        "scheduled": queue.scheduled_job_registry,
+        "deferred": queue.deferred_job_registry,
+        "failed": queue.failed_job_registry,
     }
     jobs = {"queued": queue.count}
     for state, registry in registries.items():
-        jobs[state] = registry(queue=queue).get_job_count(cleanup=False)
+        jobs[state] = registry.get_job_count(cleanup=False)
     return jobs

@@ -69,23 +69,24 @@ def _answered(response: Response) -> Response:
         response.headers[REQUEST_ID_HEADER] = request_id
     status = response.status_code
     metrics.REQUESTS.labels(request.method, str(status)).inc()
-    if status >= 400 and response.is_json:
-        code = (response.get_json(silent=True) or {}).get("error")
+    wrote_nothing = request.method == "PATCH" and not g.get("rindle_wrote")
+    code = ""
+    # Only error answers and unwritten PATCHes: a GET may stream a JSON download.
+    if response.is_json and (status >= 400 or wrote_nothing):
+        code = (response.get_json(silent=True) or {}).get("error", "")
+    if status >= 400:
         if code == "upload_locked":
             metrics.LOCKED.inc()
         elif code == "tus_tail_missing":
             metrics.TAIL_MISSES.inc()
         elif code == "redis_unavailable":
             metrics.REDIS_ERRORS.labels(request.method).inc()
-    if request.method == "PATCH" and not g.get("rindle_wrote"):
-        refused(response)  # the summary line of a PATCH that wrote nothing
+    if wrote_nothing:
+        refused(response, code)  # the summary line of a PATCH that wrote nothing
     return response
 
 
-def refused(response: Response) -> None:
-    code = ""
-    if response.is_json:
-        code = (response.get_json(silent=True) or {}).get("error", "")
+def refused(response: Response, code: str) -> None:
     upload_id = logs.upload_id.get()
     duration = time.monotonic() - g.get("rindle_started", time.monotonic())
     outcome = code or ("ok" if response.status_code < 400 else str(response.status_code))
@@ -133,7 +134,7 @@ class BodyWrite:
         self.started = 0.0
 
     def __enter__(self) -> BodyWrite:
-        logs.bind_upload(self.before.id)
+        # The upload's id is bound already: the URL's (_start) or new_upload's.
         g.rindle_wrote = True
         metrics.PATCHES_IN_PROGRESS.inc()
         self.started = time.monotonic()

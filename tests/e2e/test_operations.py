@@ -164,11 +164,12 @@ def test_the_doctor_passes_on_the_stack_and_names_s3_when_it_is_stopped(
     ).start()
     try:
         from rq.cron import CronScheduler
+        from rq.scheduler import RQScheduler
 
         wait_until(
             lambda: (
                 CronScheduler.all(stack.redis, cleanup=False)
-                and stack.redis.exists("rq:scheduler-lock:rindle")
+                and stack.redis.exists(RQScheduler.get_locking_key("rindle"))
             ),
             timeout=60,
             procs=[clock],

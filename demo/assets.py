@@ -19,6 +19,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 
 DEMO_DIR = Path(__file__).resolve().parent
@@ -32,11 +33,68 @@ class InstallFailed(RuntimeError):
     """npm is missing or ``npm ci`` failed; the message says which and what to do."""
 
 
-def _wanted_stamp() -> str:
+def _wanted_stamp(directory: Path = DEMO_DIR, suffix: str = "") -> str:
+    """The lock file an install in ``directory`` comes from (its package.json and
+    package-lock.json), then ``suffix``: what its stamp must say."""
     digest = hashlib.sha256()
     for name in ("package.json", "package-lock.json"):
-        digest.update((DEMO_DIR / name).read_bytes())
-    return digest.hexdigest()
+        digest.update((directory / name).read_bytes())
+    return digest.hexdigest() + suffix
+
+
+def _stamped(directory: Path, wanted: str, produces: tuple[Path, ...]) -> bool:
+    """``directory``'s node_modules was installed as ``wanted`` and holds ``produces``."""
+    with contextlib.suppress(OSError):
+        stamp = (directory / "node_modules" / STAMP.name).read_text()
+        return stamp == wanted and all(path.is_file() for path in produces)
+    return False
+
+
+def npm_ci(
+    directory: Path,
+    *,
+    stamp_suffix: str = "",
+    produces: Iterable[Path] = (),
+    npm: str | None = None,
+) -> bool:
+    """``npm ci`` in ``directory`` unless its node_modules has a stamp of the current lock
+    file (followed by ``stamp_suffix``) and the files ``produces``; True if it ran. Under a
+    file lock (``directory/.npm-install.lock``), so that two runs (tests, ``scripts/run``)
+    never install over each other. Raises InstallFailed."""
+    directory, produces = Path(directory), tuple(produces)
+    wanted = _wanted_stamp(directory, stamp_suffix)
+    if _stamped(directory, wanted, produces):
+        return False
+    npm = npm or shutil.which("npm")
+    if npm is None:
+        raise InstallFailed("npm is not installed (Debian/Ubuntu: apt-get install npm)")
+    with open(directory / ".npm-install.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if _stamped(directory, wanted, produces):
+            return False
+        try:
+            result = subprocess.run(
+                [npm, "ci", "--no-audit", "--no-fund", "--loglevel=error"],
+                cwd=directory,
+                capture_output=True,
+                text=True,
+                timeout=NPM_TIMEOUT,
+                env={**os.environ, "npm_config_update_notifier": "false"},
+            )
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise InstallFailed(f"npm ci in {directory}: {exc}") from None
+        if result.returncode != 0:
+            raise InstallFailed(
+                f"npm ci failed in {directory} (exit {result.returncode}):\n"
+                f"{result.stdout[-2000:]}{result.stderr[-2000:]}"
+            )
+        missing = [path for path in produces if not path.is_file()]
+        if missing:
+            raise InstallFailed(
+                f"npm ci in {directory} did not produce {', '.join(map(str, missing))}"
+            )
+        (directory / "node_modules" / STAMP.name).write_text(wanted)
+        return True
 
 
 def present() -> bool:
@@ -46,43 +104,16 @@ def present() -> bool:
 
 def installed() -> bool:
     """True when the bundle is there and was installed from the current lock file."""
-    with contextlib.suppress(OSError):
-        return STAMP.read_text() == _wanted_stamp() and present()
-    return False
+    return _stamped(DEMO_DIR, _wanted_stamp(), _bundle_paths())
+
+
+def _bundle_paths() -> tuple[Path, ...]:
+    return tuple(BUNDLE_DIR / name for name in BUNDLE_FILES)
 
 
 def install(npm: str | None = None) -> bool:
-    """``npm ci`` in demo/ unless already installed; True if it ran. Under a file lock, so
-    that two runs (a test and ``scripts/run``) never install over each other."""
-    if installed():
-        return False
-    npm = npm or shutil.which("npm")
-    if npm is None:
-        raise InstallFailed("npm is not installed (Debian/Ubuntu: apt-get install npm)")
-    with open(DEMO_DIR / ".npm-install.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if installed():
-            return False
-        try:
-            result = subprocess.run(
-                [npm, "ci", "--no-audit", "--no-fund", "--loglevel=error"],
-                cwd=DEMO_DIR,
-                capture_output=True,
-                text=True,
-                timeout=NPM_TIMEOUT,
-                env={**os.environ, "npm_config_update_notifier": "false"},
-            )
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            raise InstallFailed(f"npm ci in {DEMO_DIR}: {exc}") from None
-        if result.returncode != 0:
-            raise InstallFailed(
-                f"npm ci failed in {DEMO_DIR} (exit {result.returncode}):\n"
-                f"{result.stdout[-2000:]}{result.stderr[-2000:]}"
-            )
-        if not present():
-            raise InstallFailed(f"npm ci did not produce {', '.join(BUNDLE_FILES)} in {BUNDLE_DIR}")
-        STAMP.write_text(_wanted_stamp())
-        return True
+    """``npm ci`` in demo/ unless already installed; True if it ran (see ``npm_ci``)."""
+    return npm_ci(DEMO_DIR, produces=_bundle_paths(), npm=npm)
 
 
 def main(argv: list[str] | None = None) -> int:

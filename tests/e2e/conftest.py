@@ -7,6 +7,7 @@ its own bucket (deleted with its content at the end) and its own tmp dir; the se
 Redis is shared and is not flushed while the module runs. Each test cleans up what it
 made through ``uploads`` (the objects in S3 and the upload's keys in Redis).
 ``own_stack`` makes such a stack with settings of its own, in any scope (the fault tests).
+``node`` is the Node.js program with tus-js-client installed in tests/e2e/js (the JS tests).
 """
 
 from __future__ import annotations
@@ -15,7 +16,10 @@ import contextlib
 import hashlib
 import math
 import os
+import re
+import shutil
 import socket
+import subprocess
 import threading
 import time
 import uuid
@@ -28,13 +32,17 @@ import pytest
 import redis
 import requests
 
+from demo import assets
 from devstack import RedisServer, SeaweedS3
 from rindle import tail_path
-from tests.conftest import _STACKS, PART_SIZE, S3_PREFIX, Stack, stack_env
+from tests.conftest import _STACKS, PART_SIZE, S3_PREFIX, Stack, stack_env, tool_missing
 
 MIB = 1024 * 1024
 TUS = {"Tus-Resumable": "1.0.0"}
 COMPLETION_TIMEOUT = 120.0  # seconds for the completion job to make the object
+JS_DIR = Path(__file__).resolve().parent / "js"
+MIN_NODE_MAJOR = 18  # what tus-js-client 4 supports; developed on Node 20
+NODE_TIMEOUT = 300  # seconds for one run of a script in JS_DIR (64 MiB takes ~2 s)
 T = TypeVar("T")
 
 
@@ -293,3 +301,64 @@ def read_response(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
             break
         body += chunk
     return int(lines[0].split()[1]), headers, body
+
+
+def connect(url: str, timeout: float = 10) -> tuple[socket.socket, str]:
+    """A raw connection to ``url``'s server, and the URL's path."""
+    parts = urlsplit(url)
+    return socket.create_connection((parts.hostname, parts.port), timeout=timeout), parts.path
+
+
+def web_log(stack: Stack) -> str:
+    """A node's whole gunicorn log, over all its restarts (the file is appended to)."""
+    assert stack.web is not None and stack.web.log_path is not None
+    return stack.web.log_path.read_text(errors="replace")
+
+
+# =========================================================================== Node.js
+
+
+def ensure_node_modules(npm: str, node_major: int) -> None:
+    """``npm ci`` unless node_modules already matches the lock file and node's major
+    version (under a file lock, so concurrent test runs do not install over each other)."""
+    try:
+        assets.npm_ci(JS_DIR, stamp_suffix=f" node{node_major}", npm=npm)
+    except assets.InstallFailed as exc:
+        pytest.fail(str(exc), pytrace=False)
+
+
+def node_program() -> str:
+    """The node program, with tus-js-client installed in tests/e2e/js (skip, or fail with
+    RINDLE_REQUIRE_SERVICES=1, when Node.js is missing or too old)."""
+    node, npm = shutil.which("node"), shutil.which("npm")
+    if node is None or npm is None:
+        tool_missing("node and npm are needed for the tus-js-client tests (Node.js >= 18)")
+    assert node is not None and npm is not None
+    version = subprocess.run([node, "--version"], capture_output=True, text=True, timeout=30)
+    match = re.match(r"v(\d+)\.", version.stdout.strip())
+    if not match or int(match.group(1)) < MIN_NODE_MAJOR:
+        tool_missing(f"Node.js >= {MIN_NODE_MAJOR} is needed, found {version.stdout.strip()!r}")
+    ensure_node_modules(npm, int(match.group(1)))
+    return node
+
+
+@pytest.fixture(scope="session")
+def node() -> str:
+    """The node program, with tus-js-client installed (skips without Node.js)."""
+    return node_program()
+
+
+def run_node_script(
+    node: str, script: str, endpoint: str, *args: str
+) -> subprocess.CompletedProcess[str]:
+    """Run ``script`` (in JS_DIR) against ``endpoint`` to its end; fail after NODE_TIMEOUT."""
+    try:
+        return subprocess.run(
+            [node, str(JS_DIR / script), "--endpoint", endpoint, *args],
+            cwd=JS_DIR,
+            capture_output=True,
+            text=True,
+            timeout=NODE_TIMEOUT,
+        )
+    except subprocess.TimeoutExpired as exc:
+        pytest.fail(f"{script} did not finish in {NODE_TIMEOUT}s: {exc.stderr!r}")

@@ -47,9 +47,8 @@ from tusclient.uploader import Uploader
 from rindle import tail_path
 from rindle.storage.shared_tail import TAILS_DIR
 from tests.conftest import PART_SIZE, Stack
-from tests.e2e.conftest import MIB, Uploads, payload, poll, upload_id_of
+from tests.e2e.conftest import JS_DIR, MIB, Uploads, payload, poll, upload_id_of, web_log
 from tests.e2e.test_faults import PATCH, create, record, redis_parts, s3_parts, ukey
-from tests.e2e.test_tus_js import JS_DIR, node_program
 from tests.router import Router
 
 pytestmark = pytest.mark.e2e
@@ -77,18 +76,6 @@ def router(nodes: list[Stack]) -> Iterator[Router]:
     """A random router in front of the three nodes (seeded)."""
     with Router([node.port for node in nodes], seed=SEED) as r:
         yield r
-
-
-@pytest.fixture(scope="module")
-def node() -> str:
-    """The node program, with tus-js-client installed (skips without Node.js)."""
-    return node_program()
-
-
-def web_log(stack: Stack) -> str:
-    """A node's whole gunicorn log, over all its restarts (the file is appended to)."""
-    assert stack.web is not None and stack.web.log_path is not None
-    return stack.web.log_path.read_text(errors="replace")
 
 
 def assert_no_tail_missing(nodes: list[Stack]) -> None:

@@ -13,7 +13,17 @@ import pytest
 import requests
 
 from tests.conftest import PART_SIZE
-from tests.e2e.conftest import MIB, TUS, Uploads, payload, poll, read_response, upload_key
+from tests.e2e.conftest import (
+    MIB,
+    TUS,
+    Uploads,
+    connect,
+    payload,
+    poll,
+    read_response,
+    upload_id_of,
+    upload_key,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -83,9 +93,14 @@ def head(url: str) -> requests.Response:
     return response
 
 
-def connect(url: str) -> tuple[socket.socket, str]:
-    parts = urlsplit(url)
-    return socket.create_connection((parts.hostname, parts.port), timeout=30), parts.path
+def draft_patch_head(path: str, offset: int, complete: bool, length: int | None) -> bytes:
+    """The head of an append over a raw socket; chunked content when ``length`` is None."""
+    framing = "Transfer-Encoding: chunked" if length is None else f"Content-Length: {length}"
+    return (
+        f"PATCH {path} HTTP/1.1\r\nHost: x\r\nUpload-Draft-Interop-Version: 8\r\n"
+        f"Upload-Complete: {'?1' if complete else '?0'}\r\nUpload-Offset: {offset}\r\n"
+        f"Content-Type: application/partial-upload\r\n{framing}\r\n\r\n"
+    ).encode()
 
 
 def test_options_announces_the_limits(module_stack):
@@ -114,7 +129,7 @@ def test_creation_complete_in_one_request(module_stack, uploads: Uploads):
     assert limits(r)["max-size"] == MAX_SIZE
     uploads.assert_stored(url, data)
     obj = module_stack.s3.head_object(
-        Bucket=module_stack.bucket, Key=uploads.key(uploads.track(url))
+        Bucket=module_stack.bucket, Key=uploads.key(upload_id_of(url))
     )
     assert obj["ContentType"] == "image/png"
     assert 'filename="photo.png"' in obj["ContentDisposition"]
@@ -185,20 +200,15 @@ def test_interrupted_append_resumed_after_offset_retrieval(module_stack, uploads
     url = r.headers["Location"]
     uploads.track(url)
     sent = 6 * MIB + 1234  # a full part and some buffered bytes
-    sock, path = connect(url)
-    sock.sendall(
-        f"PATCH {path} HTTP/1.1\r\nHost: x\r\nUpload-Draft-Interop-Version: 8\r\n"
-        "Upload-Complete: ?1\r\nUpload-Offset: 0\r\nContent-Type: application/partial-upload\r\n"
-        f"Content-Length: {len(data)}\r\n\r\n".encode()
-        + data[:sent]
-    )
+    sock, path = connect(url, timeout=30)
+    sock.sendall(draft_patch_head(path, 0, True, len(data)) + data[:sent])
     sock.shutdown(socket.SHUT_WR)  # the connection drops mid-content
     sock.close()
 
     # Once the server is done with the cut request (an offset retrieval sooner would end
     # it, as the draft recommends, keeping only what it had read), the offset is all
     # that arrived.
-    upload_id = uploads.track(url)
+    upload_id = upload_id_of(url)
     writer = f"{upload_key(upload_id)}:writer"
     poll(lambda: module_stack.redis.exists(writer) == 0 or None, 30, "the cut append to end")
     offset = int(head(url).headers["Upload-Offset"])
@@ -215,7 +225,7 @@ def test_interrupted_append_resumed_after_offset_retrieval(module_stack, uploads
 def test_interrupted_creation_keeps_what_it_received(module_stack, uploads: Uploads):
     data = payload(8 * MIB, seed=85)
     sent = 5 * MIB + 99
-    sock, path = connect(module_stack.files_url)
+    sock, path = connect(module_stack.files_url, timeout=30)
     sock.sendall(
         f"POST {path} HTTP/1.1\r\nHost: {urlsplit(module_stack.files_url).netloc}\r\n"
         "Upload-Draft-Interop-Version: 8\r\n"
@@ -246,13 +256,9 @@ def test_offset_mismatch_is_409_before_the_content_is_read(module_stack, uploads
     r = create(module_stack, False, **{"Upload-Length": str(size)})
     url = r.headers["Location"]
     uploads.track(url)
-    sock, path = connect(url)
+    sock, path = connect(url, timeout=30)
     with sock:
-        sock.sendall(
-            f"PATCH {path} HTTP/1.1\r\nHost: x\r\nUpload-Draft-Interop-Version: 8\r\n"
-            "Upload-Complete: ?0\r\nUpload-Offset: 25\r\n"
-            f"Content-Type: application/partial-upload\r\nContent-Length: {size}\r\n\r\n".encode()
-        )
+        sock.sendall(draft_patch_head(path, 25, False, size))
         status, headers, body = read_response(sock)  # not one byte of content was sent
     assert status == 409
     assert headers["content-type"] == "application/problem+json"
@@ -300,13 +306,9 @@ def test_content_beyond_the_length_ends_the_upload(module_stack, uploads: Upload
     r = create(module_stack, False, **{"Upload-Length": str(len(data))})
     url = r.headers["Location"]
     uploads.track(url)
-    sock, path = connect(url)
+    sock, path = connect(url, timeout=30)
     with sock:
-        sock.sendall(
-            f"PATCH {path} HTTP/1.1\r\nHost: x\r\nUpload-Draft-Interop-Version: 8\r\n"
-            "Upload-Complete: ?1\r\nUpload-Offset: 0\r\nContent-Type: application/partial-upload"
-            "\r\nTransfer-Encoding: chunked\r\n\r\n".encode()
-        )
+        sock.sendall(draft_patch_head(path, 0, True, None))
         body = data + b"EXTRA" * 20
         for start in range(0, len(body), MIB):
             chunk = body[start : start + MIB]
@@ -325,13 +327,8 @@ def test_cancellation_ends_a_running_append(module_stack, uploads: Uploads):
     r = create(module_stack, False, **{"Upload-Length": str(len(data))})
     url = r.headers["Location"]
     upload_id = uploads.track(url)
-    sock, path = connect(url)
-    sock.sendall(
-        f"PATCH {path} HTTP/1.1\r\nHost: x\r\nUpload-Draft-Interop-Version: 8\r\n"
-        "Upload-Complete: ?1\r\nUpload-Offset: 0\r\nContent-Type: application/partial-upload\r\n"
-        f"Content-Length: {len(data)}\r\n\r\n".encode()
-        + data[: 7 * MIB]
-    )
+    sock, path = connect(url, timeout=30)
+    sock.sendall(draft_patch_head(path, 0, True, len(data)) + data[: 7 * MIB])
     # The append is running (its multipart upload exists: a part is on its way) and
     # waits for more content.
     poll(

@@ -5,38 +5,20 @@ exact in S3; and next to it a tus 1.0.0 upload, each seeing only its own dialect
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.conftest import Stack
-from tests.e2e.conftest import MIB, Uploads, payload
-from tests.e2e.test_tus_js import JS_DIR, NODE_TIMEOUT, node_program
+from tests.e2e.conftest import MIB, Uploads, payload, run_node_script
+from tests.e2e.test_draft_http import DRAFT_FIELDS, TUS_FIELDS
 
 pytestmark = pytest.mark.e2e
 
 SIZE = 64 * MIB
 CHUNK = 5 * MIB
 INTERRUPT_AT = 30 * MIB + 1  # inside the seventh chunk
-TUS_FIELDS = {
-    "tus-resumable",
-    "tus-version",
-    "tus-extension",
-    "tus-max-size",
-    "tus-checksum-algorithm",
-    "upload-expires",
-    "upload-metadata",
-    "upload-defer-length",
-    "upload-concat",
-}
-DRAFT_FIELDS = {"upload-complete", "upload-limit", "upload-draft-interop-version"}
-
-
-@pytest.fixture(scope="module")
-def node() -> str:
-    return node_program()
 
 
 @pytest.fixture(scope="module")
@@ -48,16 +30,7 @@ def source_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def run_draft(node: str, stack: Stack, *args: str) -> list[dict[str, Any]]:
     """Run draft.mjs to success; its events."""
-    try:
-        result = subprocess.run(
-            [node, str(JS_DIR / "draft.mjs"), "--endpoint", stack.files_url, *args],
-            cwd=JS_DIR,
-            capture_output=True,
-            text=True,
-            timeout=NODE_TIMEOUT,
-        )
-    except subprocess.TimeoutExpired as exc:
-        pytest.fail(f"draft.mjs did not finish in {NODE_TIMEOUT}s: {exc.stderr!r}")
+    result = run_node_script(node, "draft.mjs", stack.files_url, *args)
     events = [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
     assert events and events[-1]["event"] == "done", result.stderr
     assert events[-1]["ok"], f"{events[-1]}\n{result.stderr}"

@@ -333,12 +333,29 @@ def crash_stack(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Stack]:
     """The app talking to S3 through ``s3_proxy``, with the shortest writer lease."""
+    with stack_behind(
+        redis_server, s3_server, s3_proxy, tmp_path_factory.mktemp("crash-stack")
+    ) as stack:
+        yield stack
+
+
+@contextlib.contextmanager
+def stack_behind(
+    redis_server: RedisServer,
+    s3_server: SeaweedS3,
+    proxy: FaultProxy,
+    root: Path,
+    **overrides: str | int | None,
+) -> Iterator[Stack]:
+    """``own_stack`` with the app talking to S3 through ``proxy`` and the shortest writer
+    lease; ``overrides`` are further settings."""
     with own_stack(
         redis_server,
         s3_server,
-        tmp_path_factory.mktemp("crash-stack"),
-        AWS_ENDPOINT_URL_S3=s3_proxy.rewrite(s3_server.endpoint),
+        root,
+        AWS_ENDPOINT_URL_S3=proxy.rewrite(s3_server.endpoint),
         RINDLE_LEASE_SECONDS=LEASE_SECONDS,
+        **overrides,
     ) as stack:
         yield stack
 

@@ -46,7 +46,7 @@ from devstack.services import (
 )
 from rindle.jobqueue import RETRY_INTERVALS, completion_job_id
 from tests.conftest import PART_SIZE, Stack, stack_env
-from tests.e2e.conftest import MIB, TUS, Uploads, payload, poll, read_response
+from tests.e2e.conftest import MIB, TUS, Uploads, payload, poll, read_response, web_log
 from tests.e2e.test_faults import (
     PATCH,
     RawPatch,
@@ -150,11 +150,6 @@ def wait_exit(stack: Stack, timeout: float = 15) -> float:
     assert stack.web is not None and stack.web.popen is not None
     stack.web.popen.wait(timeout=timeout)
     return time.monotonic()
-
-
-def web_log(stack: Stack) -> str:
-    assert stack.web is not None and stack.web.log_path is not None
-    return stack.web.log_path.read_text(errors="replace")
 
 
 @pytest.mark.parametrize(

@@ -12,17 +12,11 @@ import time
 import pytest
 import requests
 
-from tests.e2e.conftest import TUS, payload, read_response
+from tests.e2e.conftest import MIB, TUS, payload, read_response
+from tests.e2e.test_faults import create
 from tests.e2e.test_release import stalled_patch, wait_for_offset
 
 pytestmark = pytest.mark.e2e
-MIB = 1024 * 1024
-
-
-def create(stack, length: int) -> str:
-    r = requests.post(stack.files_url, headers={**TUS, "Upload-Length": str(length)}, timeout=10)
-    assert r.status_code == 201, r.text
-    return r.headers["Location"]
 
 
 def read_answer(sock: socket.socket, timeout: float) -> tuple[int, dict[str, str], bytes]:

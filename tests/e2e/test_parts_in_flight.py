@@ -13,9 +13,8 @@ import pytest
 from devstack.services import RedisServer, SeaweedS3
 from tests.conftest import Stack
 from tests.e2e import test_faults as faults
-from tests.e2e.conftest import Uploads, own_stack, payload, poll
+from tests.e2e.conftest import Uploads, payload, poll
 from tests.e2e.test_faults import (
-    LEASE_SECONDS,
     P,
     RawPatch,
     assert_consistent,
@@ -25,6 +24,7 @@ from tests.e2e.test_faults import (
     record,
     redis_parts,
     s3_parts,
+    stack_behind,
     tus_resume,
 )
 from tests.e2e.test_faults_s3 import assert_storage_unavailable
@@ -43,12 +43,11 @@ def flight_stack(
     s3_proxy: FaultProxy,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Stack]:
-    with own_stack(
+    with stack_behind(
         redis_server,
         s3_server,
+        s3_proxy,
         tmp_path_factory.mktemp("flight-stack"),
-        AWS_ENDPOINT_URL_S3=s3_proxy.rewrite(s3_server.endpoint),
-        RINDLE_LEASE_SECONDS=LEASE_SECONDS,
         RINDLE_PARTS_IN_FLIGHT=IN_FLIGHT,
         RINDLE_READ_TIMEOUT=10,
     ) as stack:

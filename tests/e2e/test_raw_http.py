@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import socket
-from urllib.parse import urlsplit
 
 import pytest
 import requests
 
-from tests.e2e.conftest import TUS, Uploads, payload, read_response
+from tests.e2e.conftest import TUS, Uploads, connect, payload, read_response
 
 pytestmark = pytest.mark.e2e
 
@@ -17,12 +16,6 @@ def create(stack, length: int) -> str:
     r = requests.post(stack.files_url, headers={**TUS, "Upload-Length": str(length)}, timeout=10)
     assert r.status_code == 201
     return r.headers["Location"]
-
-
-def connect(url: str) -> tuple[socket.socket, str]:
-    parts = urlsplit(url)
-    sock = socket.create_connection((parts.hostname, parts.port), timeout=10)
-    return sock, parts.path
 
 
 def test_wrong_offset_is_refused_before_the_body_is_sent(module_stack, uploads: Uploads):

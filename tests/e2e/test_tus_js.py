@@ -8,83 +8,19 @@ unchanged. Without node/npm these tests skip, or fail when RINDLE_REQUIRE_SERVIC
 
 from __future__ import annotations
 
-import fcntl
-import hashlib
 import json
 import math
-import os
-import re
-import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import PART_SIZE, Stack, tool_missing
-from tests.e2e.conftest import MIB, Uploads, payload
+from tests.conftest import PART_SIZE, Stack
+from tests.e2e.conftest import MIB, Uploads, payload, run_node_script
 
 pytestmark = pytest.mark.e2e
 
-JS_DIR = Path(__file__).resolve().parent / "js"
-MIN_NODE_MAJOR = 18  # what tus-js-client 4 supports; developed on Node 20
 SIZE = 64 * MIB
-NODE_TIMEOUT = 300  # seconds for one run of upload.mjs (64 MiB takes ~2 s)
-NPM_TIMEOUT = 600
-
-
-def _install_stamp() -> str:
-    """What the installed node_modules must match: the lock file and node's major version."""
-    digest = hashlib.sha256()
-    for name in ("package.json", "package-lock.json"):
-        digest.update((JS_DIR / name).read_bytes())
-    return digest.hexdigest()
-
-
-def ensure_node_modules(npm: str, node_major: int) -> None:
-    """``npm ci`` unless node_modules already matches the lock file (under a file lock, so
-    concurrent test runs do not install over each other)."""
-    stamp_path = JS_DIR / "node_modules" / ".rindle-install-stamp"
-    wanted = f"{_install_stamp()} node{node_major}"
-    with open(JS_DIR / ".npm-install.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if stamp_path.exists() and stamp_path.read_text() == wanted:
-            return
-        result = subprocess.run(
-            [npm, "ci", "--no-audit", "--no-fund", "--loglevel=error"],
-            cwd=JS_DIR,
-            capture_output=True,
-            text=True,
-            timeout=NPM_TIMEOUT,
-            env={**os.environ, "npm_config_update_notifier": "false"},
-        )
-        if result.returncode != 0:
-            pytest.fail(
-                f"npm ci failed in {JS_DIR} (exit {result.returncode}):\n"
-                f"{result.stdout[-4000:]}\n{result.stderr[-4000:]}",
-                pytrace=False,
-            )
-        stamp_path.write_text(wanted)
-
-
-def node_program() -> str:
-    """The node program, with tus-js-client installed in tests/e2e/js (skip, or fail with
-    RINDLE_REQUIRE_SERVICES=1, when Node.js is missing or too old)."""
-    node, npm = shutil.which("node"), shutil.which("npm")
-    if node is None or npm is None:
-        tool_missing("node and npm are needed for the tus-js-client tests (Node.js >= 18)")
-    assert node is not None and npm is not None
-    version = subprocess.run([node, "--version"], capture_output=True, text=True, timeout=30)
-    match = re.match(r"v(\d+)\.", version.stdout.strip())
-    if not match or int(match.group(1)) < MIN_NODE_MAJOR:
-        tool_missing(f"Node.js >= {MIN_NODE_MAJOR} is needed, found {version.stdout.strip()!r}")
-    ensure_node_modules(npm, int(match.group(1)))
-    return node
-
-
-@pytest.fixture(scope="module")
-def node() -> str:
-    return node_program()
 
 
 @pytest.fixture(scope="module")
@@ -96,16 +32,7 @@ def source_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def run_upload(node: str, stack: Stack, *args: str) -> dict[str, Any]:
     """Run upload.mjs; its one line of JSON output."""
-    try:
-        result = subprocess.run(
-            [node, str(JS_DIR / "upload.mjs"), "--endpoint", stack.files_url, *args],
-            cwd=JS_DIR,
-            capture_output=True,
-            text=True,
-            timeout=NODE_TIMEOUT,
-        )
-    except subprocess.TimeoutExpired as exc:
-        pytest.fail(f"upload.mjs did not finish in {NODE_TIMEOUT}s: {exc.stderr!r}")
+    result = run_node_script(node, "upload.mjs", stack.files_url, *args)
     assert result.returncode == 0, f"upload.mjs failed:\n{result.stderr}\n{result.stdout}"
     return json.loads(result.stdout.strip().splitlines()[-1])
 

@@ -5,7 +5,7 @@ override, a locked upload (423) and a checksum mismatch (460).
 tus-js-client runs from tests/e2e/js/extensions.mjs, one process per upload; every request
 it makes is reported as a JSON line on its stdout. The stack has RINDLE_RELEASE_WAIT=1, so a
 held upload answers 423 after a second. Without node/npm these tests skip, or fail when
-RINDLE_REQUIRE_SERVICES=1 (as in test_tus_js.py, whose helpers install node_modules).
+RINDLE_REQUIRE_SERVICES=1 (tests/e2e/conftest.py's ``node`` installs node_modules).
 """
 
 from __future__ import annotations
@@ -24,9 +24,8 @@ from typing import Any
 import pytest
 
 from tests.conftest import PART_SIZE, Stack
-from tests.e2e.conftest import MIB, payload, upload_id_of, upload_key
+from tests.e2e.conftest import JS_DIR, MIB, payload, upload_id_of, upload_key
 from tests.e2e.test_faults import own_stack
-from tests.e2e.test_tus_js import JS_DIR, node_program
 from tests.e2e.test_tuspy_extensions import TrackedUploads
 
 pytestmark = pytest.mark.e2e
@@ -35,12 +34,6 @@ P = PART_SIZE
 NODE_TIMEOUT = 60.0  # seconds for one run of extensions.mjs (the files here take ~1 s)
 SIZE = 12 * MIB + 12345  # three parts, the last one short
 Event = dict[str, Any]
-
-
-@pytest.fixture(scope="module")
-def node_js() -> str:
-    """The node program, with tus-js-client installed beside extensions.mjs."""
-    return node_program()
 
 
 @pytest.fixture(scope="module")
@@ -187,7 +180,7 @@ def assert_patches_contiguous(requests: list[Event], start: int, end: int) -> No
 
 
 def test_parallel_uploads_are_concatenated(
-    node_js: str, module_stack: Stack, uploads: TrackedUploads, files
+    node: str, module_stack: Stack, uploads: TrackedUploads, files
 ) -> None:
     """parallelUploads: 3 partial uploads, then a final one the worker assembles in S3.
     Every partial is at least 5 MiB here: each becomes one part of the final object
@@ -195,9 +188,7 @@ def test_parallel_uploads_are_concatenated(
     size = 20 * MIB + 7
     source = files(size)
     metadata = {"filename": "parallel.bin", "filetype": "application/x-rindle-test"}
-    run = run_ok(
-        node_js, module_stack, source, "--parallel", "3", "--metadata", json.dumps(metadata)
-    )
+    run = run_ok(node, module_stack, source, "--parallel", "3", "--metadata", json.dumps(metadata))
     final_url = run.events[-1]["uploadUrl"]
     final_id = uploads.track(final_url)
     requests = run.requests()
@@ -259,13 +250,13 @@ def test_parallel_uploads_are_concatenated(
     ids=["stream-3MiB+7-chunks", "buffer-one-patch", "buffer-at-part-end"],
 )
 def test_deferred_length(
-    node_js: str, module_stack: Stack, uploads: TrackedUploads, files, source: str, chunk, size: int
+    node: str, module_stack: Stack, uploads: TrackedUploads, files, source: str, chunk, size: int
 ) -> None:
     """uploadLengthDeferred: the POST says Upload-Defer-Length: 1; the PATCH that reaches
     the end of the source declares Upload-Length. A stream source has no size upfront."""
     path = files(size)
     run = run_ok(
-        node_js,
+        node,
         module_stack,
         path,
         "--defer-length",
@@ -295,12 +286,12 @@ def test_deferred_length(
 
 @pytest.mark.parametrize("chunk", ["Infinity", str(3 * MIB)], ids=["whole-file", "3MiB-chunks"])
 def test_upload_data_during_creation(
-    node_js: str, module_stack: Stack, uploads: TrackedUploads, files, chunk: str
+    node: str, module_stack: Stack, uploads: TrackedUploads, files, chunk: str
 ) -> None:
     """uploadDataDuringCreation: the first chunk rides on the POST; the 201 says how much
     the server kept (Upload-Offset) and the PATCHes go on from there."""
     path = files(SIZE)
-    run = run_ok(node_js, module_stack, path, "--data-during-creation", "--chunk-size", chunk)
+    run = run_ok(node, module_stack, path, "--data-during-creation", "--chunk-size", chunk)
     url = run.events[-1]["uploadUrl"]
     uploads.track(url)
     requests = run.requests()
@@ -322,11 +313,11 @@ def test_upload_data_during_creation(
 
 
 def test_override_patch_method(
-    node_js: str, module_stack: Stack, uploads: TrackedUploads, files
+    node: str, module_stack: Stack, uploads: TrackedUploads, files
 ) -> None:
     """overridePatchMethod: every PATCH goes out as a POST with X-HTTP-Method-Override."""
     path = files(SIZE)
-    run = run_ok(node_js, module_stack, path, "--override-patch", "--chunk-size", str(5 * MIB))
+    run = run_ok(node, module_stack, path, "--override-patch", "--chunk-size", str(5 * MIB))
     url = run.events[-1]["uploadUrl"]
     uploads.track(url)
     requests = run.requests()
@@ -343,14 +334,14 @@ def test_override_patch_method(
 
 
 def test_locked_upload_is_retried_until_released(
-    node_js: str, module_stack: Stack, uploads: TrackedUploads, files
+    node: str, module_stack: Stack, uploads: TrackedUploads, files
 ) -> None:
     """Another request holds the upload (its writer lease is in Redis) and does not let go:
     the client's PATCH gets 423 after RINDLE_RELEASE_WAIT (1 s), tus-js-client retries
     (HEAD, 423 again), and once the lease is gone it resumes where it was and finishes."""
     path = files(SIZE)
     run = NodeRun(
-        node_js,
+        node,
         module_stack,
         path,
         "--chunk-size",
@@ -401,7 +392,7 @@ ALGORITHMS = "sha1,sha256,sha512,md5,crc32"
 
 @pytest.mark.parametrize("retry_on_460", [False, True], ids=["default", "onShouldRetry"])
 def test_checksum_mismatch(
-    node_js: str, module_stack: Stack, uploads: TrackedUploads, files, retry_on_460: bool
+    node: str, module_stack: Stack, uploads: TrackedUploads, files, retry_on_460: bool
 ) -> None:
     """Every PATCH carries a correct Upload-Checksum (added in onBeforeRequest, rotating
     through the five algorithms) except the second, whose checksum is wrong: 460, and the
@@ -415,7 +406,7 @@ def test_checksum_mismatch(
     chunk = 3 * MIB + 7
     args = ["--chunk-size", str(chunk), "--checksum", ALGORITHMS, "--bad-checksum-at", "1"]
     args.append("--retry-on-460" if retry_on_460 else "--restart-after-error")
-    run = run_ok(node_js, module_stack, path, *args)
+    run = run_ok(node, module_stack, path, *args)
     url = run.events[-1]["uploadUrl"]
     uploads.track(url)
     requests = run.requests()
@@ -440,14 +431,14 @@ def test_checksum_mismatch(
 
 
 def test_checksum_mismatch_fails_the_upload_without_a_retry(
-    node_js: str, module_stack: Stack, uploads: TrackedUploads, files
+    node: str, module_stack: Stack, uploads: TrackedUploads, files
 ) -> None:
     """No onShouldRetry, no second start(): the upload fails with the 460; the server
     still holds exactly the first chunk."""
     path = files(SIZE)
     chunk = 3 * MIB + 7
     run = NodeRun(
-        node_js,
+        node,
         module_stack,
         path,
         "--chunk-size",

@@ -122,6 +122,8 @@ class Settings:
     parts_in_flight: int  # part uploads one PATCH runs at once while its body arrives
     threads: int  # RINDLE_THREADS: requests one web process serves at once (gunicorn's)
     redis_connections: int  # most Redis connections one process opens (others wait)
+    # Replicas that must hold a commit before the answer that depends on it (Redis WAIT)
+    redis_wait_replicas: int
     demo: bool  # RINDLE_DEMO=1: the example app.py serves its upload page at /
     metrics: bool  # RINDLE_METRICS=1: Prometheus metrics at /metrics
     metrics_dir: str  # PROMETHEUS_MULTIPROC_DIR: prometheus_client's multiprocess mode
@@ -180,6 +182,7 @@ class Settings:
             parts_in_flight=max(1, _int(env, "RINDLE_PARTS_IN_FLIGHT", 4)),
             threads=max(1, _int(env, "RINDLE_THREADS", DEFAULT_THREADS)),
             redis_connections=max(4, _int(env, "RINDLE_REDIS_CONNECTIONS", 64)),
+            redis_wait_replicas=_int(env, "RINDLE_REDIS_WAIT_REPLICAS", 0),
             demo=_choice(env, "RINDLE_DEMO", ("0", "1")) == "1",
             metrics=_choice(env, "RINDLE_METRICS", ("0", "1")) == "1",
             metrics_dir=metrics_dir(env),

@@ -111,7 +111,7 @@ class Rindle:
     def watcher(self) -> ReleaseWatcher:
         settings = self.settings
         return ReleaseWatcher(
-            settings.redis_url,
+            lambda: redis.Redis.from_url(settings.redis_url, socket_connect_timeout=5),
             settings.read_timeout,
             settings.min_rate,
             settings.min_rate_window,

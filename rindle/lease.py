@@ -209,15 +209,16 @@ class ReleaseWatcher:
 
     def __init__(
         self,
-        redis_url: str,
+        connect: Callable[[], redis.Redis],
         read_timeout: float,
         min_rate: int = 0,
         rate_window: float = 30,
     ) -> None:
         """``min_rate`` bytes/s over each ``rate_window`` seconds, else a writer is
         stopped as too slow (0: no minimum): a client that drips a byte now and then
-        never trips the read timeout, yet holds a thread and a lease for ever."""
-        self.redis_url = redis_url
+        never trips the read timeout, yet holds a thread and a lease for ever.
+        ``connect`` opens the watcher's own Redis connection (pub/sub holds it)."""
+        self.connect = connect
         self.read_timeout = read_timeout
         self.min_rate = min_rate
         self.rate_window = rate_window
@@ -273,7 +274,7 @@ class ReleaseWatcher:
         client = None
         while True:
             try:
-                client = redis.Redis.from_url(self.redis_url, socket_connect_timeout=5)
+                client = self.connect()
                 pubsub = client.pubsub(ignore_subscribe_messages=True)
                 pubsub.subscribe(RELEASE_CHANNEL)
                 while True:

@@ -230,7 +230,7 @@ class RecordingInterrupt:
 @pytest.fixture
 def watcher(monkeypatch: pytest.MonkeyPatch) -> ReleaseWatcher:
     """A watcher whose thread never starts: its decisions are called directly."""
-    watcher = ReleaseWatcher("redis://unused", read_timeout=5)
+    watcher = ReleaseWatcher(lambda: None, read_timeout=5)
     monkeypatch.setattr(watcher, "_ensure_thread", lambda: None)
     return watcher
 

@@ -188,7 +188,7 @@ def make_node(fake_redis: fakeredis.FakeRedis, s3: S3Storage, tmp_path: Path) ->
         core.redis = fake_redis
         core.s3 = s3
         core.jobs = jobs  # type: ignore[assignment]
-        core.watcher = QuietWatcher(settings.redis_url, settings.read_timeout)
+        core.watcher = QuietWatcher(lambda: None, settings.read_timeout)
         node = Node(core, jobs)
         built.append(node)
         return node

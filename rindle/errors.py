@@ -98,6 +98,25 @@ class Fenced(RindleError):
         return self.detail
 
 
+class OutcomeUnknown(RindleError):
+    """A change sent to Redis may or may not have been applied: its answer was lost and
+    Redis stayed out of reach while the lease lasted. Nothing is undone (the bytes it
+    would acknowledge stay where they are); the next request reads what Redis holds."""
+
+    code = "redis_unavailable"
+
+    def __init__(self, upload_id: str, what: str) -> None:
+        super().__init__(
+            "the bookkeeping store is unavailable; retry, HEAD tells the offset",
+            {"Retry-After": "5"},
+        )
+        self.upload_id = upload_id
+        self.what = what
+
+    def __str__(self) -> str:
+        return f"upload {self.upload_id}: outcome of the {self.what} unknown"
+
+
 class ChecksumMismatch(RindleError):
     """The PATCH body does not match its Upload-Checksum: nothing of it was kept."""
 

@@ -1,10 +1,11 @@
 """The writer lease: one request writes an upload at a time, across all nodes.
 
-A request claims the lease (a token in Redis with a TTL) before it touches the tail and
-renews it while it works; every commit re-checks the token in the same transaction
-(``UploadStore.fenced``), so a request that lost its lease can never commit. A request
-that finds the lease held asks the holder to let go (a flag plus a pub/sub message) and
-waits a bounded time; a holder whose process died on this host is taken over at once.
+A request claims the lease (a token in Redis with a TTL) before it touches the tail, and
+the process's one ``LeaseRenewer`` keeps it while the request works; every commit
+re-checks the token in the same transaction (``UploadStore.fenced``), so a request that
+lost its lease can never commit. A request that finds the lease held asks the holder to
+let go (a flag plus a pub/sub message) and waits a bounded time; a holder whose process
+died on this host is taken over at once.
 
 The release watcher is the holder's side: one thread per process that knows how to
 interrupt its writers' blocked reads, on a release request or when a client stalls; and,
@@ -27,9 +28,11 @@ from typing import TypeVar
 import redis
 
 from rindle import metrics
-from rindle.errors import LeaseHeld
-from rindle.keys import RELEASE_CHANNEL, release_key, writer_key
+from rindle.errors import Fenced, LeaseHeld
+from rindle.keys import RELEASE_CHANNEL, release_key, upload_key, writer_key
 from rindle.store import UploadStore
+from rindle.transient import is_transient, wait_out
+from rindle.upload import WRITABLE
 
 log = logging.getLogger("rindle")
 T = TypeVar("T")
@@ -41,6 +44,21 @@ RELEASE_IF_IDLE = "idle"  # only a writer receiving nothing (a HEAD: not a monit
 IDLE_SECONDS = 1.0
 # The watcher thread exits after this long without writers (the next one restarts it).
 IDLE_EXIT_SECONDS = 60
+# A lease is renewed this many times per TTL: Redis may be out of reach for most of a
+# lease (a failover, a restart) before a writer must stop.
+RENEWALS_PER_LEASE = 4
+
+# Extends a writer's lease if ``token`` still holds it and the upload still takes bytes;
+# says whether a release was asked for. One command per lease, so that the renewer sends
+# every lease of its process in one round trip. The keys share the upload's hash tag.
+RENEW_SCRIPT = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 'lost' end
+local state = redis.call('HGET', KEYS[2], 'state')
+if state ~= ARGV[3] and state ~= ARGV[4] then return 'ended' end
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+if redis.call('GET', KEYS[3]) == ARGV[5] then return 'release' end
+return 'ok'
+"""
 
 
 def _boot_id() -> str:
@@ -84,9 +102,21 @@ class Lease:
         self.store = store
         self.redis = store.redis
         self.release_wait = release_wait
+        self._renew = self.redis.register_script(RENEW_SCRIPT)
 
     def acquire(self, upload_id: str, token: str) -> None:
-        if not self.redis.set(writer_key(upload_id), token, nx=True, px=self.store.lease_ms):
+        """Claim the lease for ``token`` (LeaseHeld if another holds it). Transient Redis
+        errors are waited out for half a lease: a try whose answer was lost may have
+        claimed it, which the next try sees."""
+        lease = writer_key(upload_id)
+
+        def claim() -> bool:
+            if self.redis.set(lease, token, nx=True, px=self.store.lease_ms):
+                return True
+            return bool(self.redis.get(lease) == token)
+
+        until = time.monotonic() + self.store.lease_ms / 2000
+        if not wait_out(claim, until, f"upload {upload_id}: lease"):
             raise LeaseHeld(upload_id)
         self.redis.delete(release_key(upload_id))  # meant for the previous holder
 
@@ -99,8 +129,28 @@ class Lease:
     def renew(self, upload_id: str, token: str) -> bool:
         """Extend our lease (Fenced if it was lost or the upload ended); True when another
         request asked us to let go even while bytes are flowing."""
-        self.store.fenced(upload_id, token, None, lambda pipe: None)
-        return self.redis.get(release_key(upload_id)) == RELEASE_NOW
+        (outcome,) = self.renew_all([(upload_id, token)])
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    def renew_all(self, leases: list[tuple[str, str]]) -> list[bool | Exception]:
+        """Renew many (upload id, token) leases in one round trip. For each: whether a
+        release was asked for, or the error (Fenced: lost, or the upload ended; a Redis
+        error of that lease). A failed round trip raises its RedisError."""
+        with self.redis.pipeline(transaction=False) as pipe:
+            for upload_id, token in leases:
+                keys = (writer_key(upload_id), upload_key(upload_id), release_key(upload_id))
+                args = (token, self.store.lease_ms, *WRITABLE, RELEASE_NOW)
+                pipe.evalsha(self._renew.sha, len(keys), *keys, *args)
+            replies = pipe.execute(raise_on_error=False)
+        if any(isinstance(reply, redis.exceptions.NoScriptError) for reply in replies):
+            self.redis.script_load(RENEW_SCRIPT)  # a restarted or promoted Redis forgot it
+            return self.renew_all(leases)
+        return [
+            _renewal(upload_id, reply)
+            for (upload_id, _), reply in zip(leases, replies, strict=True)
+        ]
 
     def release(self, upload_id: str, token: str) -> None:
         """Drop the lease if it is still ours (a lost lease is someone else's now)."""
@@ -112,6 +162,21 @@ class Lease:
                 pipe.delete(lease)
 
         self.redis.transaction(attempt, lease)
+
+    def let_go(self, upload_id: str, token: str, wait: float = 5.0) -> None:
+        """A writer's release when it is done: transient errors are waited out a few
+        seconds, then left to the lease's expiry (logged; nothing is lost by it, the next
+        request only waits longer)."""
+        try:
+            wait_out(
+                lambda: self.release(upload_id, token),
+                time.monotonic() + wait,
+                f"upload {upload_id}: release",
+            )
+        except redis.RedisError as exc:
+            if not is_transient(exc):
+                raise
+            log.warning("upload %s: lease not released (%s); it expires by itself", upload_id, exc)
 
     def request_release(self, upload_id: str, kind: str = RELEASE_NOW) -> None:
         """Ask the writer of ``upload_id``, on whatever node, to save what it has and let
@@ -170,6 +235,16 @@ class Lease:
 
         if self.held(upload_id):
             self.wait_for_release(upload_id, free, kind)
+
+
+def _renewal(upload_id: str, reply: object) -> bool | Exception:
+    if isinstance(reply, Exception):
+        return reply
+    if reply == "lost":
+        return Fenced(f"upload {upload_id}: writer lease lost")
+    if reply == "ended":
+        return Fenced(f"upload {upload_id}: it ended (or its record is gone)")
+    return reply == "release"
 
 
 # -- the holder's side --------------------------------------------------------------
@@ -329,3 +404,106 @@ class ReleaseWatcher:
                 if rate < self.min_rate:
                     write.stop(f"too slow ({rate:.0f} B/s, at least {self.min_rate} B/s)")
                 write.window_start, write.window_received = now, write.received
+
+
+@dataclass
+class HeldLease:
+    """A lease the renewer keeps for a running writer of this process."""
+
+    upload_id: str
+    token: str
+    write: ActiveWrite  # stopped when the lease is lost or another request asks for it
+    valid_until: float  # monotonic: the lease lasts in Redis at least until then
+    lost: Exception | None = None  # why the writer may commit nothing more
+
+    def confirm(self, sent_at: float, ttl: float) -> None:
+        """A renewal (or a commit) sent at ``sent_at`` extended the lease by ``ttl``."""
+        self.valid_until = max(self.valid_until, sent_at + ttl)
+
+    def lose(self, why: Exception) -> None:
+        if self.lost is None:
+            self.lost = why
+            self.write.stop(f"lease lost: {why}")
+
+
+class LeaseRenewer:
+    """Keeps the leases of all running writers of this process: one thread, one
+    pipelined round trip per interval whatever the number of open uploads.
+
+    A renewal that fails for a transient reason (Redis failing over, a dropped
+    connection) is tried again each second; a writer stops only once its lease may have
+    run out in Redis (it could commit nothing more), or at once when Redis says the
+    lease went to another request or the upload ended. A release request seen here
+    stops the writer too (the watcher's pub/sub message usually comes first)."""
+
+    def __init__(self, lease: Lease) -> None:
+        self.lease = lease
+        self.ttl = lease.store.lease_ms / 1000
+        self.interval = self.ttl / RENEWALS_PER_LEASE
+        self._held: list[HeldLease] = []
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    @contextlib.contextmanager
+    def keeping(
+        self, upload_id: str, token: str, write: ActiveWrite, acquired_at: float
+    ) -> Iterator[HeldLease]:
+        """Keep the lease ``token`` claimed (sent at ``acquired_at``, monotonic) while
+        the block runs."""
+        held = HeldLease(upload_id, token, write, acquired_at + self.ttl)
+        with self._lock:
+            self._held.append(held)
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="rindle-lease-renewer", daemon=True
+                )
+                self._thread.start()
+        try:
+            yield held
+        finally:
+            with self._lock:
+                self._held.remove(held)
+
+    def renew_all(self) -> None:
+        """Renew every lease held now, in one round trip; RedisError if it failed."""
+        with self._lock:
+            leases = list(self._held)
+        if not leases:
+            return
+        sent_at = time.monotonic()
+        try:
+            outcomes = self.lease.renew_all([(held.upload_id, held.token) for held in leases])
+        except redis.RedisError as exc:
+            for held in leases:
+                self._failed(held, exc)
+            raise
+        for held, outcome in zip(leases, outcomes, strict=True):
+            if isinstance(outcome, Exception):
+                self._failed(held, outcome)
+                continue
+            held.confirm(sent_at, self.ttl)
+            if outcome:
+                held.write.stop("release requested")  # another request waits
+
+    def _failed(self, held: HeldLease, exc: Exception) -> None:
+        if not is_transient(exc) or time.monotonic() >= held.valid_until:
+            held.lose(exc)
+
+    def _run(self) -> None:
+        idle_since = time.monotonic()
+        delay = self.interval
+        while True:
+            time.sleep(delay)
+            with self._lock:
+                if self._held:
+                    idle_since = time.monotonic()
+                elif time.monotonic() - idle_since > IDLE_EXIT_SECONDS:
+                    self._thread = None  # the next writer starts a new one
+                    return
+            try:
+                self.renew_all()
+                delay = self.interval
+            except redis.RedisError as exc:
+                if delay == self.interval:  # one line per outage
+                    log.warning("lease renewer: Redis unavailable (%s), retrying", exc)
+                delay = min(1.0, self.interval)

@@ -198,7 +198,11 @@ class Maintenance:
         doomed = []
         for upload_id, key, modified in self.shared.listing():
             upload = self.store.get(upload_id)
-            current = upload is not None and upload.state in WRITABLE and upload.tail_key == key
+            current = (
+                upload is not None
+                and upload.state in WRITABLE
+                and key in (upload.tail_key, upload.prev_tail_key)
+            )
             if current or modified.timestamp() > now - grace:
                 counts["tails_kept"] += 1
             else:

@@ -8,6 +8,7 @@ The key names are in ``rindle.keys``; the lease itself in ``rindle.lease``.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Mapping
 
@@ -26,6 +27,7 @@ from rindle.keys import (
 from rindle.storage.shared_tail import Generation
 from rindle.upload import ENDED, WRITABLE, State, Upload
 
+log = logging.getLogger("rindle")
 # How long keys of a finished upload stay around as a tombstone (410, not 404).
 TOMBSTONE_SECONDS = 7 * 24 * 3600
 # An upload still assembling after this long gets its completion job enqueued again.
@@ -155,11 +157,19 @@ class UploadStore:
         part: Part,
         node: str,
         length: int | None = None,
+        previous_tail: str | None = None,
     ) -> None:
         """Record an uploaded (number, etag, size) part; the offset moves to the part's
         end, ``new_offset`` (the committed bytes, as the tail is now empty). ``length``:
-        a deferred length this request declared, saved with its first commit."""
-        fields = {"state": State.RECEIVING, "node": node, **_declared(length), **NO_SHARED_TAIL}
+        a deferred length this request declared, saved with its first commit.
+        ``previous_tail``: the shared copy this commit replaces (kept as the previous)."""
+        fields = {
+            "state": State.RECEIVING,
+            "node": node,
+            **_declared(length),
+            **NO_SHARED_TAIL,
+            **_previous(previous_tail),
+        }
         self._progress(upload_id, token, expected_offset, new_offset, fields, part)
 
     def commit_offset(
@@ -171,10 +181,17 @@ class UploadStore:
         node: str,
         length: int | None = None,
         shared: Generation | None = None,
+        previous_tail: str | None = None,
     ) -> None:
         """Acknowledge bytes now held (synced) in ``node``'s tail (and a declared length);
         ``shared``: the copy of those bytes in S3, in shared tail mode."""
-        fields = {"state": State.RECEIVING, "node": node, **_declared(length), **NO_SHARED_TAIL}
+        fields = {
+            "state": State.RECEIVING,
+            "node": node,
+            **_declared(length),
+            **NO_SHARED_TAIL,
+            **_previous(previous_tail),
+        }
         if shared is not None:
             fields.update(tail_key=shared.key, tail_etag=shared.etag)
         self._progress(upload_id, token, expected_offset, new_offset, fields)
@@ -187,6 +204,7 @@ class UploadStore:
         length: int,
         last_part: Part | None,
         object_etag: str = "",
+        previous_tail: str | None = None,
     ) -> None:
         """All bytes are in S3: offset = length, state assembling, in one transaction.
         ``object_etag``: the object itself, when one PutObject wrote it."""
@@ -195,10 +213,11 @@ class UploadStore:
             "length": length,
             "object_etag": object_etag,
             **NO_SHARED_TAIL,
+            **_previous(previous_tail),
         }
         self._progress(upload_id, token, expected_offset, length, fields, last_part)
         # The sweep looks again soon, in case the completion job never runs.
-        self.index_expiry(upload_id, time.time() + ASSEMBLY_CHECK_SECONDS)
+        self._index_after_commit(upload_id, time.time() + ASSEMBLY_CHECK_SECONDS)
 
     def _progress(
         self,
@@ -225,7 +244,27 @@ class UploadStore:
         state = State(fields["state"])
         reaches = (state, new_offset) if new_offset != expected_offset else None
         self.fenced(upload_id, token, expected_offset, apply, reaches)
-        self.index_expiry(upload_id, expires_at)
+        self._index_after_commit(upload_id, expires_at)
+
+    def _index_after_commit(self, upload_id: str, expires_at: float) -> None:
+        """Bookkeeping after a commit is best effort: failing, it must not make the
+        writer undo what Redis holds. A missed index entry only delays a sweep (the
+        orphan sweep still finds the upload)."""
+        try:
+            self.index_expiry(upload_id, expires_at)
+        except redis.RedisError as exc:
+            log.warning("upload %s: expiry index not updated (%s)", upload_id, exc)
+
+    def wait_for_replicas(self, upload_id: str, replicas: int, timeout_ms: int) -> int:
+        """Wait (at most ``timeout_ms``) until ``replicas`` replicas hold this process's
+        writes up to now; how many do. WAIT counts from the last write of the connection
+        it runs on, and a pooled connection may not be the one that committed: a write on
+        the same connection first (the upload's own TTL again) follows every commit."""
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.expire(upload_key(upload_id), self._key_ttl())
+            pipe.wait(replicas, timeout_ms)
+            _, acked = pipe.execute()
+        return int(acked)
 
     # -- changes outside a writer: assembly, termination, expiry ------------------------
 
@@ -316,3 +355,7 @@ class UploadStore:
 
 def _declared(length: int | None) -> dict[str, int]:
     return {} if length is None else {"length": length}
+
+
+def _previous(tail_key: str | None) -> dict[str, str]:
+    return {} if tail_key is None else {"prev_tail_key": tail_key}

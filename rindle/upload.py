@@ -43,6 +43,9 @@ class Upload:
     # The shared copy of the buffered bytes in S3 (RINDLE_TAIL_STORE=s3), "" without one.
     tail_key: str = ""
     tail_etag: str = ""
+    # The shared copy recorded before ``tail_key``, kept while a failover could still roll
+    # the record back to it.
+    prev_tail_key: str = ""
     # The ETag of the object this upload wrote at its key ("" until it wrote one): only
     # that object is ever deleted on its behalf.
     object_etag: str = ""
@@ -76,5 +79,6 @@ class Upload:
             partials=tuple(record.get("partials", "").split()),
             tail_key=record.get("tail_key", ""),
             tail_etag=record.get("tail_etag", ""),
+            prev_tail_key=record.get("prev_tail_key", ""),
             object_etag=record.get("object_etag", ""),
         )

@@ -17,28 +17,40 @@ import contextlib
 import contextvars
 import logging
 import shutil
-import threading
+import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
+from typing import TypeVar
 
+import redis
 from blinker import NamedSignal
 
 from rindle import hooks, protocol
 from rindle.config import Settings
-from rindle.errors import BodyEnded, ChecksumMismatch, TailMissing, TusError
+from rindle.errors import (
+    BodyEnded,
+    ChecksumMismatch,
+    Fenced,
+    OutcomeUnknown,
+    TailMissing,
+    TusError,
+)
 from rindle.jobqueue import JobQueue
-from rindle.lease import ActiveWrite, Lease, ReleaseWatcher, new_token
+from rindle.lease import ActiveWrite, HeldLease, Lease, LeaseRenewer, ReleaseWatcher, new_token
 from rindle.storage import S3_ERRORS, MultipartGone, S3Storage, SpoolFile, Tail, TailLocked
 from rindle.storage.shared_tail import Generation, SharedTailMissing, SharedTails
 from rindle.store import UploadStore
+from rindle.transient import is_transient, wait_out
 from rindle.upload import WRITABLE, State, Upload
 
 log = logging.getLogger("rindle")
+T = TypeVar("T")
 
-# How often a running writer renews its lease (and sees a release request or a DELETE).
-CHECK_IN_SECONDS = 1.0
+# How long the answer of a PATCH waits for replicas to hold its commit (RINDLE_REDIS_WAIT_
+# REPLICAS): a replica a second behind is a lagging one, and the client is waiting.
+REPLICA_WAIT_MS = 1000
 # Part uploads one process runs at once, for all its PATCHes (RINDLE_PARTS_IN_FLIGHT each).
 PART_UPLOAD_THREADS = 64
 Reader = Callable[[int], bytes]  # read(n): up to n bytes, b"" at the end; BodyEnded
@@ -79,6 +91,7 @@ class Writer:
         self.part_uploads = ThreadPoolExecutor(
             max_workers=PART_UPLOAD_THREADS, thread_name_prefix="rindle-part"
         )
+        self.renewer = LeaseRenewer(lease)  # one per process, as this writer is
 
     def write(
         self,
@@ -98,10 +111,12 @@ class Writer:
         if shutil.disk_usage(self.settings.tmp_dir).free < self.settings.min_free_disk:
             raise TusError("insufficient_storage", "this node is short of disk space; retry")
         token = new_token()
+        acquired_at = time.monotonic()  # (before the claim is sent: the lease lasts longer)
         self.lease.wait_for_release(upload_id, lambda: self.lease.acquire(upload_id, token))
         try:
             # Re-read under the lease: this is the state we build on.
-            upload = self.store.get(upload_id)
+            lease_ends = acquired_at + self.renewer.ttl
+            upload = wait_out(lambda: self.store.get(upload_id), lease_ends, "upload record")
             if upload is None or upload.state not in WRITABLE:
                 raise TusError("upload_not_writable", "the upload cannot take bytes now")
             declared = protocol.check_append(
@@ -110,15 +125,19 @@ class Writer:
             tail = self._open_tail(upload)
             self.on_tail_opened()
             try:
-                with self.watcher.watching(upload_id, interrupt) as active:
-                    patch = _Patch(self, upload, token, tail, active, declared)
+                with (
+                    self.watcher.watching(upload_id, interrupt) as active,
+                    self.renewer.keeping(upload_id, token, active, acquired_at) as held,
+                ):
+                    patch = _Patch(self, upload, held, tail, declared)
                     overflow = patch.run(read, append.checksum)
+                    patch.wait_for_replicas()
             except MultipartGone:
                 self._fail_lost_multipart(upload)
                 raise TusError("gone", "the upload failed: S3 no longer has its parts") from None
             finally:
                 tail.close()
-            after = self.store.get(upload_id)
+            after = patch.call(lambda: self.store.get(upload_id), "upload record")
             assert after is not None
             if after.offset != upload.offset:
                 self.notify(hooks.upload_progress, after)
@@ -127,7 +146,7 @@ class Writer:
                 self.notify(hooks.upload_received, after)
             return WriteResult(after, overflow, patch.ended_early)
         finally:
-            self.lease.release(upload_id, token)
+            self.lease.let_go(upload_id, token)
 
     def _fail_lost_multipart(self, upload: Upload) -> None:
         """S3 dropped the multipart upload (a lifecycle rule that aborts incomplete
@@ -156,7 +175,7 @@ class Writer:
             try:
                 if not here:
                     raise TailMissing(upload.id, expected, None)
-                return self._lock_tail(upload.id, expected)
+                return self._lock_tail(upload.id, expected, upload.committed)
             except TailMissing as exc:
                 if self.shared is None:
                     exc.node = upload.node
@@ -172,11 +191,11 @@ class Writer:
                 raise
         return tail
 
-    def _lock_tail(self, upload_id: str, expected: int) -> Tail:
+    def _lock_tail(self, upload_id: str, expected: int, start: int = 0) -> Tail:
         # A stale request of this node may still hold the file (its lease expired).
         return self.lease.wait_for_release(
             upload_id,
-            lambda: Tail.open(upload_id, expected, self.settings.tmp_dir),
+            lambda: Tail.open(upload_id, expected, self.settings.tmp_dir, start),
             busy=(TailLocked,),
         )
 
@@ -218,46 +237,35 @@ class _Patch:
         self,
         writer: Writer,
         upload: Upload,
-        token: str,
+        held: HeldLease,
         tail: Tail,
-        active: ActiveWrite,
         declared: int | None,
     ) -> None:
         self.writer = writer
         self.upload = upload if declared is None else replace(upload, length=declared)
         self.declared = declared  # a deferred length this PATCH declares, not yet saved
-        self.token = token
+        self.held = held  # the lease: the renewer keeps it, and says when it is lost
+        self.token = held.token
         self.tail = tail
-        self.active = active
+        self.active: ActiveWrite = held.write
         self.offset = upload.offset  # as committed in Redis
         self.committed = upload.committed  # bytes in committed parts
         self.s3_upload_id = upload.s3_upload_id
         self.inflight: deque[Future[None]] = deque()  # part uploads, oldest first
-        self.spools: list[SpoolFile] = []  # open spool files, closed when the PATCH ends
-        self.shared_key = upload.tail_key  # the shared copy Redis records, if any
-        self.lease_lost: Exception | None = None  # why the renewing thread gave up
+        self.shared_key = upload.tail_key  # the shared copy Redis records, if any ...
+        self.shared_prev = upload.prev_tail_key  # ... and the one before it
         self.ended_early = False  # the body was not read to its end
+        self.moved = False  # a commit of this PATCH went through
         self.object_headers = protocol.object_headers(protocol.parse_metadata(upload.metadata))
 
     def run(self, read: Reader, checksum: protocol.Checksum | None) -> bool:
         """Stream the body; True when the client sent bytes beyond Upload-Length.
 
-        The lease is renewed every second for the whole request, also while it waits
-        for a silent client (until RINDLE_READ_TIMEOUT ends the read) and while S3
-        calls run: a lease shorter than either would otherwise run out under a live
-        request, and its commit would then be refused. On any failure the tail is cut
-        back to the bytes Redis acknowledges, so that nothing unacknowledged lingers (a
-        disk error, S3 down, a lost lease)."""
-        try:
-            with self.lease_kept():
-                return self._run(read, checksum)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                self.tail.truncate(self.offset - self.committed)
-            raise
-
-    def _run(self, read: Reader, checksum: protocol.Checksum | None) -> bool:
-        """Stream the body; True when the client sent bytes beyond Upload-Length.
+        The process's lease renewer keeps the lease for the whole request, also while it
+        waits for a silent client (until RINDLE_READ_TIMEOUT ends the read) and while S3
+        calls run. On a failure the tail is left as it is: bytes beyond what Redis
+        acknowledges are cut off by the next request (``Tail.open``), and cutting them
+        here would destroy bytes a commit whose answer was lost did acknowledge.
 
         Without a checksum, full parts are shipped while the body keeps arriving (at
         most RINDLE_PARTS_IN_FLIGHT parts in flight and one filling on disk). With one,
@@ -276,6 +284,7 @@ class _Patch:
         start = self.committed
         received = 0
         self.ended_early = False
+        self.filling = filling
         try:
             while received < room:
                 want = min(self.writer.settings.read_chunk, room - received)
@@ -306,15 +315,15 @@ class _Patch:
                     log.info("upload %s: letting go (%s)", upload.id, self.active.stop_reason)
                     self.ended_early = True
                     break
-            if self.lease_lost is not None:
-                raise self.lease_lost  # nothing more may be committed
+            if self.held.lost is not None:
+                raise self._lost()  # nothing more may be committed
             self._wait_shipped()
             if filling is not tail:  # the rest of the body becomes the tail
                 filling.copy_to(tail)
         finally:
             self._let_shipped_end()
-            for spool in self.spools:
-                spool.close()
+            if self.filling is not tail:
+                self.filling.close()
 
         overflow = False
         if received == room and not self.ended_early:
@@ -340,6 +349,9 @@ class _Patch:
         """Acknowledge the tail's bytes: on disk first, in S3 too in shared tail mode,
         then the offset that covers them (with the shared copy's generation)."""
         tail, shared = self.tail, self.writer.shared
+        # Where its bytes start: a record rolled back past a part (a failover) must not
+        # take them for its own buffered bytes.
+        tail.mark_start(self.committed)
         tail.sync()
         new_offset = self.committed + tail.size
         generation = None
@@ -347,27 +359,98 @@ class _Patch:
             with tail.slice(0, tail.size) as body:
                 generation = shared.put(self.upload.id, body, tail.size, new_offset)
         try:
-            self.writer.store.commit_offset(
-                self.upload.id,
-                self.token,
-                self.offset,
-                new_offset,
-                self.writer.settings.node_id,
-                self.declared,
-                generation,
+            self._commit(
+                lambda: self.writer.store.commit_offset(
+                    self.upload.id,
+                    self.token,
+                    self.offset,
+                    new_offset,
+                    self.writer.settings.node_id,
+                    self.declared,
+                    generation,
+                    self._previous_for(generation.key if generation else ""),
+                ),
+                "commit",
             )
-        except BaseException:
-            if generation is not None:
+        except Fenced:
+            if generation is not None:  # refused: nothing records this copy
                 shared.delete_quietly(generation.key)  # type: ignore[union-attr]
             raise
         self.offset, self.declared = new_offset, None
         self._replace_shared(generation.key if generation else "")
 
     def _replace_shared(self, key: str) -> None:
-        """After a commit: the shared copy Redis recorded before is garbage now."""
-        if self.shared_key and self.shared_key != key and self.writer.shared is not None:
-            self.writer.shared.delete_quietly(self.shared_key)
-        self.shared_key = key
+        """After a commit that recorded ``key`` as the shared copy: the copy recorded
+        before becomes the previous one, and the one before that is garbage. One
+        previous copy is kept: a record rolled back by a failover (a replica promoted
+        without the last commit) still finds the bytes it names."""
+        if key == self.shared_key:
+            return
+        doomed, self.shared_prev, self.shared_key = self.shared_prev, self.shared_key, key
+        if doomed and doomed not in (key, self.shared_prev) and self.writer.shared is not None:
+            self.writer.shared.delete_quietly(doomed)
+
+    def _previous_for(self, key: str) -> str | None:
+        """What a commit that records the shared copy ``key`` keeps as the previous
+        one (None: the record's stays)."""
+        return self.shared_key if key != self.shared_key else None
+
+    def _commit(self, change: Callable[[], None], what: str) -> None:
+        """Apply a fenced change of this writer, waiting out transient Redis errors
+        while the lease lasts. Fenced only when every try was refused (nothing was
+        applied): the caller may undo. When a try's outcome is unknown (its answer was
+        lost), the change may be in Redis: OutcomeUnknown, and nothing may be undone."""
+        unknown = False
+
+        def attempt() -> None:
+            nonlocal unknown
+            sent_at = time.monotonic()
+            try:
+                change()
+            except redis.RedisError as exc:
+                unknown = unknown or is_transient(exc)
+                raise
+            self.held.confirm(sent_at, self.writer.renewer.ttl)  # a commit extends it
+            self.moved = True
+
+        try:
+            self.call(attempt, what)
+        except (Fenced, redis.RedisError) as exc:
+            if unknown:
+                raise OutcomeUnknown(self.upload.id, what) from exc
+            raise
+
+    def call(self, fn: Callable[[], T], what: str) -> T:
+        """``fn()``, a Redis call of this writer, waiting out transient errors while
+        the lease lasts."""
+        return wait_out(fn, self.held.valid_until, f"upload {self.upload.id}: {what}")
+
+    def _lost(self) -> Exception:
+        """Why this writer may commit nothing more (the renewer lost its lease)."""
+        lost = self.held.lost
+        assert lost is not None
+        return lost
+
+    def wait_for_replicas(self) -> None:
+        """With RINDLE_REDIS_WAIT_REPLICAS, the offset the answer reports must survive a
+        failover: wait (bounded) until that many replicas hold this PATCH's commits."""
+        wanted = self.writer.settings.redis_wait_replicas
+        if not wanted or not self.moved:
+            return
+        try:
+            acked = self.writer.store.wait_for_replicas(self.upload.id, wanted, REPLICA_WAIT_MS)
+        except redis.RedisError as exc:  # the commit stands; only its safety is unknown
+            log.warning("upload %s: could not wait for replicas (%s)", self.upload.id, exc)
+            return
+        if acked < wanted:
+            log.warning(
+                "upload %s: %d of %d Redis replicas acknowledged offset %d within %d ms",
+                self.upload.id,
+                acked,
+                wanted,
+                self.offset,
+                REPLICA_WAIT_MS,
+            )
 
     def _is_full_part(self, size: int, start: int) -> bool:
         """``size`` bytes from upload offset ``start`` hold a full part that is not the
@@ -382,9 +465,8 @@ class _Patch:
         if not self._is_full_part(filling.size, start):
             return filling, start
         self._ship_meanwhile(filling, start)
-        spool = SpoolFile.anonymous(self.writer.settings.tmp_dir)
-        self.spools.append(spool)
-        return spool, start + self.upload.part_size
+        self.filling = SpoolFile.anonymous(self.writer.settings.tmp_dir)
+        return self.filling, start + self.upload.part_size
 
     def _ship_waiting_parts(self) -> None:
         """Ship every full part of a spooled body from where it lies, then drop them all
@@ -407,12 +489,15 @@ class _Patch:
 
         def ship() -> None:
             try:
-                self._ship_part(spool, 0, before, start, empty_after=True)
+                self._ship_part(spool, 0, before, start, empty_after=spool is self.tail)
             except BaseException:
                 # The request thread may be waiting for a client that sends nothing:
                 # end its read, so that the client hears of the failure now.
                 self.active.stop("part upload failed")
                 raise
+            finally:
+                if spool is not self.tail:
+                    spool.close()  # its part is committed (or never will be): free it now
 
         # (in the request's context: its log lines carry the request and upload ids)
         self.inflight.append(self.writer.part_uploads.submit(contextvars.copy_context().run, ship))
@@ -440,9 +525,15 @@ class _Patch:
             )
             # Saved at once, so that an abort can always find it. Refused (the upload
             # was deleted, or the lease lost meanwhile): nobody else will know of it.
+            # Unknown: Redis may record it, so it stays (the orphan sweep aborts it if not).
             try:
-                self.writer.store.save_s3_upload_id(self.upload.id, self.token, self.s3_upload_id)
-            except BaseException:
+                self._commit(
+                    lambda: self.writer.store.save_s3_upload_id(
+                        self.upload.id, self.token, self.s3_upload_id
+                    ),
+                    "S3 upload id",
+                )
+            except Fenced:
                 with contextlib.suppress(*S3_ERRORS):
                     self.writer.s3.abort_multipart(self.upload.key, self.s3_upload_id)
                 raise
@@ -474,50 +565,24 @@ class _Patch:
             before.result()  # the part before failed: this one is not committed
         assert self.committed == start, "parts are committed in order"
         new_offset = start + size
-        self.writer.store.commit_part(
-            self.upload.id,
-            self.token,
-            self.offset,
-            new_offset,
-            (number, etag, size),
-            self.writer.settings.node_id,
-            self.declared,
+        self._commit(
+            lambda: self.writer.store.commit_part(
+                self.upload.id,
+                self.token,
+                self.offset,
+                new_offset,
+                (number, etag, size),
+                self.writer.settings.node_id,
+                self.declared,
+                self._previous_for(""),
+            ),
+            f"commit of part {number}",
         )
         self.committed = self.offset = new_offset
         self.declared = None
         if empty_after:
             spool.truncate(0)  # frees its disk while the body keeps arriving
         self._replace_shared("")
-
-    @contextlib.contextmanager
-    def lease_kept(self) -> Iterator[None]:
-        """Renew the lease every second from a thread of its own, so that the read loop
-        makes no Redis call. If this process stalls as a whole (a GC pause), the
-        renewals stop too and the lease can still expire: fencing stays intact. A
-        release request ends the body read (the bytes are kept); a failed renewal (the
-        lease lost, the upload ended, Redis unreachable) ends it too, and the PATCH fails
-        with that error."""
-        done = threading.Event()
-
-        def renew() -> None:
-            while not done.wait(CHECK_IN_SECONDS):
-                try:
-                    if self.writer.lease.renew(self.upload.id, self.token):
-                        self.active.stop("release requested")  # another request waits
-                except Exception as exc:  # Fenced (lost, or the upload ended), Redis down
-                    self.lease_lost = exc
-                    self.active.stop(f"lease renewal failed: {exc}")
-                    return
-
-        thread = threading.Thread(
-            target=contextvars.copy_context().run, args=(renew,), name="rindle-lease", daemon=True
-        )
-        thread.start()
-        try:
-            yield
-        finally:
-            done.set()
-            thread.join()
 
     def _ship_last(self) -> None:
         """Ship the remaining bytes, then move to assembling and enqueue completion."""
@@ -533,8 +598,17 @@ class _Patch:
             with self.tail.slice(0, size) as body:
                 object_etag = s3.put_object(upload.key, body, size, self.object_headers)
         # (A multipart upload and nothing left: the last full part was the last part.)
-        self.writer.store.finish_receiving(
-            upload.id, self.token, self.offset, upload.length, last_part, object_etag
+        self._commit(
+            lambda: self.writer.store.finish_receiving(
+                upload.id,
+                self.token,
+                self.offset,
+                upload.length,
+                last_part,
+                object_etag,
+                self._previous_for(""),
+            ),
+            "last commit",
         )
         self.offset = upload.length
         self.tail.remove()

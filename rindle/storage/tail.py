@@ -157,25 +157,39 @@ class SpoolFile:
     def sync(self) -> None:
         os.fsync(self._fd)
 
+    @property
+    def closed(self) -> bool:
+        return self._fd < 0
+
     def close(self) -> None:
         if self._fd >= 0:
             os.close(self._fd)  # releases a flock; frees an anonymous file
             self._fd = -1
 
 
+# Extended attribute naming the upload offset of a tail's first byte.
+START_XATTR = "user.rindle.start"
+
+
 class Tail(SpoolFile):
-    """An open tail file, held under an exclusive flock for one writer on this node."""
+    """An open tail file, held under an exclusive flock for one writer on this node.
+
+    It names the upload offset of its first byte (an extended attribute): after a Redis
+    failover that lost commits, the record may expect bytes from an earlier offset, and
+    bytes from a later one must never pass for them."""
 
     def __init__(self, path: str, fd: int) -> None:
         super().__init__(fd)
         self.path = path
 
     @classmethod
-    def open(cls, session_id: str, expected: int, root: str | None = None) -> Tail:
-        """Open and reconcile the tail with what Redis says it holds (``expected`` bytes).
+    def open(cls, session_id: str, expected: int, root: str | None = None, start: int = 0) -> Tail:
+        """Open and reconcile the tail with what Redis says it holds (``expected`` bytes
+        from upload offset ``start``).
 
-        No file while bytes are expected, or a shorter file: TailMissing (never re-slice).
-        A longer file holds crash leftovers beyond the committed offset: cut them off.
+        No file while bytes are expected, a shorter file, or one whose bytes start
+        elsewhere: TailMissing (never re-slice). A longer file holds leftovers beyond the
+        committed offset (a crash, a commit rolled back): cut them off.
         """
         path = tail_path(session_id, root)
         if expected > 0 and not os.path.exists(path):
@@ -189,12 +203,19 @@ class Tail(SpoolFile):
             os.close(fd)
             raise TailLocked(session_id) from None
         size = os.fstat(fd).st_size
-        if size < expected:
+        if size < expected or (expected and _start_of(fd) not in (None, start)):
             os.close(fd)
             raise TailMissing(session_id, expected, size)
         if size > expected:
             os.ftruncate(fd, expected)
         return cls(path, fd)
+
+    def mark_start(self, offset: int) -> None:
+        """Record that the first byte is at upload offset ``offset`` (before a commit
+        that leaves bytes buffered). A file system without extended attributes keeps
+        no mark: the tail is then trusted as before."""
+        with contextlib.suppress(OSError):
+            os.setxattr(self._fd, START_XATTR, str(offset).encode())
 
     def drop_front(self, count: int) -> None:
         """Drop the first ``count`` bytes (shipped as parts), keeping the rest in order."""
@@ -211,6 +232,14 @@ class Tail(SpoolFile):
     def remove(self) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path)
+
+
+def _start_of(fd: int) -> int | None:
+    """The upload offset a tail marks as its first byte's; None without a mark."""
+    try:
+        return int(os.getxattr(fd, START_XATTR))
+    except (OSError, ValueError):
+        return None
 
 
 class FileSlice(io.RawIOBase):

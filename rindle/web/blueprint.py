@@ -484,9 +484,9 @@ def patch(upload_id: str) -> Response:
 
 @blueprint.route("/<upload_id>", methods=["DELETE"])
 def terminate(upload_id: str) -> Response:
-    """Termination: a tombstone (410 from now on), a running writer stops at its next
-    lease renewal, this node's idle tail goes, and an RQ job aborts the multipart upload
-    and deletes the shared tails."""
+    """Termination: a tombstone (410 from now on), a running writer is asked to stop
+    (it commits nothing more: 410), this node's idle tail goes, and an RQ job aborts the
+    multipart upload and deletes the shared tails."""
     upload = load(upload_id)
     authorize("delete", upload)
     end_upload(upload)
@@ -501,8 +501,11 @@ def end_upload(upload: Upload) -> None:
     ):
         raise TusError("gone", "the upload has already ended")
     rindle.notify(hooks.upload_terminated, replace(upload, state=State.TERMINATED))
-    # Not under a running writer's feet (it holds the tail's lock): that writer stops at
-    # its next lease renewal, and the reaper deletes the tail of the ended upload.
+    # A running writer, on any node, stops reading now (its renewal would see the end
+    # too, but only within a quarter of a lease).
+    rindle.lease.request_release(upload_id)
+    # Not under a running writer's feet (it holds the tail's lock): the reaper deletes
+    # the tail of the ended upload.
     try_remove_idle_tail(tail_path(upload_id, rindle.settings.tmp_dir))
     try:
         rindle.jobs.clean_up(upload_id)

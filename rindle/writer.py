@@ -256,6 +256,7 @@ class _Patch:
         self.shared_prev = upload.prev_tail_key  # ... and the one before it
         self.ended_early = False  # the body was not read to its end
         self.moved = False  # a commit of this PATCH went through
+        self.uncertain = False  # a commit may have gone through: Redis knows, not us
         self.object_headers = protocol.object_headers(protocol.parse_metadata(upload.metadata))
 
     def run(self, read: Reader, checksum: protocol.Checksum | None) -> bool:
@@ -263,9 +264,20 @@ class _Patch:
 
         The process's lease renewer keeps the lease for the whole request, also while it
         waits for a silent client (until RINDLE_READ_TIMEOUT ends the read) and while S3
-        calls run. On a failure the tail is left as it is: bytes beyond what Redis
-        acknowledges are cut off by the next request (``Tail.open``), and cutting them
-        here would destroy bytes a commit whose answer was lost did acknowledge.
+        calls run. On a failure the tail is cut back to the bytes Redis acknowledges (a
+        disk error, S3 down, a lost lease, a body too large), unless a commit's outcome
+        is unknown: then Redis may acknowledge more than we know, and the next request
+        cuts off what it does not (``Tail.open``)."""
+        try:
+            return self._run(read, checksum)
+        except BaseException:
+            if not self.uncertain:
+                with contextlib.suppress(OSError):
+                    self.tail.truncate(self.offset - self.committed)
+            raise
+
+    def _run(self, read: Reader, checksum: protocol.Checksum | None) -> bool:
+        """Stream the body; True when the client sent bytes beyond Upload-Length.
 
         Without a checksum, full parts are shipped while the body keeps arriving (at
         most RINDLE_PARTS_IN_FLIGHT parts in flight and one filling on disk). With one,
@@ -415,8 +427,14 @@ class _Patch:
 
         try:
             self.call(attempt, what)
-        except (Fenced, redis.RedisError) as exc:
+        except redis.RedisError as exc:
+            self.uncertain = True
             if unknown:
+                raise OutcomeUnknown(self.upload.id, what) from exc
+            raise
+        except Fenced as exc:
+            if unknown:
+                self.uncertain = True
                 raise OutcomeUnknown(self.upload.id, what) from exc
             raise
 

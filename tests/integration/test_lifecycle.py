@@ -162,7 +162,7 @@ def test_reaper_never_deletes_a_tail_a_writer_holds(app, tus, rdb):
     root = app.config["RINDLE"].tmp_dir
     upload_id, _ = half_upload(tus)
     rdb.hset(f"rindle:upload:{{{upload_id}}}", "state", "terminated")
-    held = Tail.open(upload_id, 1000, root=root)  # a request still in its PATCH
+    held = Tail.open(upload_id, 1000, root=root, start=PART)  # a request still in its PATCH
     try:
         assert maintenance(app).reap_tails()["busy"] == 1
         assert os.path.exists(tail_path(upload_id, root))

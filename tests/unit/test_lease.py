@@ -3,13 +3,16 @@ fencing, released on request, taken over from a dead holder of this host."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
+import redis
 
 from rindle.errors import Fenced, LeaseHeld
 from rindle.keys import release_key, writer_key
@@ -18,7 +21,9 @@ from rindle.lease import (
     IDLE_SECONDS,
     RELEASE_IF_IDLE,
     RELEASE_NOW,
+    ActiveWrite,
     Lease,
+    LeaseRenewer,
     ReleaseWatcher,
     holder_is_dead,
     new_token,
@@ -266,3 +271,128 @@ def test_the_watcher_stops_a_stalled_read(watcher: ReleaseWatcher):
         write.last_read -= watcher.read_timeout + 1
         watcher._stop_stalled()
         assert (interrupt.calls, write.stop_reason) == (1, "read timeout")
+
+
+# -- the process's one renewer --------------------------------------------------------
+
+
+def renewer_of(lease: Lease) -> LeaseRenewer:
+    """A renewer whose thread never runs: the tests call ``renew_all`` themselves."""
+    renewer = LeaseRenewer(lease)
+    renewer._thread = threading.current_thread()  # (it only starts one when None)
+    return renewer
+
+
+def test_one_round_trip_renews_every_lease_of_the_process(lease, store, fake_redis):
+    renewer = renewer_of(lease)
+    ids = [f"u{i}" for i in range(50)]
+    writes = {}
+    with contextlib.ExitStack() as stack:
+        for upload_id in ids:
+            store.create(upload_id, 3 * PART, PART, f"uploads/{upload_id}", "")
+            lease.acquire(upload_id, f"t-{upload_id}")
+            fake_redis.pexpire(writer_key(upload_id), 1000)
+            writes[upload_id] = ActiveWrite(lambda: None)
+            stack.enter_context(
+                renewer.keeping(upload_id, f"t-{upload_id}", writes[upload_id], time.monotonic())
+            )
+        renewer.renew_all()  # the first also loads the script into Redis
+        executes = []
+        real_pipeline = fake_redis.pipeline
+
+        def pipeline(*args, **kwargs):
+            pipe = real_pipeline(*args, **kwargs)
+            real_execute = pipe.execute
+            pipe.execute = lambda *a, **k: executes.append(1) or real_execute(*a, **k)
+            return pipe
+
+        fake_redis.pipeline = pipeline
+        renewer.renew_all()
+
+    assert len(executes) == 1
+    assert all(fake_redis.pttl(writer_key(upload_id)) > 1000 for upload_id in ids)
+    assert not any(write.stop_reason for write in writes.values())
+
+
+def test_a_renewal_that_fails_once_keeps_the_writer_going(lease, upload_id, monkeypatch):
+    """Redis drops the connection once (a maintenance restart): most of the lease's time
+    remains, so the writer goes on (before: one failed renewal ended the PATCH)."""
+    renewer = renewer_of(lease)
+    lease.acquire(upload_id, "a")
+    write = ActiveWrite(lambda: None)
+    real = lease.renew_all
+    failures = {"left": 1}
+
+    def flaky(leases):
+        if failures["left"]:
+            failures["left"] -= 1
+            raise redis.ConnectionError("Connection reset by peer")
+        return real(leases)
+
+    monkeypatch.setattr(lease, "renew_all", flaky)
+    with renewer.keeping(upload_id, "a", write, time.monotonic()) as held:
+        with pytest.raises(redis.ConnectionError):
+            renewer.renew_all()
+        assert held.lost is None and not write.stop_reason
+        renewer.renew_all()
+        assert held.lost is None and not write.stop_reason
+
+
+def test_a_writer_stops_once_its_lease_may_have_run_out(lease, upload_id, monkeypatch):
+    renewer = renewer_of(lease)
+    lease.acquire(upload_id, "a")
+    write = ActiveWrite(lambda: None)
+
+    def down(leases):
+        raise redis.ConnectionError("Connection refused")
+
+    monkeypatch.setattr(lease, "renew_all", down)
+    with renewer.keeping(upload_id, "a", write, time.monotonic() - renewer.ttl) as held:
+        with pytest.raises(redis.ConnectionError):
+            renewer.renew_all()
+        assert isinstance(held.lost, redis.ConnectionError)
+        assert write.stop_reason.startswith("lease lost")
+
+
+@pytest.mark.parametrize("how", ["taken", "ended"])
+def test_a_lease_lost_for_sure_stops_the_writer_at_once(lease, upload_id, store, how):
+    renewer = renewer_of(lease)
+    lease.acquire(upload_id, "a")
+    write = ActiveWrite(lambda: None)
+    with renewer.keeping(upload_id, "a", write, time.monotonic()) as held:
+        if how == "taken":
+            lease.release(upload_id, "a")
+            lease.acquire(upload_id, "b")
+        else:
+            store.set_state(upload_id, State.TERMINATED, (State.CREATED,))
+        renewer.renew_all()
+        assert isinstance(held.lost, Fenced)
+        assert write.stop_reason.startswith("lease lost")
+
+
+def test_the_renewer_passes_on_a_release_request(lease, upload_id):
+    renewer = renewer_of(lease)
+    lease.acquire(upload_id, "a")
+    write = ActiveWrite(lambda: None)
+    with renewer.keeping(upload_id, "a", write, time.monotonic()) as held:
+        lease.request_release(upload_id, RELEASE_NOW)
+        renewer.renew_all()
+        assert held.lost is None
+        assert write.stop_reason == "release requested"
+
+
+def test_an_unanswered_lease_claim_is_found_on_the_retry(lease, upload_id, monkeypatch):
+    """SET NX went through but its answer was lost: the retry sees our own token."""
+    real_set = lease.redis.set
+    lost = {"left": 1}
+
+    def set_then_lose(*args, **kwargs):
+        result = real_set(*args, **kwargs)
+        if lost["left"]:
+            lost["left"] -= 1
+            raise redis.ConnectionError("Connection reset by peer")
+        return result
+
+    monkeypatch.setattr(lease.redis, "set", set_then_lose)
+    lease.acquire(upload_id, "a")
+    assert lease.holder(upload_id) == "a"

@@ -7,6 +7,7 @@ the tail file on disk, and the exception a refused write raises.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import os
 import time
@@ -16,11 +17,21 @@ from pathlib import Path
 
 import fakeredis
 import pytest
+import redis
+from redis.exceptions import MasterDownError, ReadOnlyError
 
 from rindle import hooks, protocol
 from rindle.config import Settings
 from rindle.core import Rindle
-from rindle.errors import BodyEnded, ChecksumMismatch, Fenced, LeaseHeld, TailMissing, TusError
+from rindle.errors import (
+    BodyEnded,
+    ChecksumMismatch,
+    Fenced,
+    LeaseHeld,
+    OutcomeUnknown,
+    TailMissing,
+    TusError,
+)
 from rindle.keys import writer_key
 from rindle.lease import ReleaseWatcher
 from rindle.storage import S3Storage, SpoolFile, Tail, tail_path
@@ -645,3 +656,174 @@ def test_bytes_beyond_the_length_are_reported_and_the_rest_kept(node: Node, extr
     upload = node.upload(upload_id)
     assert (upload.state, upload.offset) == (State.ASSEMBLING, 1000)
     assert node.object(upload_id) == data[:1000]
+
+
+# -- Redis faults: unknown outcomes, transient errors, descriptors (issue #18) ---------
+
+
+def applied_then_lost(monkeypatch: pytest.MonkeyPatch, target: object, name: str, times: int):
+    """``target.name`` runs for real, then its answer is lost ``times`` times (a
+    ConnectionError after Redis applied it), then works as usual."""
+    real = getattr(target, name)
+    lost = {"left": times}
+
+    def call(*args: object, **kwargs: object) -> object:
+        result = real(*args, **kwargs)
+        if lost["left"]:
+            lost["left"] -= 1
+            raise redis.ConnectionError("Connection reset by peer (the answer was lost)")
+        return result
+
+    monkeypatch.setattr(target, name, call)
+    return lost
+
+
+def test_a_commit_whose_answer_was_lost_is_found_on_the_retry(node: Node, monkeypatch):
+    """The EXEC of the tail's commit went through but its answer was lost: the retry
+    finds Redis already there (offset and state) and the PATCH succeeds; the tail holds
+    every acknowledged byte (before: cut back, and every resume failed tus_tail_missing)."""
+    data = random_bytes(3 * PART)
+    upload_id = node.create(len(data))
+    applied_then_lost(monkeypatch, node.store, "fenced", 1)
+
+    result = node.write(upload_id, data[: PART // 2])
+
+    assert result.upload.offset == PART // 2
+    assert node.tail(upload_id) == data[: PART // 2]
+    node.write(upload_id, data[PART // 2 :])
+    assert node.complete(upload_id) == "completed"
+    assert node.object(upload_id) == data
+
+
+def test_a_failed_expiry_index_update_after_a_commit_undoes_nothing(node: Node, monkeypatch):
+    """The commit is in Redis; the index update after it fails: logged, never undone."""
+    data = random_bytes(3 * PART)
+    upload_id = node.create(len(data))
+
+    def index_down(*args: object) -> None:
+        raise redis.ConnectionError("Redis went away")
+
+    monkeypatch.setattr(node.store, "index_expiry", index_down)
+    result = node.write(upload_id, data[: PART + 1000])
+
+    assert result.upload.offset == PART + 1000
+    assert node.tail(upload_id) == data[PART : PART + 1000]
+    monkeypatch.undo()
+    node.write(upload_id, data[PART + 1000 :])
+    assert node.complete(upload_id) == "completed"
+    assert node.object(upload_id) == data
+
+
+def test_an_outcome_still_unknown_when_the_lease_runs_out_keeps_the_tail(
+    node: Node, monkeypatch
+):
+    """Redis applied the commit, then stayed out of reach: the PATCH fails with an
+    unknown outcome (503), but the tail keeps the bytes Redis now acknowledges."""
+    data = random_bytes(3 * PART)
+    upload_id = node.create(len(data))
+    applied_then_lost(monkeypatch, node.store, "fenced", 10**6)
+    monkeypatch.setattr(node.writer.renewer, "ttl", 0.3)  # the lease's time runs out fast
+
+    with pytest.raises(OutcomeUnknown) as raised:
+        node.write(upload_id, data[:1000])
+
+    assert raised.value.status == 503 and raised.value.headers["Retry-After"]
+    assert node.upload(upload_id).offset == 1000, "Redis did apply it"
+    assert node.tail(upload_id) == data[:1000], "and the bytes it names are kept"
+    monkeypatch.undo()
+    node.lease.release(upload_id, node.lease.holder(upload_id) or "")
+    node.write(upload_id, data[1000:])
+    assert node.complete(upload_id) == "completed"
+    assert node.object(upload_id) == data
+
+
+def test_a_saved_s3_upload_id_whose_answer_was_lost_is_not_aborted(node: Node, monkeypatch):
+    """save_s3_upload_id went through but raised: Redis records the multipart upload, so
+    it must not be aborted (before: aborted, and the next PATCH got 410)."""
+    data = random_bytes(3 * PART)
+    upload_id = node.create(len(data))
+    applied_then_lost(monkeypatch, node.store, "save_s3_upload_id", 1)
+
+    node.write(upload_id, data[: 2 * PART])
+
+    upload = node.upload(upload_id)
+    assert upload.committed == 2 * PART
+    node.write(upload_id, data[2 * PART :])
+    assert node.complete(upload_id) == "completed"
+    assert node.object(upload_id) == data
+
+
+@pytest.mark.parametrize("error", ["reset", "READONLY", "LOADING", "MASTERDOWN", "pool"])
+def test_transient_redis_errors_during_a_commit_are_waited_out(node: Node, monkeypatch, error):
+    """A failover or a dropped connection (nothing applied) for a moment: the PATCH
+    waits and goes on, not a 503."""
+    errors = {
+        "reset": redis.ConnectionError("Connection reset by peer"),
+        "READONLY": ReadOnlyError("You can't write against a read only replica."),
+        "LOADING": redis.BusyLoadingError("Redis is loading the dataset in memory"),
+        "MASTERDOWN": MasterDownError("Link with MASTER is down"),
+        "pool": redis.ConnectionError("No connection available."),
+    }
+    data = random_bytes(2 * PART + 10)
+    upload_id = node.create(len(data))
+    real = node.store.fenced
+    failures = {"left": 3}
+
+    def flaky(*args: object, **kwargs: object) -> None:
+        if failures["left"]:
+            failures["left"] -= 1
+            raise errors[error]
+        real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(node.store, "fenced", flaky)
+    node.write(upload_id, data)
+
+    assert failures["left"] == 0
+    assert node.complete(upload_id) == "completed"
+    assert node.object(upload_id) == data
+
+
+def test_a_40_part_patch_holds_at_most_parts_in_flight_plus_two_descriptors(
+    make_node: MakeNode, monkeypatch
+):
+    """A spool file is closed once its part is committed (before: every part's file
+    stayed open until the PATCH ended, ~1,280 for a 10 GiB PATCH)."""
+    node = make_node(env={"RINDLE_PARTS_IN_FLIGHT": "2"})
+    size = 40 * PART + 7
+    upload_id = node.create(size)
+
+    def open_fds() -> int:
+        """This process's descriptors of files in the tail dir (tail and spools)."""
+        count = 0
+        for fd in os.listdir("/proc/self/fd"):
+            with contextlib.suppress(OSError):
+                count += os.readlink(f"/proc/self/fd/{fd}").startswith(node.settings.tmp_dir)
+        return count
+
+    before = open_fds()
+    peak = {"fds": 0}
+
+    def upload_part(key, s3_upload_id, number, body, part_size):  # type: ignore[no-untyped-def]
+        digest = hashlib.md5()
+        while chunk := body.read(1 << 20):  # S3 reads the body; nothing kept in memory
+            digest.update(chunk)
+        peak["fds"] = max(peak["fds"], open_fds() - before)
+        return f'"{digest.hexdigest()}"'
+
+    monkeypatch.setattr(node.s3, "upload_part", upload_part)
+
+    class Stream:  # 40 parts of zeros, without holding them in memory
+        def __init__(self) -> None:
+            self.left = size
+
+        def read(self, n: int) -> bytes:
+            piece = min(n, self.left, 1 << 20)
+            self.left -= piece
+            peak["fds"] = max(peak["fds"], open_fds() - before)
+            return bytes(piece)
+
+    node.writer.write(upload_id, protocol.Append(0, None, None), Stream().read)
+
+    assert node.upload(upload_id).state == State.ASSEMBLING
+    assert len(node.store.parts(upload_id)) == 41
+    assert peak["fds"] <= node.settings.parts_in_flight + 2, peak

@@ -132,8 +132,17 @@ class TailMissing(RindleError):
 
     code = "tus_tail_missing"
 
-    def __init__(self, upload_id: str, expected: int, found: int | None, node: str = "") -> None:
-        """``node``: the node Redis says holds the bytes, when known."""
+    def __init__(
+        self,
+        upload_id: str,
+        expected: int,
+        found: int | None,
+        node: str = "",
+        starts_at: int | None = None,
+    ) -> None:
+        """``node``: the node Redis says holds the bytes, when known. ``starts_at``: the
+        upload offset at which the file found holds its bytes, when not where Redis
+        expects them."""
         super().__init__(
             "this node does not hold the buffered bytes of this upload; "
             "resumes must reach the node that received them"
@@ -142,6 +151,7 @@ class TailMissing(RindleError):
         self.node = node
         self.expected = expected
         self.found = found
+        self.starts_at = starts_at
 
     def __str__(self) -> str:
         found = "no tail file" if self.found is None else f"{self.found} bytes found"

@@ -122,7 +122,7 @@ class Writer:
             declared = protocol.check_append(
                 upload, append, self.settings.max_size, None, self.settings.max_checksum_body
             )
-            tail = self._open_tail(upload)
+            tail = self._open_tail(upload, token)
             self.on_tail_opened()
             try:
                 with (
@@ -131,7 +131,7 @@ class Writer:
                 ):
                     patch = _Patch(self, upload, held, tail, declared)
                     overflow = patch.run(read, append.checksum)
-                    patch.wait_for_replicas()
+                    patch.drop_superseded(safe=patch.wait_for_replicas())
             except MultipartGone:
                 self._fail_lost_multipart(upload)
                 raise TusError("gone", "the upload failed: S3 no longer has its parts") from None
@@ -161,7 +161,7 @@ class Writer:
             self.jobs.clean_up(upload.id)
             self.notify(hooks.upload_failed, replace(upload, state=State.FAILED))
 
-    def _open_tail(self, upload: Upload) -> Tail:
+    def _open_tail(self, upload: Upload, token: str) -> Tail:
         """This node's tail file, locked and holding exactly the buffered bytes.
 
         The local file counts only if Redis names this node as the holder of the
@@ -178,6 +178,8 @@ class Writer:
                 return self._lock_tail(upload.id, expected, upload.committed)
             except TailMissing as exc:
                 if self.shared is None:
+                    if exc.starts_at is not None and exc.starts_at > upload.committed:
+                        self._rewind(upload, token, exc)
                     exc.node = upload.node
                     raise
                 # Lost with a restart: the shared copy has the bytes.
@@ -190,6 +192,33 @@ class Writer:
                 tail.close()
                 raise
         return tail
+
+    def _rewind(self, upload: Upload, token: str, found: TailMissing) -> None:
+        """Redis lost commits (a replica promoted without them, a restart): its record
+        expects buffered bytes from ``upload.committed``, and this node's tail holds bytes
+        from a later part on. The bytes in between went up in a part Redis no longer
+        records, and only the client still has them: the upload goes back to the last
+        part Redis records, and the client resends from there (409 with that offset)."""
+        log.error(
+            "upload %s: Redis lost commits (failover or restart?): it expects %d buffered "
+            "bytes from offset %d, this node's tail holds bytes from offset %s; the upload "
+            "goes back to offset %d",
+            upload.id,
+            found.expected,
+            upload.committed,
+            found.starts_at,
+            upload.committed,
+        )
+        self.store.commit_offset(
+            upload.id, token, upload.offset, upload.committed, self.settings.node_id
+        )
+        tail = self._lock_tail(upload.id, 0)  # empties it
+        tail.close()
+        raise TusError(
+            "offset_mismatch",
+            "the upload's bookkeeping lost its last bytes; resume from Upload-Offset",
+            {"Upload-Offset": str(upload.committed)},
+        )
 
     def _lock_tail(self, upload_id: str, expected: int, start: int = 0) -> Tail:
         # A stale request of this node may still hold the file (its lease expired).
@@ -252,8 +281,10 @@ class _Patch:
         self.committed = upload.committed  # bytes in committed parts
         self.s3_upload_id = upload.s3_upload_id
         self.inflight: deque[Future[None]] = deque()  # part uploads, oldest first
-        self.shared_key = upload.tail_key  # the shared copy Redis records, if any ...
-        self.shared_prev = upload.prev_tail_key  # ... and the one before it
+        # Shared tail mode: the copy Redis records now, and the two it recorded when
+        # this PATCH began (current and previous): see ``drop_superseded``.
+        self.shared_key = upload.tail_key
+        self.shared_start = (upload.tail_key, upload.prev_tail_key)
         self.ended_early = False  # the body was not read to its end
         self.moved = False  # a commit of this PATCH went through
         self.uncertain = False  # a commit may have gone through: Redis knows, not us
@@ -380,7 +411,7 @@ class _Patch:
                     self.writer.settings.node_id,
                     self.declared,
                     generation,
-                    self._previous_for(generation.key if generation else ""),
+                    self._previous_tail(),
                 ),
                 "commit",
             )
@@ -389,23 +420,24 @@ class _Patch:
                 shared.delete_quietly(generation.key)  # type: ignore[union-attr]
             raise
         self.offset, self.declared = new_offset, None
-        self._replace_shared(generation.key if generation else "")
+        self.shared_key = generation.key if generation else ""
 
-    def _replace_shared(self, key: str) -> None:
-        """After a commit that recorded ``key`` as the shared copy: the copy recorded
-        before becomes the previous one, and the one before that is garbage. One
-        previous copy is kept: a record rolled back by a failover (a replica promoted
-        without the last commit) still finds the bytes it names."""
-        if key == self.shared_key:
+    def _previous_tail(self) -> str | None:
+        """The previous shared copy each commit of this PATCH records: the one recorded
+        when it began (None: the record's stays)."""
+        return self.shared_start[0] or None
+
+    def drop_superseded(self, safe: bool) -> None:
+        """After the PATCH's last commit: the shared copies it replaced go. The copy
+        recorded when it began stays as the previous one until the commit that replaced
+        it is ``safe`` (held by replicas: a replica promoted without it still finds the
+        bytes its record names); the one before that goes now."""
+        shared, (start, start_prev) = self.writer.shared, self.shared_start
+        if shared is None or not start or self.shared_key == start:
             return
-        doomed, self.shared_prev, self.shared_key = self.shared_prev, self.shared_key, key
-        if doomed and doomed not in (key, self.shared_prev) and self.writer.shared is not None:
-            self.writer.shared.delete_quietly(doomed)
-
-    def _previous_for(self, key: str) -> str | None:
-        """What a commit that records the shared copy ``key`` keeps as the previous
-        one (None: the record's stays)."""
-        return self.shared_key if key != self.shared_key else None
+        for key in (start_prev, start if safe else ""):
+            if key and key != self.shared_key:
+                shared.delete_quietly(key)
 
     def _commit(self, change: Callable[[], None], what: str) -> None:
         """Apply a fenced change of this writer, waiting out transient Redis errors
@@ -449,17 +481,18 @@ class _Patch:
         assert lost is not None
         return lost
 
-    def wait_for_replicas(self) -> None:
+    def wait_for_replicas(self) -> bool:
         """With RINDLE_REDIS_WAIT_REPLICAS, the offset the answer reports must survive a
-        failover: wait (bounded) until that many replicas hold this PATCH's commits."""
+        failover: wait (bounded) until that many replicas hold this PATCH's commits.
+        Whether they do (False without replicas to wait for)."""
         wanted = self.writer.settings.redis_wait_replicas
         if not wanted or not self.moved:
-            return
+            return False
         try:
             acked = self.writer.store.wait_for_replicas(self.upload.id, wanted, REPLICA_WAIT_MS)
         except redis.RedisError as exc:  # the commit stands; only its safety is unknown
             log.warning("upload %s: could not wait for replicas (%s)", self.upload.id, exc)
-            return
+            return False
         if acked < wanted:
             log.warning(
                 "upload %s: %d of %d Redis replicas acknowledged offset %d within %d ms",
@@ -469,6 +502,7 @@ class _Patch:
                 self.offset,
                 REPLICA_WAIT_MS,
             )
+        return acked >= wanted
 
     def _is_full_part(self, size: int, start: int) -> bool:
         """``size`` bytes from upload offset ``start`` hold a full part that is not the
@@ -592,7 +626,7 @@ class _Patch:
                 (number, etag, size),
                 self.writer.settings.node_id,
                 self.declared,
-                self._previous_for(""),
+                self._previous_tail(),
             ),
             f"commit of part {number}",
         )
@@ -600,7 +634,7 @@ class _Patch:
         self.declared = None
         if empty_after:
             spool.truncate(0)  # frees its disk while the body keeps arriving
-        self._replace_shared("")
+        self.shared_key = ""
 
     def _ship_last(self) -> None:
         """Ship the remaining bytes, then move to assembling and enqueue completion."""
@@ -624,13 +658,13 @@ class _Patch:
                 upload.length,
                 last_part,
                 object_etag,
-                self._previous_for(""),
+                self._previous_tail(),
             ),
             "last commit",
         )
         self.offset = upload.length
         self.tail.remove()
-        self._replace_shared("")
+        self.shared_key = ""
         try:
             self.writer.jobs.complete(upload.id)
         except Exception:  # the upload is safe in S3; the maintenance sweep re-enqueues

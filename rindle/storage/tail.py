@@ -203,9 +203,10 @@ class Tail(SpoolFile):
             os.close(fd)
             raise TailLocked(session_id) from None
         size = os.fstat(fd).st_size
-        if size < expected or (expected and _start_of(fd) not in (None, start)):
+        starts_at = _start_of(fd) if expected else None
+        if size < expected or starts_at not in (None, start):
             os.close(fd)
-            raise TailMissing(session_id, expected, size)
+            raise TailMissing(session_id, expected, size, starts_at=starts_at)
         if size > expected:
             os.ftruncate(fd, expected)
         return cls(path, fd)

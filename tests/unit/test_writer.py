@@ -32,7 +32,7 @@ from rindle.errors import (
     TailMissing,
     TusError,
 )
-from rindle.keys import writer_key
+from rindle.keys import parts_key, upload_key, writer_key
 from rindle.lease import ReleaseWatcher
 from rindle.storage import S3Storage, SpoolFile, Tail, tail_path
 from rindle.upload import State, Upload
@@ -714,9 +714,7 @@ def test_a_failed_expiry_index_update_after_a_commit_undoes_nothing(node: Node, 
     assert node.object(upload_id) == data
 
 
-def test_an_outcome_still_unknown_when_the_lease_runs_out_keeps_the_tail(
-    node: Node, monkeypatch
-):
+def test_an_outcome_still_unknown_when_the_lease_runs_out_keeps_the_tail(node: Node, monkeypatch):
     """Redis applied the commit, then stayed out of reach: the PATCH fails with an
     unknown outcome (503), but the tail keeps the bytes Redis now acknowledges."""
     data = random_bytes(3 * PART)
@@ -827,3 +825,73 @@ def test_a_40_part_patch_holds_at_most_parts_in_flight_plus_two_descriptors(
     assert node.upload(upload_id).state == State.ASSEMBLING
     assert len(node.store.parts(upload_id)) == 41
     assert peak["fds"] <= node.settings.parts_in_flight + 2, peak
+
+
+# -- a record rolled back (a replica promoted without the last commits) ---------------
+
+
+class Rollback:
+    """What a replica promoted without the commits made after ``take()`` holds: the
+    upload's hash and parts as they were then (fakeredis: copied, then put back)."""
+
+    def __init__(self, node: Node, upload_id: str) -> None:
+        self.redis = node.store.redis
+        self.keys = (upload_key(upload_id), parts_key(upload_id))
+        self.saved: dict[str, dict[str, str]] = {}
+
+    def take(self) -> None:
+        self.saved = {key: self.redis.hgetall(key) for key in self.keys}
+
+    def promote(self) -> None:
+        for key, fields in self.saved.items():
+            self.redis.delete(key)
+            if fields:
+                self.redis.hset(key, mapping=fields)
+
+
+@pytest.mark.parametrize("lost", ["a-tail-commit", "a-part-and-a-tail-commit"])
+def test_a_record_rolled_back_in_local_mode_resumes_exact(node: Node, lost: str):
+    """The last PATCH's commits are lost: the client hears the older offset and resumes.
+    Within a part the longer tail is cut back. Across a part the tail holds bytes from
+    a later offset, which must never pass for the record's (before: they did, and the
+    object was corrupt): the upload goes back to its last recorded part (409 with that
+    offset), and the client resends from there."""
+    data = random_bytes(3 * PART + 123)
+    upload_id = node.create(len(data))
+    node.write(upload_id, data[:1000])
+    rollback = Rollback(node, upload_id)
+    rollback.take()
+    end = 3000 if lost == "a-tail-commit" else PART + 2000
+    node.write(upload_id, data[1000:end])
+    rollback.promote()
+
+    offset = node.upload(upload_id).offset
+    assert offset == 1000
+    if lost == "a-part-and-a-tail-commit":
+        with pytest.raises(TusError) as refused:
+            node.write(upload_id, data[offset:], offset=offset)
+        assert refused.value.code == "offset_mismatch"
+        offset = int(refused.value.headers["Upload-Offset"])
+        assert offset == node.upload(upload_id).offset == 0
+    node.write(upload_id, data[offset:], offset=offset)
+    assert node.complete(upload_id) == "completed"
+    assert node.object(upload_id) == data
+
+
+def test_a_record_rolled_back_in_shared_mode_finds_its_copy_on_any_node(make_node: MakeNode):
+    """The previous shared copy stays until a later PATCH: a record rolled back past a
+    part and a tail commit still names bytes S3 holds, and another node resumes exact."""
+    a = make_node("node-a", env={"RINDLE_TAIL_STORE": "s3"})
+    b = make_node("node-b", env={"RINDLE_TAIL_STORE": "s3"})
+    data = random_bytes(3 * PART + 123)
+    upload_id = a.create(len(data))
+    a.write(upload_id, data[:1000])
+    rollback = Rollback(a, upload_id)
+    rollback.take()
+    a.write(upload_id, data[1000 : PART + 2000])
+    rollback.promote()
+
+    assert b.upload(upload_id).offset == 1000
+    b.write(upload_id, data[1000:], offset=1000)
+    assert b.complete(upload_id) == "completed"
+    assert b.object(upload_id) == data

@@ -336,14 +336,21 @@ class Router(FaultProxy):
             conn.awaiting = None
 
     def _write(self, conn: _Conn, side: str) -> None:
-        if side != "upstream" or not isinstance(conn, _Routed):
+        if not isinstance(conn, _Routed):
             super()._write(conn, side)
             return
-        before = len(conn.to_up)
+        buf = conn.to_up if side == "upstream" else conn.to_down
+        before = len(buf)
         super()._write(conn, side)
-        if conn.closed:
+        if conn.closed or len(buf) == before:
             return
-        conn.forwarded += before - len(conn.to_up)
+        conn.active = time.monotonic()  # a client reading a long answer slowly is not idle
+        if side == "upstream":
+            conn.forwarded += before - len(buf)
+            self._timed(conn)
+
+    def _timed(self, conn: _Routed) -> None:
+        """Start the response timer of each request that is now wholly with the backend."""
         framing = conn.framing
         while framing.starts and framing.starts[0] < conn.forwarded:
             framing.starts.popleft()

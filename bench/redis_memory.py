@@ -14,11 +14,13 @@ index entry (``rindle:expiry``) and the allocator's rounding. Also: an expiry in
 entry alone, a queued completion job (RQ), a Redis connection, and an empty server.
 
 Profiles: ``bench`` is what bench.py's slow mode writes (a short file name, SeaweedFS's
-short multipart upload ids); ``uppy`` is a browser upload through Uppy/tus-js-client
+multipart upload ids of 73 characters); ``uppy`` is a browser upload through Uppy/tus-js-client
 (metadata ``filename``, ``filetype``, ``name``, ``type``, ``relativePath``: ~120
 bytes) to AWS S3 (multipart upload ids of ~130 characters). A hash field over 64 bytes
-makes Redis store the hash as a hash table instead of a listpack: the ``uppy`` record
-is that case; a parts hash over 128 parts too.
+makes Redis store the hash as a hash table instead of a listpack (``hash-max-listpack-
+value``, 64 by default): S3's upload ids alone (73 characters on SeaweedFS, ~130 on AWS)
+make every upload's hash one; a parts hash over 128 parts (``hash-max-listpack-entries``)
+is one too.
 """
 
 from __future__ import annotations
@@ -60,7 +62,8 @@ def b64(text: str) -> str:
 PROFILES: dict[str, dict[str, Any]] = {
     "bench": {
         "metadata": f"filename {b64('slow-17.bin')}",
-        "s3_upload_id": lambda: secrets.token_hex(16),  # SeaweedFS: 32 hex digits
+        # SeaweedFS's: 40 hex digits, "_", 32 hex digits.
+        "s3_upload_id": lambda: secrets.token_hex(20) + "_" + secrets.token_hex(16),
     },
     "uppy": {
         "metadata": ",".join(

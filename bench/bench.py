@@ -30,7 +30,11 @@ POST then HEAD, every 0.5 s, from a few seconds after the start until the last P
 answered) measures what a new client waits. Printed: uploads finished, wall time against
 the ideal (size / rate), probe latency p50/p99/max and how many probes were answered,
 failed or timed out, objects verified exactly (sha256) in S3, peak RSS per server process,
-server CPU, and the bench client's own CPU.
+server CPU, and the bench client's own CPU. With the app's Redis known (``--self-contained``,
+or ``REDIS_URL`` when connected), also Redis's work (``bench/redis_stats.py``): commands
+per second per open upload (in total and by command, while every client is mid-upload),
+peak ``connected_clients``, ``MEMORY USAGE`` of an upload in progress and of a finished
+one (with its RQ job), and the keys without a TTL.
 
 Connected mode uses the same environment as the app: AWS_* (AWS_ENDPOINT_URL_S3 for an
 S3-compatible store), RINDLE_S3_BUCKET, RINDLE_S3_PREFIX; pass --gunicorn-pid and
@@ -81,6 +85,7 @@ for _path in (REPO_ROOT, BENCH_DIR):  # rindle and devstack; this dir's modules
         sys.path.insert(0, str(_path))
 
 import procstat  # noqa: E402
+import redis_stats  # noqa: E402
 import slow_clients  # noqa: E402
 
 KIB = 1024
@@ -329,6 +334,7 @@ class Target:
     url: str
     roots: dict[str, procstat.Root]
     config: dict[str, Any]
+    redis_url: str | None = None  # the app's Redis, for slow mode's Redis figures
 
     def watch(self) -> procstat.Watch:
         return procstat.Watch(dict(self.roots))
@@ -411,7 +417,8 @@ def self_contained_runs(
                         flush=True,
                     )
                     try:
-                        results.append(run_one(Target(stack.files_url, roots, config)))
+                        target = Target(stack.files_url, roots, config, redis_server.url)
+                        results.append(run_one(target))
                     except BaseException:
                         print(stack.logs(30), file=sys.stderr)
                         raise
@@ -649,14 +656,20 @@ def run_slow(args: argparse.Namespace, target: Target) -> dict[str, Any]:
     )
     load_before = load_average()
     watch = target.watch()
-    out = slow_clients.run(
-        opts,
-        watch=watch,
-        s3=_s3_client(8),
-        bucket=os.environ.get("RINDLE_S3_BUCKET") or "rindle",
-        prefix=os.environ.get("RINDLE_S3_PREFIX", "uploads/"),
-        keep=args.keep,
-    )
+    sampler = redis_stats.RedisSampler(target.redis_url) if target.redis_url else None
+    try:
+        out = slow_clients.run(
+            opts,
+            watch=watch,
+            s3=_s3_client(8),
+            bucket=os.environ.get("RINDLE_S3_BUCKET") or "rindle",
+            prefix=os.environ.get("RINDLE_S3_PREFIX", "uploads/"),
+            keep=args.keep,
+            redis_stats=sampler,
+        )
+    finally:
+        if sampler is not None:
+            sampler.close()
     server_cpu = watch.cpu_seconds([t for t in SERVER_TREES if t in target.roots])
     gib = opts.clients * opts.size / GIB
     print(
@@ -827,7 +840,9 @@ def main(argv: list[str] | None = None) -> int:
                 print("note: server settings apply to --self-contained only; ignored")
             master = args.gunicorn_pid or find_gunicorn_master(urlsplit(args.url).port)
             config = {"url": args.url}
-            summary = run_one(args, Target(args.url, roots_of(master, args.worker_pid), config))
+            roots = roots_of(master, args.worker_pid)
+            target = Target(args.url, roots, config, os.environ.get("REDIS_URL"))
+            summary = run_one(args, target)
     except (RuntimeError, OSError, TusCommunicationError, BotoCoreError, ClientError) as exc:
         print(f"bench failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1

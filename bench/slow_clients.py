@@ -352,10 +352,12 @@ def run(
     bucket: str,
     prefix: str,
     keep: bool,
+    redis_stats: Any = None,
 ) -> dict[str, Any]:
     """The slow phase against ``opts.url``; prints its lines and returns its numbers.
 
-    ``watch`` is a started-on-go ``procstat.Watch`` of the server's processes (or None).
+    ``watch`` is a started-on-go ``procstat.Watch`` of the server's processes (or None);
+    ``redis_stats`` a ``redis_stats.RedisSampler`` of the server's Redis (or None).
     """
     ctx = mp.get_context("spawn")
     go, start_at, results = ctx.Event(), ctx.Value("d", 0.0), ctx.Queue()
@@ -380,6 +382,8 @@ def run(
         start_at.value = began = time.monotonic() + 0.5
         if watch is not None:
             watch.start()
+        if redis_stats is not None:
+            redis_stats.start(began, opts.size / opts.rate)
         go.set()
         probe.start(began + opts.delay)
         while len(reports) < len(procs):
@@ -391,6 +395,8 @@ def run(
         probe.stop()
     finally:
         probe.stop()
+        if redis_stats is not None:
+            redis_stats.stop()
         for proc in procs:
             proc.join(timeout=10)
             if proc.is_alive():
@@ -408,6 +414,16 @@ def run(
     mismatched = exact_objects(s3, bucket, present)
     missing = sorted(c["key"] for c in finished if c["key"] not in complete_at)
     last_complete = max(complete_at.values(), default=None)
+    redis_lines: list[str] = []
+    redis_out: dict[str, Any] = {}
+    answered_clients = [c for c in clients if "answered_at" in c]
+    if redis_stats is not None and present and answered_clients:
+        # Before the clean-up below, whose DELETEs would add jobs of their own.
+        first_answer = min(c["answered_at"] for c in answered_clients)
+        finished_id = present[0]["path"].rstrip("/").rsplit("/", 1)[1]
+        redis_out, redis_lines = redis_stats.report(
+            began, opts.size / opts.rate, first_answer, len(answered_clients), finished_id
+        )
     if not keep:
         for c in clients:
             with contextlib.suppress(Exception):
@@ -499,6 +515,9 @@ def run(
     )
     if mismatched or missing:
         print(f"  NOT EXACT: {mismatched[:5]} missing: {missing[:5]}")
+    out.update(redis_out)
+    for line in redis_lines:
+        print(line)
     wall_cpu = patches_done - began
     print(
         f"  bench client CPU        {client_cpu:.1f} s over {wall_cpu:.0f} s "

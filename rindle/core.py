@@ -115,6 +115,7 @@ class Rindle:
             settings.read_timeout,
             settings.min_rate,
             settings.min_rate_window,
+            self.lease.drop_orphan,
         )
 
     @cached_property

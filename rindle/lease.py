@@ -82,6 +82,11 @@ def new_token() -> str:
     return f"{socket.gethostname()}/{BOOT_ID}/{os.getpid()}/{secrets.token_urlsafe(16)}"
 
 
+def _of_this_process(token: str) -> bool:
+    host, boot, pid, _ = [*token.split("/", 3), "", "", ""][:4]
+    return (host, boot, pid) == (socket.gethostname(), BOOT_ID, str(os.getpid()))
+
+
 def holder_is_dead(token: str) -> bool:
     host, boot, pid, _ = [*token.split("/", 3), "", "", ""][:4]
     if host != socket.gethostname() or boot != BOOT_ID or BOOT_ID == "unknown":
@@ -103,6 +108,9 @@ class Lease:
         self.redis = store.redis
         self.release_wait = release_wait
         self._renew = self.redis.register_script(RENEW_SCRIPT)
+        # Tokens of this process that hold (or are claiming) a lease: any other token of
+        # this process is an orphan (a failover brought back a lease it had released).
+        self._live: set[str] = set()
 
     def acquire(self, upload_id: str, token: str) -> None:
         """Claim the lease for ``token`` (LeaseHeld if another holds it). Transient Redis
@@ -116,7 +124,14 @@ class Lease:
             return bool(self.redis.get(lease) == token)
 
         until = time.monotonic() + self.store.lease_ms / 2000
-        if not wait_out(claim, until, f"upload {upload_id}: lease"):
+        self._live.add(token)
+        try:
+            claimed = wait_out(claim, until, f"upload {upload_id}: lease")
+        except BaseException:
+            self._live.discard(token)
+            raise
+        if not claimed:
+            self._live.discard(token)
             raise LeaseHeld(upload_id)
         self.redis.delete(release_key(upload_id))  # meant for the previous holder
 
@@ -162,6 +177,19 @@ class Lease:
                 pipe.delete(lease)
 
         self.redis.transaction(attempt, lease)
+        self._live.discard(token)
+
+    def orphaned(self, token: str) -> bool:
+        """Whether ``token`` is this process's but no request of it holds it any more."""
+        return _of_this_process(token) and token not in self._live
+
+    def drop_orphan(self, upload_id: str) -> None:
+        """A request waits for the writer of ``upload_id``: if the lease holder is an
+        orphan of this process, let it go now rather than when it expires."""
+        holder = self.holder(upload_id)
+        if holder is not None and self.orphaned(holder):
+            log.warning("upload %s: dropping an orphaned lease of this process", upload_id)
+            self.release(upload_id, holder)
 
     def let_go(self, upload_id: str, token: str, wait: float = 5.0) -> None:
         """A writer's release when it is done: transient errors are waited out a few
@@ -177,6 +205,8 @@ class Lease:
             if not is_transient(exc):
                 raise
             log.warning("upload %s: lease not released (%s); it expires by itself", upload_id, exc)
+        finally:
+            self._live.discard(token)  # no request of this process holds it any more
 
     def request_release(self, upload_id: str, kind: str = RELEASE_NOW) -> None:
         """Ask the writer of ``upload_id``, on whatever node, to save what it has and let
@@ -208,7 +238,7 @@ class Lease:
                 return attempt()
             except busy:
                 holder = self.holder(upload_id)
-                if holder is not None and holder_is_dead(holder):
+                if holder is not None and (holder_is_dead(holder) or self.orphaned(holder)):
                     # Its process is gone (a crash, a restart): no need to wait for the
                     # lease to expire. The dead cannot commit, and the kernel freed its
                     # lock on the tail.
@@ -288,12 +318,16 @@ class ReleaseWatcher:
         read_timeout: float,
         min_rate: int = 0,
         rate_window: float = 30,
+        on_orphan: Callable[[str], None] = lambda upload_id: None,
     ) -> None:
         """``min_rate`` bytes/s over each ``rate_window`` seconds, else a writer is
         stopped as too slow (0: no minimum): a client that drips a byte now and then
         never trips the read timeout, yet holds a thread and a lease for ever.
-        ``connect`` opens the watcher's own Redis connection (pub/sub holds it)."""
+        ``connect`` opens the watcher's own Redis connection (pub/sub holds it);
+        ``on_orphan(upload_id)`` is called for a release request of an upload this
+        process runs no writer of (``Lease.drop_orphan``)."""
         self.connect = connect
+        self.on_orphan = on_orphan
         self.read_timeout = read_timeout
         self.min_rate = min_rate
         self.rate_window = rate_window
@@ -388,6 +422,10 @@ class ReleaseWatcher:
         with self._lock:
             write = self._active.get(upload_id)
         if write is None:
+            try:
+                self.on_orphan(upload_id)
+            except redis.RedisError as exc:
+                log.warning("upload %s: orphaned lease not checked (%s)", upload_id, exc)
             return
         if kind == RELEASE_NOW or time.monotonic() - write.last_read >= IDLE_SECONDS:
             write.stop("release requested")

@@ -396,3 +396,26 @@ def test_an_unanswered_lease_claim_is_found_on_the_retry(lease, upload_id, monke
     monkeypatch.setattr(lease.redis, "set", set_then_lose)
     lease.acquire(upload_id, "a")
     assert lease.holder(upload_id) == "a"
+
+
+def test_a_lease_a_failover_brought_back_is_dropped_at_once(lease, upload_id, fake_redis):
+    """This process released its lease, but the promoted replica never heard: the lease
+    is back, naming a live process (this one) that writes nothing. A new request takes
+    it over at once instead of waiting for it to expire (423 meanwhile)."""
+    mine = new_token()
+    lease.acquire(upload_id, mine)
+    lease.let_go(upload_id, mine)
+    fake_redis.set(writer_key(upload_id), mine, px=60_000)  # the failover's doing
+
+    lease.wait_for_release(upload_id, lambda: lease.acquire(upload_id, "b"))
+    assert lease.holder(upload_id) == "b"
+
+
+def test_drop_orphan_spares_a_lease_this_process_still_holds(lease, upload_id, fake_redis):
+    held, orphan = new_token(), new_token()
+    lease.acquire(upload_id, held)
+    lease.drop_orphan(upload_id)
+    assert lease.holder(upload_id) == held, "a live writer's lease stays"
+    fake_redis.set(writer_key(upload_id), orphan)
+    lease.drop_orphan(upload_id)
+    assert not lease.held(upload_id)

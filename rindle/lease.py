@@ -450,9 +450,24 @@ class HeldLease:
 
     upload_id: str
     token: str
-    write: ActiveWrite  # stopped when the lease is lost or another request asks for it
     valid_until: float  # monotonic: the lease lasts in Redis at least until then
     lost: Exception | None = None  # why the writer may commit nothing more
+    # Stopped when the lease is lost or another request asks for it (once it reads).
+    write: ActiveWrite | None = None
+    released: bool = False  # another request asked for the upload
+
+    def attach(self, write: ActiveWrite) -> None:
+        """The writer starts reading the body: stop it on what happened before too."""
+        self.write = write
+        if self.lost is not None:
+            write.stop(f"lease lost: {self.lost}")
+        elif self.released:
+            write.stop("release requested")
+
+    def ask_to_let_go(self) -> None:
+        self.released = True
+        if self.write is not None:
+            self.write.stop("release requested")  # another request waits
 
     def confirm(self, sent_at: float, ttl: float) -> None:
         """A renewal (or a commit) sent at ``sent_at`` extended the lease by ``ttl``."""
@@ -461,7 +476,8 @@ class HeldLease:
     def lose(self, why: Exception) -> None:
         if self.lost is None:
             self.lost = why
-            self.write.stop(f"lease lost: {why}")
+            if self.write is not None:
+                self.write.stop(f"lease lost: {why}")
 
 
 class LeaseRenewer:
@@ -483,12 +499,10 @@ class LeaseRenewer:
         self._thread: threading.Thread | None = None
 
     @contextlib.contextmanager
-    def keeping(
-        self, upload_id: str, token: str, write: ActiveWrite, acquired_at: float
-    ) -> Iterator[HeldLease]:
+    def keeping(self, upload_id: str, token: str, acquired_at: float) -> Iterator[HeldLease]:
         """Keep the lease ``token`` claimed (sent at ``acquired_at``, monotonic) while
         the block runs."""
-        held = HeldLease(upload_id, token, write, acquired_at + self.ttl)
+        held = HeldLease(upload_id, token, acquired_at + self.ttl)
         with self._lock:
             self._held.append(held)
             if self._thread is None:
@@ -521,7 +535,7 @@ class LeaseRenewer:
                 continue
             held.confirm(sent_at, self.ttl)
             if outcome:
-                held.write.stop("release requested")  # another request waits
+                held.ask_to_let_go()
 
     def _failed(self, held: HeldLease, exc: Exception) -> None:
         if not is_transient(exc) or time.monotonic() >= held.valid_until:

@@ -114,30 +114,33 @@ class Writer:
         acquired_at = time.monotonic()  # (before the claim is sent: the lease lasts longer)
         self.lease.wait_for_release(upload_id, lambda: self.lease.acquire(upload_id, token))
         try:
-            # Re-read under the lease: this is the state we build on.
-            lease_ends = acquired_at + self.renewer.ttl
-            upload = wait_out(lambda: self.store.get(upload_id), lease_ends, "upload record")
-            if upload is None or upload.state not in WRITABLE:
-                raise TusError("upload_not_writable", "the upload cannot take bytes now")
-            declared = protocol.check_append(
-                upload, append, self.settings.max_size, None, self.settings.max_checksum_body
-            )
-            tail = self._open_tail(upload, token)
-            self.on_tail_opened()
-            try:
-                with (
-                    self.watcher.watching(upload_id, interrupt) as active,
-                    self.renewer.keeping(upload_id, token, active, acquired_at) as held,
-                ):
-                    patch = _Patch(self, upload, held, tail, declared)
-                    overflow = patch.run(read, append.checksum)
-                    patch.drop_superseded(safe=patch.wait_for_replicas())
-            except MultipartGone:
-                self._fail_lost_multipart(upload)
-                raise TusError("gone", "the upload failed: S3 no longer has its parts") from None
-            finally:
-                tail.close()
-            after = patch.call(lambda: self.store.get(upload_id), "upload record")
+            # Kept from now on: fetching a shared tail may take longer than a lease.
+            with self.renewer.keeping(upload_id, token, acquired_at) as held:
+                # Re-read under the lease: this is the state we build on.
+                upload = wait_out(
+                    lambda: self.store.get(upload_id), held.valid_until, "upload record"
+                )
+                if upload is None or upload.state not in WRITABLE:
+                    raise TusError("upload_not_writable", "the upload cannot take bytes now")
+                declared = protocol.check_append(
+                    upload, append, self.settings.max_size, None, self.settings.max_checksum_body
+                )
+                tail = self._open_tail(upload, token)
+                self.on_tail_opened()
+                try:
+                    with self.watcher.watching(upload_id, interrupt) as active:
+                        held.attach(active)
+                        patch = _Patch(self, upload, held, tail, declared)
+                        overflow = patch.run(read, append.checksum)
+                        patch.drop_superseded(safe=patch.wait_for_replicas())
+                except MultipartGone:
+                    self._fail_lost_multipart(upload)
+                    raise TusError(
+                        "gone", "the upload failed: S3 no longer has its parts"
+                    ) from None
+                finally:
+                    tail.close()
+                after = patch.call(lambda: self.store.get(upload_id), "upload record")
             assert after is not None
             if after.offset != upload.offset:
                 self.notify(hooks.upload_progress, after)
@@ -276,7 +279,7 @@ class _Patch:
         self.held = held  # the lease: the renewer keeps it, and says when it is lost
         self.token = held.token
         self.tail = tail
-        self.active: ActiveWrite = held.write
+        self.active: ActiveWrite = held.write  # type: ignore[assignment]  # (attached)
         self.offset = upload.offset  # as committed in Redis
         self.committed = upload.committed  # bytes in committed parts
         self.s3_upload_id = upload.s3_upload_id

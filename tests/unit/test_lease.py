@@ -293,9 +293,10 @@ def test_one_round_trip_renews_every_lease_of_the_process(lease, store, fake_red
             lease.acquire(upload_id, f"t-{upload_id}")
             fake_redis.pexpire(writer_key(upload_id), 1000)
             writes[upload_id] = ActiveWrite(lambda: None)
-            stack.enter_context(
-                renewer.keeping(upload_id, f"t-{upload_id}", writes[upload_id], time.monotonic())
+            held = stack.enter_context(
+                renewer.keeping(upload_id, f"t-{upload_id}", time.monotonic())
             )
+            held.attach(writes[upload_id])
         renewer.renew_all()  # the first also loads the script into Redis
         executes = []
         real_pipeline = fake_redis.pipeline
@@ -330,7 +331,8 @@ def test_a_renewal_that_fails_once_keeps_the_writer_going(lease, upload_id, monk
         return real(leases)
 
     monkeypatch.setattr(lease, "renew_all", flaky)
-    with renewer.keeping(upload_id, "a", write, time.monotonic()) as held:
+    with renewer.keeping(upload_id, "a", time.monotonic()) as held:
+        held.attach(write)
         with pytest.raises(redis.ConnectionError):
             renewer.renew_all()
         assert held.lost is None and not write.stop_reason
@@ -347,7 +349,8 @@ def test_a_writer_stops_once_its_lease_may_have_run_out(lease, upload_id, monkey
         raise redis.ConnectionError("Connection refused")
 
     monkeypatch.setattr(lease, "renew_all", down)
-    with renewer.keeping(upload_id, "a", write, time.monotonic() - renewer.ttl) as held:
+    with renewer.keeping(upload_id, "a", time.monotonic() - renewer.ttl) as held:
+        held.attach(write)
         with pytest.raises(redis.ConnectionError):
             renewer.renew_all()
         assert isinstance(held.lost, redis.ConnectionError)
@@ -359,7 +362,8 @@ def test_a_lease_lost_for_sure_stops_the_writer_at_once(lease, upload_id, store,
     renewer = renewer_of(lease)
     lease.acquire(upload_id, "a")
     write = ActiveWrite(lambda: None)
-    with renewer.keeping(upload_id, "a", write, time.monotonic()) as held:
+    with renewer.keeping(upload_id, "a", time.monotonic()) as held:
+        held.attach(write)
         if how == "taken":
             lease.release(upload_id, "a")
             lease.acquire(upload_id, "b")
@@ -374,7 +378,8 @@ def test_the_renewer_passes_on_a_release_request(lease, upload_id):
     renewer = renewer_of(lease)
     lease.acquire(upload_id, "a")
     write = ActiveWrite(lambda: None)
-    with renewer.keeping(upload_id, "a", write, time.monotonic()) as held:
+    with renewer.keeping(upload_id, "a", time.monotonic()) as held:
+        held.attach(write)
         lease.request_release(upload_id, RELEASE_NOW)
         renewer.renew_all()
         assert held.lost is None

@@ -626,8 +626,12 @@ def web_command(
     ]
 
 
-def worker_command(redis_url: str, queue: str = "rindle") -> list[str]:
-    """The rq worker command line (run it from the repo root, so the app imports).
+CONNECTION_CLASS = "rindle.redis_client.RQConnection"  # RQ's client from rindle's settings
+
+
+def worker_command(queue: str = "rindle") -> list[str]:
+    """The rq worker command line (run it from the repo root, so the app imports), as in
+    the Procfile: REDIS_URL and rindle's Redis settings come from the environment.
 
     ``--with-scheduler``: failed jobs are retried with back-off through RQ's scheduler.
     """
@@ -639,12 +643,31 @@ def worker_command(redis_url: str, queue: str = "rindle") -> list[str]:
         "--with-scheduler",
         "--worker-class",
         WORKER_CLASS,
-        "--url",
-        redis_url,
+        "--connection-class",
+        CONNECTION_CLASS,
         queue,
     ]
 
 
-def clock_command(redis_url: str) -> list[str]:
+def clock_command() -> list[str]:
     """RQ's cron: enqueues the periodic maintenance jobs (run exactly one per deployment)."""
-    return [sys.executable, "-m", "rq.cli", "cron", "--url", redis_url, CRON_FILE]
+    return [
+        sys.executable,
+        "-m",
+        "rq.cli",
+        "cron",
+        "--connection-class",
+        CONNECTION_CLASS,
+        CRON_FILE,
+    ]
+
+
+def procfile_command(process: str) -> list[str]:
+    """The Procfile's own line for ``process`` (``web``, ``worker``, ``clock``,
+    ``release``), run by ``sh`` as a platform does: its ``${VAR:-default}`` expand from
+    the environment the process is started with."""
+    for line in (REPO_ROOT / "Procfile").read_text().splitlines():
+        name, colon, command = line.partition(":")
+        if colon and name.strip() == process:
+            return ["sh", "-c", "exec " + command.strip()]
+    raise KeyError(f"no {process!r} line in the Procfile")

@@ -99,8 +99,8 @@ class Rindle:
     def watcher(self) -> ReleaseWatcher:
         settings = self.settings
         return ReleaseWatcher(
-            # Its pub/sub holds one connection of the raw pool, inside the budget.
-            lambda: redis_client.client(settings, decode=False),
+            # Its pub/sub holds a connection of its own, inside the budget.
+            lambda: redis_client.pubsub_client(settings),
             settings.read_timeout,
             settings.min_rate,
             settings.min_rate_window,

@@ -281,6 +281,7 @@ def formation_need(settings: Settings, seen: dict[str, set[str]]) -> dict[str, i
     workers = max(len(seen.get("worker", ())), 1)
     clocks = max(len(seen.get("clock", ())), 1)
     per = {role: sum(redis_client.budget(settings, role)) for role in ("web", "worker", "clock")}
+    # A worker's main process, its horse (each its own budget) and RQ's scheduler (1).
     total = web * per["web"] + workers * (2 * per["worker"] + 1) + clocks * per["clock"]
     return {"web": web, "worker": workers, "clock": clocks, "total": total}
 

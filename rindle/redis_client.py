@@ -31,20 +31,21 @@ from redis.sentinel import Sentinel, SentinelConnectionPool
 
 from rindle.config import Settings
 
-# Connections a process of each type opens at most, and how many of them go to the pool
-# that does not decode. See the README's sizing table before changing these.
-#   web:    2 raw (the release watcher's pub/sub + enqueues, rq-dashboard, the queue
-#           metrics) + 4 decoding (requests, lease renewals, the tail reaper).
+# Connections a process of each type opens at most: (budget, raw part, pub/sub part).
+# The decoding pool gets the rest. See the README's sizing table before changing these.
+#   web:    1 pub/sub (the release watcher, a connection of its own) + 1 raw (enqueues,
+#           rq-dashboard, the queue metrics) + 4 decoding (requests, lease renewals,
+#           the tail reaper).
 #   worker: the main process and each work horse it forks, each: 3 raw (RQ's own
-#           bookkeeping, which nests a WATCH inside a pipeline) + 1 decoding (the job).
-#           RQ's scheduler process adds one connection of its own.
+#           pub/sub for its commands, its bookkeeping, which nests a WATCH inside a
+#           pipeline) + 1 decoding (the job). RQ's scheduler process adds one.
 #   clock:  `rq cron` (one thread) needs 1 raw; the decoding one is never opened.
 #   tool:   the doctor, the CLI, the tests' helpers.
-ROLES: dict[str, tuple[int, int]] = {  # role: (budget, raw part)
-    "web": (6, 2),
-    "worker": (4, 3),
-    "clock": (2, 1),
-    "tool": (4, 2),
+ROLES: dict[str, tuple[int, int, int]] = {
+    "web": (6, 1, 1),
+    "worker": (4, 3, 0),
+    "clock": (2, 1, 0),
+    "tool": (4, 1, 1),
 }
 POOL_WAIT = 10.0  # seconds a thread waits for a free pooled connection
 SOCKET_TIMEOUT = 10.0
@@ -69,13 +70,14 @@ def role() -> str:
     return _role
 
 
-def budget(settings: Settings, role_: str | None = None) -> tuple[int, int]:
-    """(raw, decoding) pool sizes of a process of ``role_`` (this one's by default):
-    RINDLE_REDIS_CONNECTIONS if set, else the role's default, split between the pools."""
-    total, raw = ROLES[role_ or _role]
+def budget(settings: Settings, role_: str | None = None) -> tuple[int, int, int]:
+    """(raw, decoding, pub/sub) connections of a process of ``role_`` (this one's by
+    default): RINDLE_REDIS_CONNECTIONS if set, else the role's default; past the raw and
+    pub/sub parts, the rest decodes."""
+    total, raw, pubsub = ROLES[role_ or _role]
     if settings.redis_connections:
         total = settings.redis_connections
-    return raw, max(1, total - raw)
+    return raw, max(1, total - raw - pubsub), pubsub
 
 
 def client_name(role_: str | None = None) -> str:
@@ -157,7 +159,7 @@ def pool(settings: Settings, *, decode: bool = True) -> redis.ConnectionPool:
     """This process's pool (decoding or raw) for ``settings``: built once, shared by all
     its threads. After a fork redis-py opens new connections in the child by itself."""
     t = target(settings)
-    raw, decoding = budget(settings)
+    raw, decoding, _ = budget(settings)
     size = decoding if decode else raw
     key = (t, decode, size, _role)
     with _pools_lock:
@@ -178,6 +180,13 @@ def private_client(settings: Settings, *, decode: bool = True, size: int = 2) ->
     c = redis.Redis(connection_pool=_new_pool(target(settings), decode, size, client_name()))
     c.auto_close_connection_pool = True
     return c
+
+
+def pubsub_client(settings: Settings) -> redis.Redis:
+    """The one raw connection of a process's release watcher (pub/sub holds it for as
+    long as it listens): counted in the web budget, outside the pools, so that it never
+    keeps an enqueue waiting. Closing the client closes it."""
+    return private_client(settings, decode=False, size=1)
 
 
 class RQConnection(redis.Redis):

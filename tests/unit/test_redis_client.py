@@ -97,13 +97,13 @@ def test_passwords_are_hidden_in_the_url_and_in_its_query():
     assert "ssl_cert_reqs=none" in shown and "h:6380" in shown
 
 
-def test_each_process_type_has_a_budget_split_between_the_two_pools():
+def test_each_process_type_has_a_budget_split_between_pools_and_pub_sub():
     s = settings()
-    assert redis_client.budget(s, "web") == (2, 4)
-    assert redis_client.budget(s, "worker") == (3, 1)
+    assert redis_client.budget(s, "web") == (1, 4, 1)  # raw, decoding, pub/sub
+    assert redis_client.budget(s, "worker") == (3, 1, 0)
     assert sum(redis_client.budget(s, "clock")) == 2
     custom = settings(RINDLE_REDIS_CONNECTIONS="10")
-    assert redis_client.budget(custom, "web") == (2, 8)
+    assert redis_client.budget(custom, "web") == (1, 8, 1)
 
 
 def test_a_process_shares_one_blocking_pool_per_kind_sized_by_its_budget():
@@ -111,7 +111,7 @@ def test_a_process_shares_one_blocking_pool_per_kind_sized_by_its_budget():
     decoding, raw = redis_client.pool(s), redis_client.pool(s, decode=False)
     assert redis_client.pool(s) is decoding
     assert isinstance(decoding, redis.BlockingConnectionPool)
-    assert (raw.max_connections, decoding.max_connections) == (2, 4)
+    assert (raw.max_connections, decoding.max_connections) == (1, 4)
     assert decoding.timeout == redis_client.POOL_WAIT
     assert decoding.connection_kwargs["decode_responses"] is True
     assert raw.connection_kwargs["decode_responses"] is False

@@ -176,8 +176,8 @@ class Settings:
     min_free_disk: int  # new PATCHes are refused below this much free space for tails
     parts_in_flight: int  # part uploads one PATCH runs at once while its body arrives
     threads: int  # RINDLE_THREADS: requests one web process serves at once (gunicorn's)
-    # Most Redis connections one process opens (threads beyond wait); 0: the default of
-    # its process type (rindle.redis_client.ROLES)
+    # Most Redis connections a web process opens (threads beyond wait); 0: the default
+    # (rindle.redis_client.ROLES, where the worker's and the clock's are too)
     redis_connections: int
     redis_ssl_cert_reqs: str  # rediss://: "required", "optional" or "none"
     redis_ssl_ca_certs: str  # rediss://: a CA bundle file ("": the system's)

@@ -1,8 +1,8 @@
 """Every Redis client of rindle is built here, from the settings: URL, TLS, Sentinel,
 timeouts, pool size, client name, decoding or not.
 
-A process has a fixed budget of Redis connections (``RINDLE_REDIS_CONNECTIONS``, default
-per process type, ``ROLES``), however many uploads it serves: two blocking pools shared by
+A process has a fixed budget of Redis connections (``ROLES``; a web process's is
+``RINDLE_REDIS_CONNECTIONS``), however many uploads it serves: two blocking pools shared by
 all its threads, one that decodes replies (the upload store, the leases) and one that
 does not (RQ's pickled payloads, the release watcher's pub/sub, rq-dashboard). A thread
 that finds its pool empty waits for a connection (up to ``POOL_WAIT`` seconds) instead
@@ -72,10 +72,12 @@ def role() -> str:
 
 def budget(settings: Settings, role_: str | None = None) -> tuple[int, int, int]:
     """(raw, decoding, pub/sub) connections of a process of ``role_`` (this one's by
-    default): RINDLE_REDIS_CONNECTIONS if set, else the role's default; past the raw and
-    pub/sub parts, the rest decodes."""
-    total, raw, pubsub = ROLES[role_ or _role]
-    if settings.redis_connections:
+    default); past the raw and pub/sub parts, the rest decodes. RINDLE_REDIS_CONNECTIONS
+    sets a web process's budget, the one that serves many uploads at once; a worker and
+    the clock run one job at a time and keep their fixed ones."""
+    role_ = role_ or _role
+    total, raw, pubsub = ROLES[role_]
+    if settings.redis_connections and role_ == "web":
         total = settings.redis_connections
     return raw, max(1, total - raw - pubsub), pubsub
 

@@ -104,6 +104,7 @@ def test_each_process_type_has_a_budget_split_between_pools_and_pub_sub():
     assert sum(redis_client.budget(s, "clock")) == 2
     custom = settings(RINDLE_REDIS_CONNECTIONS="10")
     assert redis_client.budget(custom, "web") == (1, 8, 1)
+    assert redis_client.budget(custom, "worker") == (3, 1, 0)  # one job at a time
 
 
 def test_a_process_shares_one_blocking_pool_per_kind_sized_by_its_budget():

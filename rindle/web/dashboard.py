@@ -41,12 +41,11 @@ def mount(app: Flask, url_prefix: str = "/rq", authorize: Callable[[], bool] | N
     # rq-dashboard connects from its URL setting on every request (no TLS options, a pool
     # of its own): it gets rindle's raw client instead, inside the process's budget. The
     # URL it shows in its page has no password.
-    connection = app.extensions[EXTENSION].jobs.queue.connection
-    app.config[CONNECTION] = connection
+    # Looked up per request, not now: the pool is built after gunicorn's fork.
+    app.config[CONNECTION] = True
     app.config.setdefault("RQ_DASHBOARD_REDIS_URL", (redact_url(settings.redis_url),))
     app.config.setdefault("RQ_DASHBOARD_DISABLE_DELETE", True)
     rq_dashboard.web.upgrade_config(app)
-    app.redis_conn = connection  # type: ignore[attr-defined]
     if rq_dashboard.web.from_url is not _connect:
         _original.append(rq_dashboard.web.from_url)
         rq_dashboard.web.from_url = _connect
@@ -72,10 +71,9 @@ _original: list[Callable[..., Any]] = []
 
 def _connect(url: str, **kwargs: Any) -> tuple[None, Any]:
     """rq-dashboard's per-request connect: rindle's client where rindle mounted it."""
-    connection = current_app.config.get(CONNECTION)
-    if connection is None and _original:
+    if not current_app.config.get(CONNECTION) and _original:
         return _original[0](url, **kwargs)  # an app that mounted rq-dashboard itself
-    return None, connection
+    return None, current_app.extensions[EXTENSION].jobs.queue.connection
 
 
 def basic_auth(user: str, password: str) -> Callable[[], bool]:

@@ -10,6 +10,7 @@ from devstack.services import (
     clock_command,
     free_port,
     free_ports,
+    procfile_command,
     web_command,
     worker_command,
 )
@@ -27,6 +28,7 @@ __all__ = [
     "free_port",
     "free_ports",
     "private_services",
+    "procfile_command",
     "stack_env",
     "web_command",
     "worker_command",

@@ -281,20 +281,58 @@ class Service:
 class RedisServer(Service):
     """A private ``redis-server`` on a free loopback port, without persistence.
 
+    With ``tls`` (certificate, key and CA files: ``TlsFiles``) it listens with TLS only,
+    as a managed Redis does (no plain port, clients not asked for a certificate);
+    ``password`` sets ``requirepass``. ``sentinel_for`` makes it a Sentinel (``redis-server
+    --sentinel``) that monitors that server as ``master_name``.
+
     >>> with RedisServer() as r:
     ...     client = redis.Redis.from_url(r.url)
     """
 
-    def __init__(self, *, log_path: str | os.PathLike[str] | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        log_path: str | os.PathLike[str] | None = None,
+        tls: TlsFiles | None = None,
+        password: str = "",
+        sentinel_for: RedisServer | None = None,
+        master_name: str = "mymaster",
+    ) -> None:
         self.port = 0
         self.host = LOOPBACK
+        self.tls = tls
+        self.password = password
+        self.sentinel_for = sentinel_for
+        self.master_name = master_name
         self._log_path = log_path
         self._dir: str | None = None
         self.proc: ManagedProcess | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://{self.host}:{self.port}/0"
+        auth = f":{self.password}@" if self.password else ""
+        return f"{'rediss' if self.tls else 'redis'}://{auth}{self.host}:{self.port}/0"
+
+    def _argv(self, binary: str) -> list[str]:
+        if self.tls:
+            listen = ["--port", "0", "--tls-port", str(self.port), *self.tls.server_args()]
+        else:
+            listen = ["--port", str(self.port)]
+        common = ["--bind", self.host, "--dir", str(self._dir), "--daemonize", "no"]
+        if self.sentinel_for is not None:
+            primary = self.sentinel_for
+            conf = Path(str(self._dir)) / "sentinel.conf"
+            lines = [
+                f"sentinel monitor {self.master_name} {primary.host} {primary.port} 1",
+                f"sentinel down-after-milliseconds {self.master_name} 5000",
+            ]
+            if primary.password:
+                lines.append(f"sentinel auth-pass {self.master_name} {primary.password}")
+            conf.write_text("\n".join(lines) + "\n")
+            return [binary, str(conf), "--sentinel", *listen, *common]
+        extra = ["--requirepass", self.password] if self.password else []
+        return [binary, *listen, *common, "--save", "", "--appendonly", "no", *extra]
 
     def start(self, timeout: float = 20.0) -> Self:
         binary = shutil.which("redis-server")
@@ -309,23 +347,15 @@ class RedisServer(Service):
         log_path = self._log_path or os.path.join(self._dir, "redis.log")
         for attempt in range(3):  # a free port can be taken before redis binds it
             self.port = free_port()
-            argv = [
-                binary,
-                "--port",
-                str(self.port),
-                "--bind",
-                self.host,
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                self._dir,
-                "--daemonize",
-                "no",
-            ]
-            self.proc = ManagedProcess("redis-server", argv, log_path=log_path).start()
-            client = redis.Redis(host=self.host, port=self.port, socket_timeout=1)
+            self.proc = ManagedProcess("redis-server", self._argv(binary), log_path=log_path)
+            self.proc.start()
+            client = redis.Redis(
+                host=self.host,
+                port=self.port,
+                socket_timeout=1,
+                password=self.password or None if self.sentinel_for is None else None,
+                **(self.tls.client_kwargs() if self.tls else {}),
+            )
             try:
                 wait_until(client.ping, timeout=timeout, procs=[self.proc], what="for PING")
                 return self
@@ -346,6 +376,105 @@ class RedisServer(Service):
         if self._dir is not None:
             shutil.rmtree(self._dir, ignore_errors=True)
             self._dir = None
+
+
+class TlsFiles:
+    """A throwaway CA and a server certificate it signed (for 127.0.0.1 and localhost),
+    written as PEM files into ``directory``: what a TLS-only test Redis serves."""
+
+    def __init__(self, directory: str | os.PathLike[str]) -> None:
+        import datetime
+
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.x509.oid import NameOID
+
+        root = Path(directory)
+        root.mkdir(parents=True, exist_ok=True)
+        now = datetime.datetime.now(datetime.UTC)
+        ca_key = ec.generate_private_key(ec.SECP256R1())
+        ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "rindle test CA")])
+        ca = (
+            x509.CertificateBuilder()
+            .subject_name(ca_name)
+            .issuer_name(ca_name)
+            .public_key(ca_key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=True,
+                    content_commitment=False,
+                    key_encipherment=False,
+                    data_encipherment=False,
+                    key_agreement=False,
+                    key_cert_sign=True,
+                    crl_sign=True,
+                    encipher_only=False,
+                    decipher_only=False,
+                ),
+                critical=True,
+            )
+            .add_extension(
+                x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False
+            )
+            .sign(ca_key, hashes.SHA256())
+        )
+        key = ec.generate_private_key(ec.SECP256R1())
+        import ipaddress
+
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
+            .issuer_name(ca_name)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(
+                x509.SubjectAlternativeName(
+                    [
+                        x509.DNSName("localhost"),
+                        x509.IPAddress(ipaddress.ip_address(LOOPBACK)),
+                    ]
+                ),
+                critical=False,
+            )
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
+                critical=False,
+            )
+            .sign(ca_key, hashes.SHA256())
+        )
+        pem = serialization.Encoding.PEM
+        self.ca_file = root / "ca.pem"
+        self.cert_file = root / "server.pem"
+        self.key_file = root / "server.key"
+        self.ca_file.write_bytes(ca.public_bytes(pem))
+        self.cert_file.write_bytes(cert.public_bytes(pem))
+        self.key_file.write_bytes(
+            key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+        )
+        self.key_file.chmod(0o600)
+
+    def server_args(self) -> list[str]:
+        return [
+            "--tls-cert-file",
+            str(self.cert_file),
+            "--tls-key-file",
+            str(self.key_file),
+            "--tls-ca-cert-file",
+            str(self.ca_file),
+            "--tls-auth-clients",
+            "no",
+        ]
+
+    def client_kwargs(self) -> dict[str, Any]:
+        return {"ssl": True, "ssl_ca_certs": str(self.ca_file)}
 
 
 # --------------------------------------------------------------------------- S3
@@ -626,8 +755,12 @@ def web_command(
     ]
 
 
-def worker_command(redis_url: str, queue: str = "rindle") -> list[str]:
-    """The rq worker command line (run it from the repo root, so the app imports).
+CONNECTION_CLASS = "rindle.redis_client.RQConnection"  # RQ's client from rindle's settings
+
+
+def worker_command(queue: str = "rindle") -> list[str]:
+    """The rq worker command line (run it from the repo root, so the app imports), as in
+    the Procfile: REDIS_URL and rindle's Redis settings come from the environment.
 
     ``--with-scheduler``: failed jobs are retried with back-off through RQ's scheduler.
     """
@@ -639,12 +772,31 @@ def worker_command(redis_url: str, queue: str = "rindle") -> list[str]:
         "--with-scheduler",
         "--worker-class",
         WORKER_CLASS,
-        "--url",
-        redis_url,
+        "--connection-class",
+        CONNECTION_CLASS,
         queue,
     ]
 
 
-def clock_command(redis_url: str) -> list[str]:
+def clock_command() -> list[str]:
     """RQ's cron: enqueues the periodic maintenance jobs (run exactly one per deployment)."""
-    return [sys.executable, "-m", "rq.cli", "cron", "--url", redis_url, CRON_FILE]
+    return [
+        sys.executable,
+        "-m",
+        "rq.cli",
+        "cron",
+        "--connection-class",
+        CONNECTION_CLASS,
+        CRON_FILE,
+    ]
+
+
+def procfile_command(process: str) -> list[str]:
+    """The Procfile's own line for ``process`` (``web``, ``worker``, ``clock``,
+    ``release``), run by ``sh`` as a platform does: its ``${VAR:-default}`` expand from
+    the environment the process is started with."""
+    for line in (REPO_ROOT / "Procfile").read_text().splitlines():
+        name, colon, command = line.partition(":")
+        if colon and name.strip() == process:
+            return ["sh", "-c", "exec " + command.strip()]
+    raise KeyError(f"no {process!r} line in the Procfile")

@@ -20,7 +20,7 @@ import os
 import sys
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Self
+from typing import TYPE_CHECKING, Self
 
 from devstack.services import (
     LOOPBACK,
@@ -32,10 +32,14 @@ from devstack.services import (
     clock_command,
     free_port,
     http_ok,
+    procfile_command,
     wait_until,
     web_command,
     worker_command,
 )
+
+if TYPE_CHECKING:
+    import redis
 
 # Variables of the outer environment that must not leak into the services under test.
 HERMETIC_PREFIXES = ("RINDLE_", "AWS_", "REDIS_")
@@ -77,7 +81,8 @@ class Stack(Service):
     without a ``log_dir``. ``worker_env`` runs the worker with other settings than the web
     process (e.g. the web process behind a fault proxy, the worker direct). ``web_args``
     go after gunicorn's usual arguments, and gunicorn takes the last of a repeated option
-    (a benchmark's ``--threads 32``).
+    (a benchmark's ``--threads 32``). ``procfile=True`` runs the Procfile's own lines
+    instead (through ``sh``, with ``PORT``; the web process then binds 0.0.0.0).
     """
 
     def __init__(
@@ -89,8 +94,10 @@ class Stack(Service):
         clock: bool = False,
         worker_env: Mapping[str, str] | None = None,
         web_args: Sequence[str] = (),
+        procfile: bool = False,
     ) -> None:
         self.env = dict(env)
+        self.procfile = procfile
         self.web_args = list(web_args)
         self.worker_env = dict(worker_env) if worker_env is not None else self.env
         self.log_dir = Path(log_dir) if log_dir is not None else None
@@ -162,16 +169,24 @@ class Stack(Service):
         return ManagedProcess(name, argv, env=env, cwd=REPO_ROOT, log_path=self._log(log)).start()
 
     def _start_web(self) -> None:
+        if self.procfile:
+            env = {**self.env, "PORT": str(self.port)}
+            self.web = self._spawn("gunicorn", procfile_command("web"), env, "gunicorn")
+            return
         argv = [*web_command(self.port, env=self.env), *self.web_args]
         self.web = self._spawn("gunicorn", argv, self.env, "gunicorn")
 
     def _start_worker(self) -> None:
         env = self.worker_env
-        cmd = worker_command(env["REDIS_URL"], env.get("RINDLE_QUEUE", "rindle"))
+        if self.procfile:
+            cmd = procfile_command("worker")
+        else:
+            cmd = worker_command(env.get("RINDLE_QUEUE", "rindle"))
         self.worker = self._spawn("rq-worker", cmd, env, "worker")
 
     def _start_clock(self) -> None:
-        self.clock = self._spawn("rq-cron", clock_command(self.env["REDIS_URL"]), self.env, "clock")
+        cmd = procfile_command("clock") if self.procfile else clock_command()
+        self.clock = self._spawn("rq-cron", cmd, self.env, "clock")
 
     def _wait_web(self, timeout: float) -> None:
         assert self.web is not None
@@ -181,12 +196,11 @@ class Stack(Service):
         )
 
     def _wait_worker(self, timeout: float) -> None:
-        import redis  # the app's dependencies, imported late like in devstack.services
-        from rq import Worker
+        from rq import Worker  # the app's dependencies, imported late like in services
 
         assert self.worker is not None
         pid = self.worker.pid
-        conn = redis.Redis.from_url(self.worker_env["REDIS_URL"])
+        conn = _client(self.worker_env)
         try:
             wait_until(
                 lambda: any(w.pid == pid for w in Worker.all(connection=conn)),
@@ -200,13 +214,12 @@ class Stack(Service):
     def _wait_background(self, timeout: float) -> None:
         """Until the clock is registered and the worker holds RQ's scheduler lock: what
         ``flask rindle doctor`` looks for."""
-        import redis
         from rq.cron import CronScheduler
         from rq.scheduler import RQScheduler
 
         assert self.clock is not None
         queue = self.env.get("RINDLE_QUEUE", "rindle")
-        conn = redis.Redis.from_url(self.env["REDIS_URL"])
+        conn = _client(self.env)
         try:
             wait_until(
                 lambda: (
@@ -223,6 +236,14 @@ class Stack(Service):
 
     def __repr__(self) -> str:
         return f"<Stack {self.url} logs={self.log_dir}>"
+
+
+def _client(env: Mapping[str, str]) -> redis.Redis:
+    """A client for ``env``'s Redis built like the app's (TLS, Sentinel), closed with it."""
+    from rindle.config import Settings
+    from rindle.redis_client import private_client
+
+    return private_client(Settings.from_env(env), decode=False)
 
 
 @contextlib.contextmanager

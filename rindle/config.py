@@ -11,7 +11,7 @@ import socket
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qs, parse_qsl, urlencode, urlsplit, urlunsplit
 
 from rindle.errors import ConfigError
 
@@ -38,10 +38,17 @@ def metrics_dir(environ: Mapping[str, str] | None = None) -> str:
 
 
 def redact_url(url: str) -> str:
-    """``url`` with its password (if any) replaced by ``***``: for logs and banners."""
+    """``url`` with its password (if any, also a ``?password=`` query parameter, as
+    redis-py takes it) replaced by ``***``: for logs, banners and the doctor."""
     parts = urlsplit(url)
+    if "password=" in parts.query:
+        query = [
+            (k, "***" if k == "password" else v)
+            for k, v in parse_qsl(parts.query, keep_blank_values=True)
+        ]
+        parts = parts._replace(query=urlencode(query, safe="*/"))
     if parts.password is None:
-        return url
+        return urlunsplit(parts)
     user = f"{parts.username}:" if parts.username else ":"
     host = parts.hostname or ""
     if ":" in host:
@@ -79,6 +86,54 @@ def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str:
     if value not in choices:
         raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
     return value
+
+
+def _redis_url(env: Mapping[str, str]) -> str:
+    url = env.get("REDIS_URL") or "redis://127.0.0.1:6379/0"
+    parts = urlsplit(url)
+    if parts.scheme not in ("redis", "rediss", "unix"):
+        raise ConfigError(
+            f"REDIS_URL must start with redis://, rediss:// (TLS) or unix://, got "
+            f"{redact_url(url)!r}"
+        )
+    reqs = parse_qs(parts.query).get("ssl_cert_reqs")
+    if reqs and reqs[-1] not in ("required", "optional", "none"):
+        raise ConfigError(
+            f"REDIS_URL's ssl_cert_reqs must be required, optional or none, got {reqs[-1]!r}"
+        )
+    return url
+
+
+def _ca_certs(env: Mapping[str, str]) -> str:
+    path = env.get("RINDLE_REDIS_SSL_CA_CERTS", "")
+    if path and not os.path.isfile(path):
+        raise ConfigError(f"RINDLE_REDIS_SSL_CA_CERTS: no such file {path!r} (a PEM CA bundle)")
+    return path
+
+
+def _connections(env: Mapping[str, str]) -> int:
+    value = _int(env, "RINDLE_REDIS_CONNECTIONS", 0)
+    if value and value < 4:
+        raise ConfigError(f"RINDLE_REDIS_CONNECTIONS must be at least 4 (or unset), got {value}")
+    return value
+
+
+def _sentinels(env: Mapping[str, str]) -> tuple[str, tuple[tuple[str, int], ...]]:
+    """RINDLE_REDIS_SENTINELS = ``<primary name>@host:port,host:port`` -> (name, addresses)."""
+    raw = env.get("RINDLE_REDIS_SENTINELS", "").strip()
+    if not raw:
+        return "", ()
+    master, at, hosts = raw.rpartition("@")
+    addresses = []
+    for item in hosts.split(","):
+        host, colon, port = item.strip().rpartition(":")
+        if not (at and master and colon and host and port.isdigit()):
+            raise ConfigError(
+                "RINDLE_REDIS_SENTINELS must be <primary name>@host:port[,host:port...], "
+                f"got {raw!r}"
+            )
+        addresses.append((host.strip("[]"), int(port)))
+    return master, tuple(addresses)
 
 
 # gunicorn threads per web process (the Procfile's default for $RINDLE_THREADS): a PATCH
@@ -121,7 +176,13 @@ class Settings:
     min_free_disk: int  # new PATCHes are refused below this much free space for tails
     parts_in_flight: int  # part uploads one PATCH runs at once while its body arrives
     threads: int  # RINDLE_THREADS: requests one web process serves at once (gunicorn's)
-    redis_connections: int  # most Redis connections one process opens (others wait)
+    # Most Redis connections a web process opens (threads beyond wait); 0: the default
+    # (rindle.redis_client.ROLES, where the worker's and the clock's are too)
+    redis_connections: int
+    redis_ssl_cert_reqs: str  # rediss://: "required", "optional" or "none"
+    redis_ssl_ca_certs: str  # rediss://: a CA bundle file ("": the system's)
+    redis_sentinels: tuple[tuple[str, int], ...]  # Sentinel addresses (empty: none)
+    redis_sentinel_master: str  # the primary's name at the sentinels
     # Replicas that must hold a commit before the answer that depends on it (Redis WAIT)
     redis_wait_replicas: int
     demo: bool  # RINDLE_DEMO=1: the example app.py serves its upload page at /
@@ -142,8 +203,9 @@ class Settings:
         max_size = _int(env, "RINDLE_TUS_MAX_SIZE", MAX_OBJECT_SIZE)
         if max_size > MAX_OBJECT_SIZE:
             raise ConfigError(f"RINDLE_TUS_MAX_SIZE cannot exceed S3's {MAX_OBJECT_SIZE}")
+        master, sentinels = _sentinels(env)
         return cls(
-            redis_url=env.get("REDIS_URL") or "redis://127.0.0.1:6379/0",
+            redis_url=_redis_url(env),
             s3_bucket=env.get("RINDLE_S3_BUCKET") or "rindle",
             s3_prefix=_prefix(env),
             tmp_dir=default_tmp_dir(env),
@@ -181,7 +243,13 @@ class Settings:
             min_free_disk=_int(env, "RINDLE_MIN_FREE_DISK", 256 * MIB),
             parts_in_flight=max(1, _int(env, "RINDLE_PARTS_IN_FLIGHT", 4)),
             threads=max(1, _int(env, "RINDLE_THREADS", DEFAULT_THREADS)),
-            redis_connections=max(4, _int(env, "RINDLE_REDIS_CONNECTIONS", 64)),
+            redis_connections=_connections(env),
+            redis_ssl_cert_reqs=_choice(
+                env, "RINDLE_REDIS_SSL_CERT_REQS", ("required", "optional", "none")
+            ),
+            redis_ssl_ca_certs=_ca_certs(env),
+            redis_sentinels=sentinels,
+            redis_sentinel_master=master,
             redis_wait_replicas=_int(env, "RINDLE_REDIS_WAIT_REPLICAS", 0),
             demo=_choice(env, "RINDLE_DEMO", ("0", "1")) == "1",
             metrics=_choice(env, "RINDLE_METRICS", ("0", "1")) == "1",

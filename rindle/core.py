@@ -15,7 +15,7 @@ import redis
 from blinker import NamedSignal
 from rq import Queue
 
-from rindle import metrics
+from rindle import metrics, redis_client
 from rindle.assembly import Assembly
 from rindle.config import Settings
 from rindle.errors import ConfigError
@@ -65,26 +65,14 @@ class Rindle:
 
     @cached_property
     def redis(self) -> redis.Redis:
-        # Hundreds of request and lease threads share it: past RINDLE_REDIS_CONNECTIONS
-        # they wait for a free connection (up to 10 s) instead of failing at once.
-        pool = redis.BlockingConnectionPool.from_url(
-            self.settings.redis_url,
-            max_connections=self.settings.redis_connections,
-            timeout=10,
-            decode_responses=True,
-            socket_timeout=10,
-            socket_connect_timeout=5,
-            health_check_interval=30,
-        )
-        return redis.Redis(connection_pool=pool)
+        # Hundreds of request threads share a few connections (the process's budget,
+        # rindle.redis_client): past it they wait for a free one instead of failing.
+        return redis_client.client(self.settings, decode=True)
 
     @cached_property
     def jobs(self) -> JobQueue:
         # rq stores pickled payloads: it needs a client that does not decode.
-        pool = redis.BlockingConnectionPool.from_url(
-            self.settings.redis_url, max_connections=8, timeout=10
-        )
-        connection = redis.Redis(connection_pool=pool)
+        connection = redis_client.client(self.settings, decode=False)
         return JobQueue(Queue(self.settings.queue, connection=connection))
 
     @cached_property
@@ -111,7 +99,8 @@ class Rindle:
     def watcher(self) -> ReleaseWatcher:
         settings = self.settings
         return ReleaseWatcher(
-            lambda: redis.Redis.from_url(settings.redis_url, socket_connect_timeout=5),
+            # Its pub/sub holds a connection of its own, inside the budget.
+            lambda: redis_client.pubsub_client(settings),
             settings.read_timeout,
             settings.min_rate,
             settings.min_rate_window,

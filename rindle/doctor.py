@@ -15,26 +15,30 @@ import contextlib
 import os
 import secrets
 import shutil
+import ssl
 import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from urllib.parse import urlsplit
 
 import boto3
 import redis
+from redis.sentinel import MasterNotFoundError
 from rq import Queue, Worker
 from rq.cron import CronScheduler
 from rq.defaults import DEFAULT_CRON_SCHEDULER_TTL as CRON_TTL
 from rq.scheduler import RQScheduler
 
-from rindle import protocol
+from rindle import protocol, redis_client
 from rindle.config import (
     MAX_OBJECT_SIZE,
     MAX_PART_SIZE,
     MAX_PARTS,
     MIB,
     MIN_PART_SIZE,
+    Settings,
     redact_url,
 )
 from rindle.core import Rindle
@@ -66,10 +70,13 @@ class Check:
 Checker = Callable[[Rindle], Iterator[Check]]
 
 
-def run(rindle: Rindle) -> list[Check]:
-    """Every check, in order; a check that breaks is a failure of its own."""
+def run(rindle: Rindle, release: bool = False) -> list[Check]:
+    """Every check, in order; a check that breaks is a failure of its own. ``release``:
+    the quick ones a platform's release phase runs before a deploy goes live (Redis,
+    the bucket writable with a small object, the sizes), without the 5 MiB multipart
+    probe and without the worker checks (none may run yet on a first deploy)."""
     results: list[Check] = []
-    for checker in CHECKERS:
+    for checker in RELEASE_CHECKERS if release else CHECKERS:
         try:
             results.extend(checker(rindle))
         except Exception as exc:  # the doctor reports; it never dies of a check
@@ -82,28 +89,201 @@ def run(rindle: Rindle) -> list[Check]:
 
 
 def check_redis(rindle: Rindle) -> Iterator[Check]:
-    url = redact_url(rindle.settings.redis_url)
-    client = rindle.redis
+    settings = rindle.settings
+    url = redact_url(settings.redis_url)
+    where = redis_where(settings)
+    # A client of its own: a failure is seen at once (not after the pool's wait) and the
+    # probe's connections are closed again.
+    client = redis_client.private_client(settings, decode=True, size=1)
     try:
-        info = client.info("server")
-    except redis.RedisError as exc:
-        yield Check(
-            "redis",
-            FAIL,
-            f"cannot reach Redis at {url}: {exc}",
+        try:
+            info = client.info("server")
+        except redis.RedisError as exc:
+            detail, fix = redis_failure(exc, settings)
+            yield Check("redis", FAIL, f"{detail} ({where}, REDIS_URL={url})", fix)
+            return
+        version = str(info.get("redis_version", "?"))
+        major_minor = tuple(int(p) for p in version.split(".")[:2] if p.isdigit())
+        tls = " over TLS" if redis_client.target(settings).tls else ""
+        if major_minor and major_minor < (5, 0):
+            yield Check(
+                "redis", FAIL, f"Redis {version} at {url}", "use Redis 5.0 or newer (RQ 2 needs it)"
+            )
+        else:
+            yield Check("redis", OK, f"Redis {version} at {url}{tls}")
+        yield from _eviction(client)
+        yield from _clock_skew(client)
+        yield from _connections(client, settings)
+    finally:
+        client.close()
+
+
+def redis_where(settings: Settings) -> str:
+    """host:port of the primary, or the sentinels that name it (no secrets)."""
+    if settings.redis_sentinels:
+        hosts = ",".join(f"{h}:{p}" for h, p in settings.redis_sentinels)
+        return f"primary {settings.redis_sentinel_master!r} via sentinels {hosts}"
+    parts = urlsplit(settings.redis_url)
+    if parts.scheme == "unix":
+        return parts.path
+    return f"{parts.hostname or '127.0.0.1'}:{parts.port or 6379}"
+
+
+TLS_FIX = (
+    "on Heroku (Key-Value Store, self-signed certificate) set RINDLE_REDIS_SSL_CERT_REQS=none; "
+    "for a private CA set RINDLE_REDIS_SSL_CA_CERTS to its PEM bundle file"
+)
+
+
+def redis_failure(exc: BaseException, settings: Settings) -> tuple[str, str]:
+    """What failed when connecting to Redis, and the fix: (detail, fix). Secrets are
+    never in either (redis-py's messages name host and port, never the password)."""
+    where = redis_where(settings)
+    text = str(exc)
+    low = text.lower()
+    chain = [exc, exc.__cause__, exc.__context__]
+    if any(isinstance(e, ssl.SSLCertVerificationError) for e in chain) or (
+        "certificate verify failed" in low
+    ):
+        reason = text.split("certificate verify failed:")[-1].split("(_ssl")[0].strip(" :")
+        return (
+            f"TLS verification of Redis's certificate failed ({reason or text})",
+            TLS_FIX,
+        )
+    if isinstance(exc, redis.AuthenticationError) or any(
+        word in low for word in ("noauth", "wrongpass", "invalid password", "invalid username")
+    ):
+        if "noauth" in low or "authentication required" in low:
+            return (
+                "Redis requires a password and REDIS_URL gives none (NOAUTH)",
+                "put the password in REDIS_URL: redis[s]://:<password>@host:port/0",
+            )
+        if "without any password configured" in low:
+            return (
+                "REDIS_URL gives a password but this Redis has none",
+                "remove the password from REDIS_URL, or check that it names the right Redis",
+            )
+        return (
+            "Redis refused the password in REDIS_URL (wrong password or user)",
+            "set REDIS_URL's password to the server's (on Heroku the add-on sets REDIS_URL: "
+            "do not edit it, and re-read it after a credential rotation)",
+        )
+    if isinstance(exc, redis.TimeoutError) or "timed out" in low:
+        return (
+            f"no answer from Redis within {redis_client.CONNECT_TIMEOUT:.0f}s: {text}",
+            f"check that {where} is reachable from this node (firewall, security group, "
+            "region), and that Redis is not overloaded",
+        )
+    if any(e is not None and "ssl" in type(e).__name__.lower() for e in chain) or (
+        "ssl" in low and "error" in low
+    ):
+        return (
+            f"TLS handshake with Redis failed: {text}",
+            "use rediss:// only for a TLS port and redis:// for a plain one; " + TLS_FIX,
+        )
+    if "max number of clients" in low:
+        return (
+            "Redis refused the connection: its maxclients is reached",
+            "lower RINDLE_REDIS_CONNECTIONS or the number of processes, or take a larger "
+            "plan (README: Sizing Redis connections)",
+        )
+    if any(m in low for m in ("name or service not known", "nodename nor servname")) or any(
+        m in low for m in ("temporary failure in name resolution", "error -2 ", "error -3 ")
+    ):
+        return (
+            f"the host name of REDIS_URL does not resolve (DNS): {text}",
+            "check the host in REDIS_URL (on Heroku the add-on sets it)",
+        )
+    if "refused" in low or "error 111" in low:
+        return (
+            f"connection refused at {where}: nothing listens there",
             "start Redis, or set REDIS_URL to the one rindle should use",
         )
-        return
-    version = str(info.get("redis_version", "?"))
-    major_minor = tuple(int(p) for p in version.split(".")[:2] if p.isdigit())
-    if major_minor and major_minor < (5, 0):
-        yield Check(
-            "redis", FAIL, f"Redis {version} at {url}", "use Redis 5.0 or newer (RQ 2 needs it)"
+    if isinstance(exc, MasterNotFoundError):
+        return (
+            f"no sentinel knows a primary {settings.redis_sentinel_master!r}: {text}",
+            "check RINDLE_REDIS_SENTINELS (<primary name>@host:port,...) against the "
+            "sentinels' `sentinel monitor` lines",
         )
+    if "closed by server" in low or "reset by peer" in low:
+        return (
+            f"Redis closed the connection: {text}",
+            "a TLS-only Redis needs rediss:// in REDIS_URL; else see the server's log",
+        )
+    return f"cannot reach Redis: {text}", "start Redis, or set REDIS_URL to the one to use"
+
+
+def _connections(client: redis.Redis, settings: Settings) -> Iterator[Check]:
+    """Whether rindle's processes fit in Redis's client limit at their budgets: those
+    connected now (by the names their connections carry), at least this node's
+    WEB_CONCURRENCY web processes, one worker and one clock."""
+    info = client.info("clients")
+    connected = int(info.get("connected_clients", 0))
+    limit = info.get("maxclients")
+    if limit is None:
+        try:
+            limit = client.config_get("maxclients").get("maxclients")
+        except redis.RedisError as exc:  # managed Redis often refuses CONFIG
+            yield Check(
+                "redis connections",
+                WARN,
+                f"{connected} clients connected; Redis does not tell its maxclients ({exc})",
+                "look up your plan's connection limit and compare it with the README's "
+                "sizing table (Sizing Redis connections)",
+            )
+            return
+    maxclients = int(limit)
+    seen: dict[str, set[str]] = {role: set() for role in redis_client.ROLES}
+    mine = 0
+    with contextlib.suppress(redis.RedisError):
+        for entry in client.client_list():
+            _, role, process = _name_parts(str(entry.get("name", "")))
+            if role in seen:
+                seen[role].add(process)
+                mine += 1
+    need = formation_need(settings, seen)
+    others = max(0, connected - mine - 1)  # -1: this probe
+    room = maxclients - others - need["total"]
+    per_web = sum(redis_client.budget(settings, "web"))
+    detail = (
+        f"{connected}/{maxclients} clients connected; rindle's formation "
+        f"({need['web']} web, {need['worker']} worker, {need['clock']} clock processes) "
+        f"needs up to {need['total']} at its budgets, other clients hold {others}"
+    )
+    fix = (
+        "lower RINDLE_REDIS_CONNECTIONS (a web process's budget) or WEB_CONCURRENCY, run "
+        "fewer dynos, or take a Redis plan with more connections (README: Sizing Redis "
+        "connections)"
+    )
+    if room < 0:
+        yield Check("redis connections", WARN, detail + ": it does not fit", fix)
+    elif connected > 0.8 * maxclients:
+        yield Check("redis connections", WARN, detail + ": over 80% in use", fix)
     else:
-        yield Check("redis", OK, f"Redis {version} at {url}")
-    yield from _eviction(client)
-    yield from _clock_skew(client)
+        yield Check(
+            "redis connections",
+            OK,
+            detail + f"; room for {room // per_web} more web process(es)",
+        )
+
+
+def _name_parts(name: str) -> tuple[str, str, str]:
+    """("rindle", role, "host:pid") from a connection name ``rindle:<role>:<host>:<pid>``."""
+    prefix, _, rest = name.partition(":")
+    role, _, process = rest.partition(":")
+    return (prefix, role, process) if prefix == "rindle" else ("", "", "")
+
+
+def formation_need(settings: Settings, seen: dict[str, set[str]]) -> dict[str, int]:
+    """Connections the formation may open at its budgets. A worker counts its main
+    process, the work horse it forks and RQ's scheduler process (one connection)."""
+    web = max(len(seen.get("web", ())), int(os.environ.get("WEB_CONCURRENCY") or 2))
+    workers = max(len(seen.get("worker", ())), 1)
+    clocks = max(len(seen.get("clock", ())), 1)
+    per = {role: sum(redis_client.budget(settings, role)) for role in ("web", "worker", "clock")}
+    # A worker's main process, its horse (each its own budget) and RQ's scheduler (1).
+    total = web * per["web"] + workers * (2 * per["worker"] + 1) + clocks * per["clock"]
+    return {"web": web, "worker": workers, "clock": clocks, "total": total}
 
 
 def _eviction(client: redis.Redis) -> Iterator[Check]:
@@ -157,7 +337,7 @@ def _clock_skew(client: redis.Redis) -> Iterator[Check]:
 # -- S3 ------------------------------------------------------------------------------
 
 
-def check_s3(rindle: Rindle) -> Iterator[Check]:
+def check_s3(rindle: Rindle, quick: bool = False) -> Iterator[Check]:
     settings = rindle.settings
     if boto3.session.Session().get_credentials() is None:
         yield Check(
@@ -182,6 +362,9 @@ def check_s3(rindle: Rindle) -> Iterator[Check]:
         yield Check("s3", FAIL, f"bucket {settings.s3_bucket!r} at {where} ({style}): {exc}", fix)
         return
     yield Check("s3", OK, f"bucket {settings.s3_bucket!r} at {where}, {style} addressing")
+    if quick:
+        yield _write_probe(rindle, s3)
+        return
     if not settings.s3_endpoint and "." in settings.s3_bucket:
         yield Check(
             "s3 addressing",
@@ -191,6 +374,26 @@ def check_s3(rindle: Rindle) -> Iterator[Check]:
             "use a bucket name without dots",
         )
     yield _multipart_probe(rindle, s3)
+
+
+def check_s3_quick(rindle: Rindle) -> Iterator[Check]:
+    """The bucket, and a small object written and deleted (no multipart probe)."""
+    return check_s3(rindle, quick=True)
+
+
+def _write_probe(rindle: Rindle, s3: S3Storage) -> Check:
+    key = f"{rindle.settings.s3_prefix}.doctor/{secrets.token_hex(8)}"
+    try:
+        s3.client.put_object(Bucket=rindle.settings.s3_bucket, Key=key, Body=b"rindle doctor")
+        s3.client.delete_object(Bucket=rindle.settings.s3_bucket, Key=key)
+    except S3_ERRORS as exc:
+        return Check(
+            "s3 write",
+            FAIL,
+            f"PutObject/DeleteObject of {key} failed: {exc}",
+            "the credentials need s3:PutObject and s3:DeleteObject on the prefix",
+        )
+    return Check("s3 write", OK, f"wrote and deleted {key}")
 
 
 def probe_storage(rindle: Rindle) -> S3Storage:
@@ -435,3 +638,4 @@ CHECKERS: tuple[Checker, ...] = (
     check_workers,
     check_metrics,
 )
+RELEASE_CHECKERS: tuple[Checker, ...] = (check_redis, check_s3_quick, check_sizes)

@@ -1,4 +1,6 @@
-"""The RQ worker class for rindle: ``rq worker --worker-class rindle.worker.RindleWorker``.
+"""The RQ worker class for rindle: ``rq worker --worker-class rindle.worker.RindleWorker
+--connection-class rindle.redis_client.RQConnection`` (the Procfile's worker line; the
+connection class builds RQ's client from rindle's settings: TLS, Sentinel, the budget).
 
 RQ forks a work horse per job. Importing boto3 and building the app's clients takes most
 of a second, which each fork would otherwise pay again; this worker does it once, before
@@ -23,7 +25,7 @@ from typing import Any
 
 from rq.worker import HerokuWorker
 
-from rindle import logs
+from rindle import logs, redis_client
 from rindle.config import Settings
 from rindle.jobs import worker_rindle
 
@@ -38,6 +40,8 @@ class RindleWorker(HerokuWorker):
         # Before the app is imported: RQ gave its loggers handlers of their own, and an
         # app that configures the root logger too would print each RQ line twice.
         logs.configure(Settings.from_env().log_format)
+        # Before any client is built: a worker's budget and connection names.
+        redis_client.set_role("worker")
         rindle = worker_rindle()
         _ = rindle.uploads, rindle.s3, rindle.jobs, rindle.assembly, rindle.maintenance
         return super().work(*args, **kwargs)

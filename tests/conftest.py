@@ -171,8 +171,10 @@ class Stack(devstack.Stack):
         s3: Any,
         *,
         worker_env: dict[str, str] | None = None,
+        **options: Any,
     ) -> None:
-        super().__init__(env, log_dir=log_dir, worker_env=worker_env)
+        """``options`` go to devstack's Stack (``clock=True``, ``procfile=True``...)."""
+        super().__init__(env, log_dir=log_dir, worker_env=worker_env, **options)
         self.redis = redis_client
         self.s3 = s3
 

@@ -10,6 +10,7 @@ from flask.cli import AppGroup
 from werkzeug.http import http_date
 
 from rindle import doctor as checkup
+from rindle import redis_client
 from rindle.web.context import current_rindle
 
 cli = AppGroup(
@@ -92,9 +93,15 @@ MARKS = {checkup.OK: "ok  ", checkup.WARN: "WARN", checkup.FAIL: "FAIL"}
 
 
 @cli.command("doctor")
-def doctor() -> None:
+@click.option(
+    "--release",
+    is_flag=True,
+    help="Quick checks for a release phase: Redis, the bucket writable, the sizes.",
+)
+def doctor(release: bool) -> None:
     """Check Redis, S3, the tmp dir, the size limits and the workers; exit 1 on a failure."""
-    results = checkup.run(current_rindle())
+    redis_client.set_role("tool")  # its connections are not a web process's
+    results = checkup.run(current_rindle(), release=release)
     for check in results:
         click.echo(f"{MARKS[check.status]}  {check.name}: {check.detail}")
         if check.fix and check.status != checkup.OK:

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import hmac
 from collections.abc import Callable
+from typing import Any
 
-from flask import Flask, Response, request
+from flask import Flask, Response, current_app, request
 
+from rindle.config import redact_url
 from rindle.errors import ConfigError
 from rindle.web.context import EXTENSION
 
@@ -36,9 +38,17 @@ def mount(app: Flask, url_prefix: str = "/rq", authorize: Callable[[], bool] | N
         authorize = basic_auth(settings.dashboard_user, settings.dashboard_password)
     import rq_dashboard  # only where it is mounted: it pulls in arrow and more
 
-    app.config.setdefault("RQ_DASHBOARD_REDIS_URL", settings.redis_url)
+    # rq-dashboard connects from its URL setting on every request (no TLS options, a pool
+    # of its own): it gets rindle's raw client instead, inside the process's budget. The
+    # URL it shows in its page has no password.
+    # Looked up per request, not now: the pool is built after gunicorn's fork.
+    app.config[CONNECTION] = True
+    app.config.setdefault("RQ_DASHBOARD_REDIS_URL", (redact_url(settings.redis_url),))
     app.config.setdefault("RQ_DASHBOARD_DISABLE_DELETE", True)
-    rq_dashboard.web.setup_rq_connection(app)
+    rq_dashboard.web.upgrade_config(app)
+    if rq_dashboard.web.from_url is not _connect:
+        _original.append(rq_dashboard.web.from_url)
+        rq_dashboard.web.from_url = _connect
     check = authorize
 
     def guard() -> Response | None:
@@ -53,6 +63,17 @@ def mount(app: Flask, url_prefix: str = "/rq", authorize: Callable[[], bool] | N
 
     app.before_request(guard)
     app.register_blueprint(rq_dashboard.blueprint, url_prefix=url_prefix)
+
+
+CONNECTION = "RINDLE_DASHBOARD_CONNECTION"
+_original: list[Callable[..., Any]] = []
+
+
+def _connect(url: str, **kwargs: Any) -> tuple[None, Any]:
+    """rq-dashboard's per-request connect: rindle's client where rindle mounted it."""
+    if not current_app.config.get(CONNECTION) and _original:
+        return _original[0](url, **kwargs)  # an app that mounted rq-dashboard itself
+    return None, current_app.extensions[EXTENSION].jobs.queue.connection
 
 
 def basic_auth(user: str, password: str) -> Callable[[], bool]:

@@ -157,7 +157,7 @@ def test_the_doctor_passes_on_the_stack_and_names_s3_when_it_is_stopped(
     stack = make_stack(**own_s3.env(bucket="doctor"), **metrics_env(tmp_path))
     clock = ManagedProcess(
         "rq-cron",
-        clock_command(stack.env["REDIS_URL"]),
+        clock_command(),
         env=stack.env,
         cwd=REPO_ROOT,
         log_path=tmp_path / "clock.log",

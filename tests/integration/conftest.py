@@ -5,15 +5,16 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import redis
 from flask import Flask
 from flask.testing import FlaskClient
-from rq import SimpleWorker
+from rq import Queue, SimpleWorker
 
 from app import create_app
-from rindle import Settings
+from rindle import Settings, redis_client
 
 PART = 5 * 1024 * 1024
 TUS = {"Tus-Resumable": "1.0.0"}
@@ -45,12 +46,27 @@ def client(app: Flask) -> FlaskClient:
 def rq_burst(app: Flask):
     """Run the queued jobs in-process with a real RQ worker, like `rq worker --burst`."""
 
-    def run() -> None:
-        queue = app.extensions["rindle"].jobs.queue
-        with app.app_context():  # the jobs then use this app's services and hooks
-            SimpleWorker([queue], connection=queue.connection).work(burst=True)
+    return lambda: run_jobs(app)
 
-    return run
+
+def in_process_worker(app: Flask) -> SimpleWorker:
+    """An RQ worker for rindle's queue to run in this process, on a connection of its own
+    as a worker process has: RQ's worker holds one for its pub/sub, which a web
+    process's raw pool does not budget for. Close ``.connection`` when done."""
+    rindle = app.extensions["rindle"]
+    connection = redis_client.private_client(rindle.settings, decode=False, size=4)
+    queue = Queue(rindle.jobs.queue.name, connection=connection)
+    return SimpleWorker([queue], connection=connection)
+
+
+def run_jobs(app: Flask, **work: Any) -> None:
+    """Run the queued jobs in-process (``work`` options: ``with_scheduler=True``...)."""
+    worker = in_process_worker(app)
+    try:
+        with app.app_context():  # the jobs then use this app's services and hooks
+            worker.work(burst=True, **work)
+    finally:
+        worker.connection.close()
 
 
 class Tus:

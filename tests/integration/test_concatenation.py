@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from tests.integration.conftest import PART, TUS, object_bytes, random_bytes, sha256
+from tests.integration.conftest import (
+    PART,
+    TUS,
+    object_bytes,
+    random_bytes,
+    run_jobs,
+    sha256,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -72,11 +79,7 @@ def test_partials_still_assembling_are_waited_for(app, tus, rq_burst, s3_client)
 def rq_burst_with_scheduler(app) -> None:
     import time
 
-    from rq import SimpleWorker
-
-    queue = app.extensions["rindle"].jobs.queue
-    with app.app_context():
-        SimpleWorker([queue], connection=queue.connection).work(burst=True, with_scheduler=True)
+    run_jobs(app, with_scheduler=True)
     time.sleep(0.5)
 
 

@@ -14,7 +14,7 @@ import pytest
 from rindle import tail_path
 from rindle.hooks import Refuse
 from rindle.keys import EXPIRY_INDEX
-from tests.integration.conftest import PART, TUS, Tus, random_bytes
+from tests.integration.conftest import PART, TUS, Tus, random_bytes, run_jobs
 from tests.integration.test_lifecycle import (
     bucket,
     half_upload,
@@ -91,7 +91,7 @@ def test_an_object_that_never_matches_ends_failed_after_the_retries(app, tus, rd
     """The object at the key has another size than the upload (here: overwritten before
     the completion ran). The completion is retried; after the last try the upload is
     failed (410), its object deleted, and nothing re-enqueues it any more."""
-    from rq import Retry, SimpleWorker
+    from rq import Retry
 
     upload_id = tus.create(5)
     assert tus.patch(upload_id, 0, b"hello").status_code == 204
@@ -101,8 +101,7 @@ def test_an_object_that_never_matches_ends_failed_after_the_retries(app, tus, rd
     queue.empty()  # the PATCH's own completion job waits seconds between retries
     job = queue.enqueue("rindle.jobs.complete_upload", upload_id, retry=Retry(max=1))
 
-    with app.app_context():
-        SimpleWorker([queue], connection=queue.connection).work(burst=True)
+    run_jobs(app)
 
     job.refresh()
     assert job.retries_left == 0, "the first failure was retried"

@@ -12,7 +12,7 @@ from app import create_app
 from rindle import Settings, hooks, init_app
 from rindle.hooks import Hooks, Refuse
 from rindle.keys import EXPIRY_INDEX
-from tests.integration.conftest import PART, TUS, Tus, random_bytes
+from tests.integration.conftest import PART, TUS, Tus, random_bytes, run_jobs
 
 pytestmark = pytest.mark.integration
 
@@ -108,11 +108,7 @@ def test_on_complete_is_enqueued_once_with_the_upload(app, redis_url, rdb, monke
 
 
 def rq_burst_for(app) -> None:
-    from rq import SimpleWorker
-
-    queue = app.extensions["rindle"].jobs.queue
-    with app.app_context():
-        SimpleWorker([queue], connection=queue.connection).work(burst=True)
+    run_jobs(app)
 
 
 def make_app(**hook_kwargs):

@@ -7,12 +7,11 @@ import time
 
 import pytest
 from botocore.exceptions import EndpointConnectionError
-from rq import SimpleWorker
 from werkzeug.http import parse_date
 
 from rindle import tail_path
 from rindle.keys import EXPIRY_INDEX
-from tests.integration.conftest import PART, TUS, random_bytes
+from tests.integration.conftest import PART, TUS, in_process_worker, random_bytes
 
 pytestmark = pytest.mark.integration
 
@@ -104,13 +103,13 @@ def test_abort_that_fails_once_is_retried_until_it_succeeds(app, tus, s3_client,
     monkeypatch.setattr(storage.client, "abort_multipart_upload", flaky_abort)
     assert tus.client.delete(f"/files/{upload_id}", headers=TUS).status_code == 204
 
-    queue = app.extensions["rindle"].jobs.queue
-    worker = SimpleWorker([queue], connection=queue.connection)
+    worker = in_process_worker(app)
     deadline = time.monotonic() + 30
     while open_multipart(s3_client, bucket(app)) and time.monotonic() < deadline:
         with app.app_context():
             worker.work(burst=True, with_scheduler=True)  # the retry waits in RQ's scheduler
         time.sleep(0.2)
+    worker.connection.close()
     assert len(calls) >= 2
     assert open_multipart(s3_client, bucket(app)) == []
 

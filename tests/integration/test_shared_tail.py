@@ -12,12 +12,19 @@ from pathlib import Path
 
 import pytest
 from flask import Flask
-from rq import SimpleWorker
 
 from app import create_app
 from rindle import Hooks, Settings, init_app, tail_path
 from rindle.storage.shared_tail import TAILS_DIR
-from tests.integration.conftest import PART, TUS, Tus, object_bytes, random_bytes, sha256
+from tests.integration.conftest import (
+    PART,
+    TUS,
+    Tus,
+    object_bytes,
+    random_bytes,
+    run_jobs,
+    sha256,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -54,12 +61,6 @@ def nodes(node_env) -> tuple[Flask, Flask]:
 
 def tus_of(app: Flask) -> Tus:
     return Tus(app.test_client())
-
-
-def run_jobs(app: Flask) -> None:
-    queue = app.extensions["rindle"].jobs.queue
-    with app.app_context():
-        SimpleWorker([queue], connection=queue.connection).work(burst=True)
 
 
 def shared_tails(app: Flask, s3_client) -> list[str]:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -81,3 +83,54 @@ def test_the_procfile_and_the_app_agree_on_the_thread_count():
         if line.startswith("web:")
     )
     assert f"--threads ${{RINDLE_THREADS:-{DEFAULT_THREADS}}}" in web
+
+
+ROOT = Path(__file__).parents[2]
+
+
+def procfile() -> dict[str, str]:
+    lines = (ROOT / "Procfile").read_text().splitlines()
+    return {name: command.strip() for name, _, command in (x.partition(":") for x in lines)}
+
+
+def test_the_worker_and_the_clock_connect_with_rindle_s_settings_not_a_url_flag():
+    """Their Redis client comes from rindle's settings (TLS, Sentinel, the budget): the
+    Procfile passes no --url the user would have to rewrite for TLS."""
+    lines = procfile()
+    for name in ("worker", "clock"):
+        assert "--connection-class rindle.redis_client.RQConnection" in lines[name]
+        assert "--url" not in lines[name] and "REDIS_URL" not in lines[name]
+    assert lines["release"].endswith("rindle doctor --release")
+
+
+def test_devstack_runs_the_procfile_s_worker_and_clock_commands():
+    from devstack.services import clock_command, worker_command
+
+    lines = procfile()
+    assert " ".join(worker_command()[3:]) in lines["worker"].replace("${RINDLE_QUEUE:-", "")
+    assert " ".join(clock_command()[3:]) == lines["clock"].removeprefix("rq ")
+
+
+def test_app_json_runs_the_procfile_s_processes_with_settings_rindle_accepts():
+    app = json.loads((ROOT / "app.json").read_text())
+    assert set(app["formation"]) == {"web", "worker", "clock"} <= set(procfile())
+    assert any(a["plan"].startswith("heroku-redis:") for a in app["addons"])
+    env = {k: v.get("value", "x") for k, v in app["env"].items()}
+    env["RINDLE_PUBLIC"] = "1"
+    settings = Settings.from_env(env)
+    assert settings.redis_ssl_cert_reqs == "none"
+    assert settings.tail_store == "s3"
+    assert (ROOT / ".python-version").read_text().strip() == "3.11"
+
+
+def test_every_setting_in_app_json_is_in_the_readme_s_settings_table():
+    readme = (ROOT / "README.md").read_text()
+    table = readme[readme.index("## Settings") : readme.index("## Any node")]
+    for name in json.loads((ROOT / "app.json").read_text())["env"]:
+        assert f"`{name}`" in table, name
+    for name in (
+        "RINDLE_REDIS_SSL_CERT_REQS",
+        "RINDLE_REDIS_SSL_CA_CERTS",
+        "RINDLE_REDIS_SENTINELS",
+    ):
+        assert f"`{name}`" in table, name

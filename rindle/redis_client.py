@@ -27,9 +27,13 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import redis
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.exceptions import MasterDownError, ReadOnlyError
+from redis.retry import Retry
 from redis.sentinel import Sentinel, SentinelConnectionPool
 
 from rindle.config import Settings
+from rindle.transient import is_transient
 
 # Connections a process of each type opens at most: (budget, raw part, pub/sub part).
 # The decoding pool gets the rest. See the README's sizing table before changing these.
@@ -51,6 +55,34 @@ POOL_WAIT = 10.0  # seconds a thread waits for a free pooled connection
 SOCKET_TIMEOUT = 10.0
 CONNECT_TIMEOUT = 5.0
 CERT_REQS = ("required", "optional", "none")  # redis-py's (and ssl's) own names
+
+# Processes whose code (RQ's) does not wait out a failover itself: their clients retry a
+# command through a short outage (READONLY while a replica is promoted, LOADING after a
+# restart, a dropped connection), ~13 s at most. A web process's writers retry within
+# their lease instead (rindle.transient), and a retry below a WATCH would spin.
+RETRYING_ROLES = ("worker", "clock")
+RETRY_TRIES = 10
+
+
+class TransientRetry(Retry):
+    """redis-py's retry for the errors that pass only: a wrong password fails at once."""
+
+    def call_with_retry(self, do, fail, is_retryable=None, with_failure_count=False):  # type: ignore[no-untyped-def]
+        def retryable(error: Exception) -> bool:
+            return is_transient(error) and (is_retryable is None or is_retryable(error))
+
+        return super().call_with_retry(do, fail, retryable, with_failure_count)
+
+
+def _retry_kwargs(role_: str) -> dict[str, Any]:
+    if role_ not in RETRYING_ROLES:
+        return {}
+    backoff = ExponentialWithJitterBackoff(base=0.1, cap=2.0)
+    return {
+        "retry": TransientRetry(backoff, RETRY_TRIES),
+        "retry_on_error": [ReadOnlyError, MasterDownError],
+    }
+
 
 _role = "web"
 _pools: dict[tuple[Any, ...], redis.ConnectionPool] = {}
@@ -132,6 +164,7 @@ def _new_pool(t: Target, decode: bool, size: int, name: str) -> redis.Connection
         "socket_connect_timeout": CONNECT_TIMEOUT,
         "health_check_interval": 30,
         "client_name": name,
+        **_retry_kwargs(_role),
         **t.kwargs,
     }
     if not t.sentinels:

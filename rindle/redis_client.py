@@ -80,7 +80,7 @@ def _retry_kwargs(role_: str) -> dict[str, Any]:
     backoff = ExponentialWithJitterBackoff(base=0.1, cap=2.0)
     return {
         "retry": TransientRetry(backoff, RETRY_TRIES),
-        "retry_on_error": [ReadOnlyError, MasterDownError],
+        "retry_on_error": [ReadOnlyError, MasterDownError, redis.ResponseError],  # (filtered)
     }
 
 

@@ -40,8 +40,11 @@ def is_transient(exc: BaseException) -> bool:
         return True  # (LOADING is a ConnectionError in redis-py)
     if isinstance(exc, ReadOnlyError | MasterDownError | TryAgainError):
         return True
-    # A full server refuses new connections with a plain error reply.
-    return isinstance(exc, redis.ResponseError) and "max number of clients" in str(exc)
+    if not isinstance(exc, redis.ResponseError):
+        return False
+    # A full server refuses new connections with a plain error reply; a blocking command
+    # (RQ's dequeue) is cut when its server becomes a replica.
+    return "max number of clients" in str(exc) or str(exc).startswith("UNBLOCKED")
 
 
 def wait_out(call: Callable[[], T], until: float, what: str) -> T:

@@ -186,7 +186,7 @@ class Writer:
                     exc.node = upload.node
                     raise
                 # Lost with a restart: the shared copy has the bytes.
-        tail = self._lock_tail(upload.id, 0)  # empties what a stale file held
+        tail = self._lock_tail(upload.id, 0, upload.committed)  # empties a stale file
         if expected:
             try:
                 self._fetch_shared(upload, tail)
@@ -215,7 +215,7 @@ class Writer:
         self.store.commit_offset(
             upload.id, token, upload.offset, upload.committed, self.settings.node_id
         )
-        tail = self._lock_tail(upload.id, 0)  # empties it
+        tail = self._lock_tail(upload.id, 0, upload.committed)  # empties it
         tail.close()
         raise TusError(
             "offset_mismatch",
@@ -223,7 +223,7 @@ class Writer:
             {"Upload-Offset": str(upload.committed)},
         )
 
-    def _lock_tail(self, upload_id: str, expected: int, start: int = 0) -> Tail:
+    def _lock_tail(self, upload_id: str, expected: int, start: int) -> Tail:
         # A stale request of this node may still hold the file (its lease expired).
         return self.lease.wait_for_release(
             upload_id,
@@ -244,6 +244,7 @@ class Writer:
             raise missing from exc
         if tail.size != upload.buffered:  # the store checked its size too: belt and braces
             raise missing
+        tail.mark_start(upload.committed)
         tail.sync()
         log.info(
             "upload %s: %d buffered bytes fetched from the shared tail of node %s",

@@ -209,7 +209,10 @@ class Tail(SpoolFile):
             raise TailMissing(session_id, expected, size, starts_at=starts_at)
         if size > expected:
             os.ftruncate(fd, expected)
-        return cls(path, fd)
+        tail = cls(path, fd)
+        if not expected:
+            tail.mark_start(start)  # an old mark of other bytes must not linger
+        return tail
 
     def mark_start(self, offset: int) -> None:
         """Record that the first byte is at upload offset ``offset`` (before a commit

@@ -878,11 +878,15 @@ def test_a_record_rolled_back_in_local_mode_resumes_exact(node: Node, lost: str)
     assert node.object(upload_id) == data
 
 
-def test_a_record_rolled_back_in_shared_mode_finds_its_copy_on_any_node(make_node: MakeNode):
+def test_a_record_rolled_back_in_shared_mode_finds_its_copy_on_any_node(
+    make_node: MakeNode, tmp_path: Path
+):
     """The previous shared copy stays until a later PATCH: a record rolled back past a
     part and a tail commit still names bytes S3 holds, and another node resumes exact."""
-    a = make_node("node-a", env={"RINDLE_TAIL_STORE": "s3"})
-    b = make_node("node-b", env={"RINDLE_TAIL_STORE": "s3"})
+    a, b = (
+        make_node(name, tmp_dir=tmp_path / name, env={"RINDLE_TAIL_STORE": "s3"})
+        for name in ("node-a", "node-b")
+    )
     data = random_bytes(3 * PART + 123)
     upload_id = a.create(len(data))
     a.write(upload_id, data[:1000])
@@ -895,3 +899,28 @@ def test_a_record_rolled_back_in_shared_mode_finds_its_copy_on_any_node(make_nod
     b.write(upload_id, data[1000:], offset=1000)
     assert b.complete(upload_id) == "completed"
     assert b.object(upload_id) == data
+
+
+def test_a_fetched_tail_never_passes_for_older_bytes_after_a_rollback(
+    make_node: MakeNode, tmp_path: Path
+):
+    """Node A fetched B's shared copy (bytes from a later part) into its file without
+    committing anything; then the record rolls back to a commit A made itself. A's file
+    must not pass for the bytes that record names (before: its old mark did, and the
+    object was corrupt): the kept previous copy is fetched instead."""
+    a, b = (
+        make_node(name, tmp_dir=tmp_path / name, env={"RINDLE_TAIL_STORE": "s3"})
+        for name in ("node-a", "node-b")
+    )
+    data = random_bytes(3 * PART + 123)
+    upload_id = a.create(len(data))
+    a.write(upload_id, data[:1000])
+    rollback = Rollback(a, upload_id)
+    rollback.take()
+    b.write(upload_id, data[1000 : PART + 2000])
+    a.write(upload_id, b"")  # fetches B's copy (bytes from PART on), commits nothing
+    rollback.promote()
+
+    a.write(upload_id, data[1000:], offset=1000)
+    assert a.complete(upload_id) == "completed"
+    assert a.object(upload_id) == data

@@ -22,11 +22,12 @@ S3_ERRORS = (BotoCoreError, ClientError)
 # Standard mode backs off only the request that failed: 503 SlowDown, 500, 502, 504,
 # RequestTimeout and dropped connections are retried with jittered exponential back-off
 # (up to 1, 2, 4, 8 s for throttling; tens of ms for the rest) under a retry quota per
-# client that stops retries when S3 keeps failing. 5 attempts (boto3's default for
-# standard is 3) ride out a SlowDown burst of a few seconds; a longer one ends the PATCH
-# with 503 storage_unavailable + Retry-After, and what was committed stays (the
-# completion job is retried by RQ, see rindle.jobqueue.RETRY_INTERVALS).
-S3_RETRIES: dict = {"mode": "standard", "max_attempts": 5}
+# client that stops retries while S3 keeps failing. Five attempts in all (the old
+# ``max_attempts: 3`` meant three retries, four attempts: botocore counts retries there)
+# ride out a SlowDown burst of several seconds; a longer one ends the PATCH with 503
+# storage_unavailable + Retry-After, keeping what was committed; the completion job is
+# retried by RQ (rindle.jobqueue.RETRY_INTERVALS).
+S3_RETRIES: dict = {"mode": "standard", "total_max_attempts": 5}
 
 
 def make_s3_client(

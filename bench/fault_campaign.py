@@ -90,8 +90,8 @@ if str(REPO_ROOT) not in sys.path:
 
 import redis  # noqa: E402
 import requests  # noqa: E402
+from campaign_faults import RedisFaults, S3Faults  # noqa: E402  (beside this script)
 
-from bench.campaign_faults import RedisFaults, S3Faults  # noqa: E402
 from devstack import SeaweedS3, Stack, private_services, stack_env  # noqa: E402
 from rindle.storage.shared_tail import TAILS_DIR  # noqa: E402
 from tests.router import Router  # noqa: E402
@@ -122,14 +122,13 @@ def watch_offsets() -> None:
         response = send(session, request, **kw)
         upload = getattr(_client, "upload", None)
         offset = response.headers.get("Upload-Offset")
-        if (
-            upload is not None
-            and upload.url
-            and request.url == upload.url
-            and (request.method, response.status_code) in (("HEAD", 200), ("PATCH", 204))
-            and offset is not None
-        ):
-            upload.acknowledge(int(offset))
+        if upload is None or not upload.url or request.url != upload.url:
+            return response
+        if (request.method, response.status_code) in (("HEAD", 200), ("PATCH", 204)):
+            if offset is not None:
+                upload.acknowledge(int(offset))
+        elif request.method in ("HEAD", "PATCH") and response.status_code == 404:
+            upload.acknowledge(0)  # the record is gone: nothing acknowledged is left
         return response
 
     requests.Session.send = watched  # type: ignore[method-assign]
@@ -162,6 +161,7 @@ class Upload:
     forgotten: list[str] = field(default_factory=list)  # URLs answered 404, started again
 
     def acknowledge(self, offset: int) -> None:
+        """An answer told ``offset`` (0 for a 404: the record is gone)."""
         if offset < self.acked:
             self.rolled_back = max(self.rolled_back, self.acked - offset)
         self.acked = max(self.acked, offset)

@@ -156,7 +156,8 @@ class RedisFaults:
         assert self.link is not None and self.replica is not None
         old, new, link = self.primary, self.replica, self.link
         link.stall()  # replication held back: what the app writes now, the replica lacks
-        time.sleep(self.rng.uniform(0.3, 1.5))
+        held = self.rng.uniform(0.3, 1.5)
+        time.sleep(held)
         lag = self._lag(old, new)
         new_client = new.client()
         try:
@@ -167,7 +168,8 @@ class RedisFaults:
         self.front.reset()  # open ones: cut (the app reconnects to the new one)
         old.stop(kill=True)  # the old primary is gone
         link.stop()
-        self.notes.append(f"failover to {new.name}: replica {lag} bytes behind")
+        behind = f"{lag} bytes of replication stream behind" if lag >= 0 else "lag unknown"
+        self.notes.append(f"failover to {new.name}: replication held back {held:.1f} s ({behind})")
         self.primary = new
         self._new_replica()
 

@@ -517,6 +517,17 @@ class Campaign:
             if not upload.done:
                 lost.append((upload, f"the client gave up: {upload.error}"))
                 continue
+            if state is None and upload.size == 0:
+                state = "completed"  # made at creation: the object tells, not the record
+            if state is None:
+                # The record is gone (a Redis that lost it): the object, if it was made
+                # before, is checked below; without one the upload is lost.
+                try:
+                    s3.head_object(Bucket=BUCKET, Key=PREFIX + upload.upload_id)
+                    state = "completed"
+                except Exception:
+                    lost.append((upload, "record gone (404) and no object"))
+                    continue
             if state != "completed":
                 why = f"state {state!r}, not completed"
                 if state == "assembling" and not client.exists(

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import signal
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,7 +21,7 @@ from devstack.services import SeaweedS3
 from rindle.storage.s3 import S3_RETRIES
 from tests.conftest import Stack
 from tests.e2e import test_faults as faults
-from tests.e2e.conftest import MIB, Uploads, payload, upload_id_of
+from tests.e2e.conftest import MIB, Uploads, payload, poll, upload_id_of
 from tests.e2e.test_any_node import assert_exact
 from tests.e2e.test_faults import PATCH, P, assert_consistent, create, record, tus_resume
 from tests.e2e.test_faults_s3 import assert_storage_unavailable
@@ -107,6 +110,41 @@ def test_a_slowdown_burst_on_completion_is_retried_by_the_worker(
     assert r.status_code == 204, r.text
     crashed.wait_completed(upload_id)
     assert s3_proxy.http_faulted["slowdown"] - faulted == burst, "the whole burst was met"
+    crashed.assert_stored(url, data)
+
+
+def scheduler_pid(stack: Stack, worker_pid: int) -> int | None:
+    """The pid of the RQ scheduler process forked by the worker ``worker_pid``, if one
+    runs (RQ keeps a hash per scheduler, ``rq:scheduler:<name>``, with its pid)."""
+    for key in stack.redis.scan_iter("rq:scheduler:*"):
+        if stack.redis.type(key) != "hash" or not (pid := stack.redis.hget(key, "pid")):
+            continue
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            continue  # that scheduler is gone
+        if int(stat.rsplit(")", 1)[1].split()[1]) == worker_pid:  # its parent
+            return int(pid)
+    return None
+
+
+def test_completion_retries_run_after_the_scheduler_died(crashed: Uploads, s3_proxy: FaultProxy):
+    """The worker's RQ scheduler dies (as it does on a Redis reset or restart); then a
+    completion meets more SlowDown than one job run rides out, so its retry waits in
+    RQ's scheduled registry. The worker starts its scheduler again within half a minute
+    and the retry completes the object. (RQ alone looks only every 10 minutes.)"""
+    stack = crashed.stack
+    assert stack.worker is not None
+    worker = stack.worker.pid
+    pid = poll(lambda: scheduler_pid(stack, worker), 60, "for the worker's scheduler")
+    os.kill(pid, signal.SIGKILL)
+    data = payload(P + 11, seed=1807)
+    url = create(stack, len(data))
+    upload_id = crashed.track(url)
+    s3_proxy.http_fault("POST", COMPLETE, count=ATTEMPTS)
+    r = patch(url, data, 0)
+    assert r.status_code == 204, r.text
+    crashed.wait_completed(upload_id, timeout=90)
     crashed.assert_stored(url, data)
 
 

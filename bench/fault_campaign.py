@@ -504,9 +504,6 @@ class Campaign:
         for upload in self.uploads:
             if not upload.url:
                 continue  # never created: the server acknowledged nothing
-            _client.upload = upload
-            with contextlib.suppress(requests.RequestException):
-                requests.head(upload.url, headers=TUS, timeout=HTTP_TIMEOUT)  # rolled back?
             key = f"rindle:upload:{{{upload.upload_id}}}"
             state = client.hget(key, "state")
             while state != "completed" and time.monotonic() < deadline:
@@ -515,6 +512,7 @@ class Campaign:
                 time.sleep(0.1)
                 state = client.hget(key, "state")
             if not upload.done:
+                self.last_head(upload)
                 lost.append((upload, f"the client gave up: {upload.error}"))
                 continue
             if state is None and upload.size == 0:
@@ -526,6 +524,7 @@ class Campaign:
                     s3.head_object(Bucket=BUCKET, Key=PREFIX + upload.upload_id)
                     state = "completed"
                 except Exception:
+                    self.last_head(upload)
                     lost.append((upload, "record gone (404) and no object"))
                     continue
             if state != "completed":
@@ -539,6 +538,7 @@ class Campaign:
                         " job was ever enqueued: the web process died between the final"
                         " commit and the enqueue)"
                     )
+                self.last_head(upload)
                 lost.append((upload, why))
                 continue
             try:
@@ -556,6 +556,13 @@ class Campaign:
                 exact.append(upload)
         client.close()
         return exact, corrupt, lost
+
+    def last_head(self, upload: Upload) -> None:
+        """A last HEAD of an upload that did not end as an object: does the server still
+        hold what it acknowledged (see ``watch_offsets``)?"""
+        _client.upload = upload
+        with contextlib.suppress(requests.RequestException):
+            requests.head(upload.url, headers=TUS, timeout=HTTP_TIMEOUT)
 
     def leftovers(self) -> Leftovers:
         """Tail files on the nodes' disks (by the state of their upload: a kill after the

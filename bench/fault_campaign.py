@@ -40,6 +40,23 @@ At the end, a maintenance pass runs what a deployment runs by hand or on a sched
 and what it could not clean up counts as a leak: tail files, shared tails under
 ``<prefix>.tails/``, open multipart uploads.
 
+With ``--redis-faults N`` (issue #18) the app (web nodes and rq workers) reaches Redis
+through a fault proxy, and N Redis faults are injected at random moments beside the
+kills: connections reset, a stall, a restart on AOF (``--appendonly yes --appendfsync
+everysec``, SIGTERM or SIGKILL), a failover to a replica whose replication was held back
+just before (the promoted replica lacks the last writes; the old primary is gone). With
+``--redis-wipes N`` a restart without persistence (every record gone: clients answered
+404 start again). With ``--s3-faults N`` the app reaches S3 through an HTTP-aware fault
+proxy that, N times for a few seconds, answers a random share of requests ``503
+SlowDown`` or ``500 InternalError``, or resets them (see ``bench/campaign_faults.py``).
+
+    python bench/fault_campaign.py --kills 10 --redis-faults 20 --s3-faults 20 \
+        --nodes 3 --tail-store s3
+
+Every answer that tells an offset (a PATCH's 204, a HEAD's 200) is watched: an upload
+whose later HEAD reports less than an offset the server once acknowledged lost
+acknowledged bytes (a rollback after a failover or an AOF restart).
+
 Prints kills performed, uploads started and verified exact, uploads corrupt or lost,
 ``tus_tail_missing`` in the logs, what is left behind before and after the maintenance
 pass, and what the clients met on the way; exits 1 if anything is corrupt or lost,
@@ -65,6 +82,7 @@ import traceback
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
@@ -72,6 +90,7 @@ if str(REPO_ROOT) not in sys.path:
 
 import redis  # noqa: E402
 import requests  # noqa: E402
+from campaign_faults import RedisFaults, S3Faults  # noqa: E402  (beside this script)
 
 from devstack import SeaweedS3, Stack, private_services, stack_env  # noqa: E402
 from rindle.storage.shared_tail import TAILS_DIR  # noqa: E402
@@ -86,6 +105,33 @@ HTTP_TIMEOUT = (5, 120)  # connect, read
 PREFIX = "campaign/"
 BUCKET = "campaign"
 TERM_TIMEOUT = 30.0  # seconds between SIGTERM and SIGKILL, as on Heroku
+_client = threading.local()  # the upload a client thread works on (for the offset watch)
+
+
+class Forgotten(Exception):
+    """The server no longer knows the upload (404): its record is gone (a Redis that
+    lost everything); a client starts again."""
+
+
+def watch_offsets() -> None:
+    """Record every offset the server acknowledges (HEAD 200, PATCH 204) for the upload
+    the calling client thread works on, both clients alike (tuspy uses requests too)."""
+    send = requests.Session.send
+
+    def watched(session: requests.Session, request: requests.PreparedRequest, **kw):  # type: ignore[no-untyped-def]
+        response = send(session, request, **kw)
+        upload = getattr(_client, "upload", None)
+        offset = response.headers.get("Upload-Offset")
+        if upload is None or not upload.url or request.url != upload.url:
+            return response
+        if (request.method, response.status_code) in (("HEAD", 200), ("PATCH", 204)):
+            if offset is not None:
+                upload.acknowledge(int(offset))
+        elif request.method in ("HEAD", "PATCH") and response.status_code == 404:
+            upload.acknowledge(0)  # the record is gone: nothing acknowledged is left
+        return response
+
+    requests.Session.send = watched  # type: ignore[method-assign]
 
 
 # --------------------------------------------------------------------------- uploads
@@ -110,6 +156,15 @@ class Upload:
     patches: int = 0
     resumes: int = 0
     events: Counter[str] = field(default_factory=Counter)
+    acked: int = 0  # the largest offset the server acknowledged
+    rolled_back: int = 0  # the most acknowledged bytes a later answer no longer had
+    forgotten: list[str] = field(default_factory=list)  # URLs answered 404, started again
+
+    def acknowledge(self, offset: int) -> None:
+        """An answer told ``offset`` (0 for a 404: the record is gone)."""
+        if offset < self.acked:
+            self.rolled_back = max(self.rolled_back, self.acked - offset)
+        self.acked = max(self.acked, offset)
 
     @property
     def upload_id(self) -> str:
@@ -162,8 +217,13 @@ class Campaign:
         router: Router | None,
         redis_url: str,
         s3: SeaweedS3,
+        redis_faults: RedisFaults | None = None,
+        s3_faults: S3Faults | None = None,
     ) -> None:
         self.args = args
+        self.redis_faults = redis_faults
+        self.s3_faults = s3_faults
+        self.workers_restarted = 0
         self.stacks = stacks
         self.router = router  # in front of the nodes when there are several
         self.files_url = router.files_url if router else stacks[0].files_url
@@ -225,12 +285,21 @@ class Campaign:
             upload.sha256 = hashlib.sha256(data).hexdigest()
             with self.lock:
                 self.active += 1
+            _client.upload = upload
             try:
                 deadline = time.monotonic() + self.args.upload_timeout
-                if upload.client == "raw":
-                    self.upload_raw(upload, data, deadline)
-                else:
-                    self.upload_tuspy(upload, data, deadline)
+                while True:
+                    try:
+                        if upload.client == "raw":
+                            self.upload_raw(upload, data, deadline)
+                        else:
+                            self.upload_tuspy(upload, data, deadline)
+                        break
+                    except Forgotten:  # the record is gone: start again, as a client does
+                        self.note(upload, "404: started again")
+                        upload.forgotten.append(upload.url)
+                        upload.url, upload.acked = "", 0
+                        self.backoff(deadline, "404")
                 upload.done = True
             except Exception as exc:
                 upload.error = f"{type(exc).__name__}: {exc}"
@@ -272,6 +341,8 @@ class Campaign:
             if r.status_code == 200:
                 return int(r.headers["Upload-Offset"])
             self.note(upload, f"HEAD {r.status_code}")
+            if r.status_code == 404:
+                raise Forgotten(upload.url)
             if r.status_code not in (423, 503):
                 raise RuntimeError(f"HEAD answered {r.status_code}")
             self.backoff(deadline, f"HEAD {r.status_code}")
@@ -303,6 +374,8 @@ class Campaign:
                 offset = new
                 continue
             self.note(upload, f"PATCH {r.status_code}")
+            if r.status_code == 404:
+                raise Forgotten(upload.url)
             if r.status_code not in (409, 423) and r.status_code < 500:
                 raise RuntimeError(f"PATCH answered {r.status_code}: {r.text[:200]}")
             if r.status_code == 500 and "tus_tail_missing" in r.text:
@@ -343,6 +416,8 @@ class Campaign:
                 self.note(upload, f"tuspy {status or 'no answer'}")
                 if uploader is not None and uploader.url:
                     upload.url = uploader.url
+                if status == 404 and upload.url:
+                    raise Forgotten(upload.url) from exc
                 uploader = None
                 self.backoff(deadline, f"tuspy {status}")
             except (OSError, ValueError) as exc:  # a connection dropped inside tuspy
@@ -365,6 +440,29 @@ class Campaign:
                     f"  {len(self.stops)} kills, {len(self.uploads)} uploads started, {done} done",
                     flush=True,
                 )
+
+    def fault_loop(self, kind: str, count: int, inject) -> None:  # type: ignore[no-untyped-def]
+        """Inject ``count`` faults (``inject()``, which returns the fault's kind) at random
+        moments; rq workers that died meanwhile are started again (and counted)."""
+        rng = random.Random(f"{self.args.seed}/{kind}")
+        for done in range(1, count + 1):
+            time.sleep(rng.uniform(self.args.min_gap, self.args.max_gap))
+            try:
+                what = inject()
+            except Exception as exc:
+                print(f"  {kind} fault failed: {exc!r}", flush=True)
+                continue
+            self.revive_workers()
+            if done % 10 == 0:
+                print(f"  {done} {kind} faults (last: {what})", flush=True)
+
+    def revive_workers(self) -> None:
+        with self.lock:
+            for stack in self.stacks:
+                if stack.worker is not None and not stack.worker.alive():
+                    self.workers_restarted += 1
+                    with contextlib.suppress(Exception):
+                        stack.restart_worker()
 
     def kill_one(self, rng: random.Random) -> Stop:
         """Stop a random node's web process (gunicorn's whole group: master and workers)
@@ -414,8 +512,21 @@ class Campaign:
                 time.sleep(0.1)
                 state = client.hget(key, "state")
             if not upload.done:
+                self.last_head(upload)
                 lost.append((upload, f"the client gave up: {upload.error}"))
                 continue
+            if state is None and upload.size == 0:
+                state = "completed"  # made at creation: the object tells, not the record
+            if state is None:
+                # The record is gone (a Redis that lost it): the object, if it was made
+                # before, is checked below; without one the upload is lost.
+                try:
+                    s3.head_object(Bucket=BUCKET, Key=PREFIX + upload.upload_id)
+                    state = "completed"
+                except Exception:
+                    self.last_head(upload)
+                    lost.append((upload, "record gone (404) and no object"))
+                    continue
             if state != "completed":
                 why = f"state {state!r}, not completed"
                 if state == "assembling" and not client.exists(
@@ -427,6 +538,7 @@ class Campaign:
                         " job was ever enqueued: the web process died between the final"
                         " commit and the enqueue)"
                     )
+                self.last_head(upload)
                 lost.append((upload, why))
                 continue
             try:
@@ -444,6 +556,13 @@ class Campaign:
                 exact.append(upload)
         client.close()
         return exact, corrupt, lost
+
+    def last_head(self, upload: Upload) -> None:
+        """A last HEAD of an upload that did not end as an object: does the server still
+        hold what it acknowledged (see ``watch_offsets``)?"""
+        _client.upload = upload
+        with contextlib.suppress(requests.RequestException):
+            requests.head(upload.url, headers=TUS, timeout=HTTP_TIMEOUT)
 
     def leftovers(self) -> Leftovers:
         """Tail files on the nodes' disks (by the state of their upload: a kill after the
@@ -535,7 +654,28 @@ def run(args: argparse.Namespace, campaign: Campaign, started: float) -> int:
     ]
     for thread in clients:
         thread.start()
+    loops = []
+    if campaign.redis_faults is not None:
+        faults = campaign.redis_faults
+        # The wipes among the other faults, at random places.
+        kinds: list[str | None] = ["wipe"] * args.redis_wipes + [None] * args.redis_faults
+        random.Random(args.seed).shuffle(kinds)
+        loops.append(("redis", len(kinds), lambda: faults.inject(kinds.pop())))
+    if campaign.s3_faults is not None:
+        loops.append(("s3", args.s3_faults, campaign.s3_faults.inject))
+    threads = [
+        threading.Thread(target=campaign.fault_loop, args=loop, daemon=True) for loop in loops
+    ]
+    for thread in threads:
+        thread.start()
     campaign.kill_loop()
+    for thread in threads:
+        thread.join()
+    if campaign.redis_faults is not None:
+        campaign.redis_faults.heal()
+    if campaign.s3_faults is not None:
+        campaign.s3_faults.proxy.heal()
+    campaign.revive_workers()
     kill_phase = time.monotonic() - started
     campaign.stop_new.set()
     for thread in clients:
@@ -550,7 +690,8 @@ def run(args: argparse.Namespace, campaign: Campaign, started: float) -> int:
         log_lines(s.web.log_path if s.web else None, "tus_tail_missing") for s in campaign.stacks
     )
     shared_mode = args.tail_store == "s3"
-    return 1 if corrupt or lost or after.total or (shared_mode and missing) else 0
+    rolled_back = any(u.rolled_back for u in campaign.uploads)
+    return 1 if corrupt or lost or after.total or rolled_back or (shared_mode and missing) else 0
 
 
 def average(values: list[float]) -> float:
@@ -603,9 +744,45 @@ def report(
         f"{sum(u.client == 'raw' for u in created)} raw; "
         f"{sum(u.resumes for u in created)} resumes"
     )
+    if campaign.redis_faults is not None:
+        rf = campaign.redis_faults
+        kinds = ", ".join(f"{k} x{v}" for k, v in sorted(rf.injected.items()))
+        print(f"redis faults injected: {sum(rf.injected.values())} ({kinds})")
+        for note in rf.notes:
+            print(f"  {note}")
+    if campaign.s3_faults is not None:
+        sf = campaign.s3_faults
+        kinds = ", ".join(f"{k} x{v}" for k, v in sorted(sf.injected.items()))
+        hit = ", ".join(f"{k} x{v}" for k, v in sorted(sf.requests_hit.items()))
+        print(
+            f"s3 faults injected: {sum(sf.injected.values())} bursts ({kinds}); "
+            f"S3 requests hit: {hit or 'none'}"
+        )
+    if campaign.workers_restarted:
+        print(f"rq workers found dead and started again: {campaign.workers_restarted}")
+    tail_missing = [(u, why) for u, why in lost if "tus_tail_missing" in why]
+    never = [(u, why) for u, why in lost if "tus_tail_missing" not in why]
+    forgotten = [u for u in campaign.uploads if u.forgotten]
+    rolled = [u for u in campaign.uploads if u.rolled_back]
     print(f"uploads verified exact: {len(exact)}")
     print(f"uploads corrupt: {len(corrupt)}")
-    print(f"uploads lost: {len(lost)}")
+    print(
+        f"uploads stuck: {len(lost)} ({len(tail_missing)} tus_tail_missing, "
+        f"{len(never)} never completed)"
+    )
+    print(
+        f"uploads forgotten by the server (404, started again): {len(forgotten)} "
+        f"({sum(len(u.forgotten) for u in forgotten)} times)"
+    )
+    print(
+        f"acknowledged bytes lost (a later HEAD below an acknowledged offset): "
+        f"{sum(u.rolled_back for u in rolled)} bytes in {len(rolled)} uploads"
+    )
+    for upload in rolled:
+        print(
+            f"  ROLLBACK #{upload.index} {upload.url}: {upload.rolled_back} bytes "
+            f"(acknowledged up to {upload.acked})"
+        )
     for upload, why in corrupt:
         print(f"  CORRUPT #{upload.index} {upload.url} size {upload.size}: {why}")
     for upload, why in lost:
@@ -630,6 +807,23 @@ def report(
         f"shared tail, {sum(log_lines(p, 'graceful stop (SIGTERM)') for p in logs)} graceful "
         f"stops logged; workers: {sum(log_lines(p, 'Traceback') for p in worker_logs)} "
         "tracebacks"
+    )
+    codes = (
+        "redis_unavailable",
+        "storage_unavailable",
+        "storage_error",
+        "conflict",
+        "upload_locked",
+        "not_found",
+        "gone",
+    )
+    found = [(code, sum(log_lines(p, f": {code} (") for p in logs)) for code in codes]
+    print(
+        "PATCH outcomes logged: "
+        + ", ".join(f"{code} x{n}" for code, n in found if n)
+        + f"; 'redis unavailable' lines: {sum(log_lines(p, 'redis unavailable') for p in logs)}"
+        f", 'S3 request failed' lines: {sum(log_lines(p, 'S3 request failed') for p in logs)}"
+        f"; workers: {sum(log_lines(p, ' ERROR ') for p in worker_logs)} ERROR lines"
     )
     print(f"left behind: {before.describe()}")
     print(f"maintenance pass: {'; '.join(maintenance)}")
@@ -662,6 +856,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=None, help="random seed (new each run)")
     parser.add_argument("--upload-timeout", type=float, default=600, help="per upload (s)")
     parser.add_argument("--completion-timeout", type=float, default=180, help="at the end (s)")
+    parser.add_argument(
+        "--redis-faults", type=int, default=0, help="Redis faults (reset, stall, restart, failover)"
+    )
+    parser.add_argument(
+        "--redis-wipes", type=int, default=0, help="Redis restarts without persistence"
+    )
+    parser.add_argument(
+        "--s3-faults", type=int, default=0, help="S3 bursts (503 SlowDown, 500, resets)"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the data dir and logs")
     args = parser.parse_args(argv)
     if args.seed is None:
@@ -671,6 +874,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.term_share is None:
         args.term_share = 0.5 if args.nodes > 1 else 0.0
     socket.setdefaulttimeout(180)  # tuspy sets no timeouts: never hang forever
+    watch_offsets()
 
     root = Path(tempfile.mkdtemp(prefix="rindle-campaign-"))
     print(
@@ -685,17 +889,30 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with contextlib.ExitStack() as running:
             redis_server, s3 = running.enter_context(private_services(root, bucket=BUCKET))
+            redis_url, redis_faults, s3_faults = redis_server.url, None, None
+            if args.redis_faults or args.redis_wipes:
+                redis_faults = RedisFaults(root, args.seed)
+                running.callback(redis_faults.stop)
+                redis_url = redis_faults.url
+            if args.s3_faults:
+                endpoint = urlsplit(s3.endpoint)
+                assert endpoint.hostname and endpoint.port
+                s3_faults = S3Faults((endpoint.hostname, endpoint.port), args.seed)
+                running.callback(s3_faults.stop)
             stacks = []
             for n in range(args.nodes):
                 node = f"node{n}" if args.nodes > 1 else "campaign"
                 home = root / node if args.nodes > 1 else root
-                settings = campaign_settings(redis_server.url, s3, home, node, args.tail_store)
+                settings = campaign_settings(redis_url, s3, home, node, args.tail_store)
+                if s3_faults is not None:
+                    settings["AWS_ENDPOINT_URL_S3"] = s3_faults.proxy.rewrite(s3.endpoint)
                 stacks.append(running.enter_context(Stack(stack_env(settings), log_dir=home)))
             router = None
             if args.nodes > 1:
                 ports = [stack.port for stack in stacks]
                 router = running.enter_context(Router(ports, seed=args.seed, name="campaign"))
-            code = run(args, Campaign(args, stacks, router, redis_server.url, s3), started)
+            campaign = Campaign(args, stacks, router, redis_url, s3, redis_faults, s3_faults)
+            code = run(args, campaign, started)
     except KeyboardInterrupt:
         print("interrupted")
         code = 130

@@ -21,8 +21,10 @@ Redis and S3 hold, so a job cut off anywhere is redone, never left half-done.
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
+from rq.utils import now
 from rq.worker import HerokuWorker
 
 from rindle import logs, redis_client
@@ -35,6 +37,32 @@ class RindleWorker(HerokuWorker):
     # 6 s after SIGTERM is stuck on S3 and is better retried. That leaves the horse 24 s
     # of Heroku's 30 to record the failure and schedule the retry.
     imminent_shutdown_delay = 6
+    # How soon a scheduler that died is started again. RQ does it in its maintenance pass,
+    # every 10 minutes, and an idle worker looks only when its BLPOP (about 6 minutes)
+    # times out; meanwhile the retries of failed jobs (a completion that met a SlowDown
+    # burst) wait, because only a live scheduler enqueues them.
+    scheduler_check_seconds = 30
+
+    @property
+    def dequeue_timeout(self) -> int:
+        """Wake up at least every ``scheduler_check_seconds`` (one BLPOP each)."""
+        return min(int(super().dequeue_timeout), self.scheduler_check_seconds)
+
+    @property
+    def should_run_maintenance_tasks(self) -> bool:
+        """RQ's every 10 minutes, and every ``scheduler_check_seconds`` while this worker
+        runs no scheduler (its scheduler died on a Redis error: a reset, a restart, a
+        failover; or another worker's held the lock, and that worker may be gone): RQ's
+        maintenance pass then takes the lock if it is free and starts a scheduler."""
+        scheduler = self.scheduler
+        if (
+            scheduler is not None
+            and self.last_cleaned_at is not None
+            and (scheduler._process is None or not scheduler._process.is_alive())
+            and now() - self.last_cleaned_at > timedelta(seconds=self.scheduler_check_seconds)
+        ):
+            return True
+        return bool(super().should_run_maintenance_tasks)
 
     def work(self, *args: Any, **kwargs: Any) -> bool:
         # Before the app is imported: RQ gave its loggers handlers of their own, and an

@@ -13,6 +13,8 @@ then switch faults at runtime, from any thread::
         proxy.drop_reply_once(b"EXEC")  # forward a request, swallow its reply, reset
         proxy.blackhole_once(b"RPUSH")  # that request (and its connection) vanish
         proxy.cut_once(b"PATCH /files/abc", 2 << 20)  # reset that request 2 MiB in
+        proxy.http_fault("PUT", rb"partNumber=", count=3)  # S3's 503 SlowDown, 3 times
+        proxy.http_fault("GET", rb"[.]tails/", share=0.5, action="reset")
         proxy.heal()               # back to passing everything (stalled bytes flow again)
 
 "up" is client -> target, "down" is target -> client. Every switch is applied by the
@@ -27,11 +29,14 @@ from __future__ import annotations
 import contextlib
 import errno
 import queue
+import random
+import re
 import selectors
 import socket
 import struct
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -42,6 +47,18 @@ LOOPBACK = "127.0.0.1"
 READ_SIZE = 256 * 1024
 MAX_BUFFER = 1024 * 1024  # stop reading a side while this much waits for the other
 UP, DOWN = "up", "down"
+# The start of an HTTP/1.1 request, as a client sends it at the start of a read.
+REQUEST_LINE = re.compile(rb"^(GET|PUT|POST|DELETE|HEAD) (\S+) HTTP/1\.[01]\r\n")
+# What an http_fault answers instead of forwarding: S3's own error documents.
+HTTP_ANSWERS = {
+    "slowdown": (503, "Slow Down", "SlowDown", "Please reduce your request rate."),
+    "internal": (
+        500,
+        "Internal Server Error",
+        "InternalError",
+        "We encountered an internal error. Please try again.",
+    ),
+}
 
 
 def _rst(sock: socket.socket) -> None:
@@ -71,6 +88,32 @@ class _Conn:
     closed: bool = False
     cut: _Cut | None = None  # cut_once: the cut this connection carries
     cut_at: int | None = None  # reset once carried_up (+ held) reaches this
+    http: _Answering | None = None  # http_fault: this request is answered by the proxy
+
+
+@dataclass(eq=False)
+class _HttpFault:
+    """One ``http_fault``: which requests (method, a pattern searched in the request
+    target), how many or what share of them, and what they get instead of the target."""
+
+    method: bytes
+    pattern: re.Pattern[bytes]
+    action: str  # "slowdown", "internal" (answered) or "reset" (connection cut)
+    count: int | None  # the next N matching requests; None: no limit
+    share: float
+    rng: random.Random
+
+
+@dataclass(eq=False)
+class _Answering:
+    """A request the proxy answers itself: its head as received so far, then the body
+    bytes still to swallow before the connection is closed."""
+
+    action: str
+    method: bytes
+    head: bytearray = field(default_factory=bytearray)
+    replied: bool = False
+    remaining: int = 0
 
 
 @dataclass(eq=False)
@@ -102,6 +145,7 @@ class FaultProxy:
         self._reply_trigger: bytes | None = None
         self._blackhole_trigger: bytes | None = None
         self._cuts: list[_Cut] = []  # cut_once: armed, no connection picked yet
+        self._http_faults: list[_HttpFault] = []
         # Counters (written by the loop thread; ints are safe to read from anywhere).
         self.accepted = 0
         self.refused = 0
@@ -111,6 +155,7 @@ class FaultProxy:
         self.held_up = 0  # received from clients, not (yet) forwarded
         self.held_down = 0
         self.triggered = threading.Event()  # drop_reply_once fired
+        self.http_faulted: Counter[str] = Counter()  # http_fault: requests hit, by action
         self._conns: set[_Conn] = set()
         self._sel = selectors.DefaultSelector()
         self._listener: socket.socket | None = None
@@ -183,6 +228,7 @@ class FaultProxy:
             self._rate.clear()
             self._cut_after = None
             self._cuts.clear()
+            self._http_faults.clear()
             self._reply_trigger = self._blackhole_trigger = None
             for conn in list(self._conns):
                 if conn.blackholed:
@@ -293,6 +339,41 @@ class FaultProxy:
 
         self._call(apply)
         return cut.done
+
+    def http_fault(
+        self,
+        method: str,
+        pattern: bytes = b"",
+        *,
+        count: int | None = None,
+        share: float = 1.0,
+        action: str = "slowdown",
+        seed: int | None = None,
+    ) -> None:
+        """HTTP-aware faults for an S3 client (one request at a time per connection, as
+        botocore sends them): a request whose method is ``method`` (``"*"``: any) and
+        whose target (path and query) matches the regex ``pattern`` is, for the next
+        ``count`` such requests (None: until ``heal()``), each with probability
+        ``share``, not forwarded: ``"slowdown"`` answers S3's ``503 SlowDown`` XML error,
+        ``"internal"`` its ``500 InternalError``, ``"reset"`` cuts the connection. An
+        answered request's body is read and dropped, then the connection is closed (the
+        answer says ``Connection: close``). ``http_faulted`` counts them by action.
+        Several may be armed at once; the first that matches decides."""
+        if action not in (*HTTP_ANSWERS, "reset"):
+            raise ValueError(f"unknown action {action!r}")
+        fault = _HttpFault(
+            method.upper().encode(),
+            re.compile(pattern),
+            action,
+            count,
+            share,
+            random.Random(seed),
+        )
+
+        def apply() -> None:
+            self._http_faults.append(fault)
+
+        self._call(apply)
 
     # ---------------------------------------------------------------- observing
 
@@ -466,12 +547,19 @@ class FaultProxy:
                 conn.client_eof = True
                 if conn.blackholed:
                     self._kill(conn)
+                elif conn.http is not None:
+                    self._finish_answer(conn)
                 return
             if self._blackhole_trigger is not None and self._blackhole_trigger in data:
                 self._blackhole_trigger = None
                 conn.blackholed = True
                 self.triggered.set()
             if conn.blackholed:
+                return
+            if conn.http is not None or (self._http_faults and self._http_pick(conn, data)):
+                self._answer(conn, data)
+                return
+            if conn.closed:  # http_fault: reset
                 return
             if self._reply_trigger is not None and self._reply_trigger in data:
                 self._reply_trigger = None
@@ -509,6 +597,79 @@ class FaultProxy:
             self.held_down += len(data)
         if conn.doomed and not conn.to_up and not conn.to_down:
             self._kill(conn)
+
+    def _http_pick(self, conn: _Conn, data: bytes) -> bool:
+        """http_fault: whether the request starting in ``data`` is to be answered here
+        (then ``conn.http`` is set); a "reset" resets the connection at once."""
+        found = REQUEST_LINE.match(data)
+        if found is None:
+            return False
+        method, target = found.groups()
+        for fault in self._http_faults:
+            if fault.method not in (b"*", method) or not fault.pattern.search(target):
+                continue
+            if fault.count is not None:
+                fault.count -= 1
+                if fault.count <= 0:
+                    self._http_faults.remove(fault)
+            if fault.rng.random() >= fault.share:
+                return False
+            self.http_faulted[fault.action] += 1
+            if fault.action == "reset":
+                self._kill(conn)
+                return False
+            conn.http = _Answering(fault.action, method)
+            return True
+        return False
+
+    def _answer(self, conn: _Conn, data: bytes) -> None:
+        """Read a request the proxy answers itself: its head, then its body (dropped);
+        the answer goes once the head is in, the close once the body is."""
+        answering = conn.http
+        assert answering is not None
+        if answering.replied:
+            answering.remaining -= len(data)
+        else:
+            answering.head += data
+            end = answering.head.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            head = bytes(answering.head[:end]).decode("latin-1").lower()
+            length = re.search(r"\r\ncontent-length:\s*(\d+)", head)
+            expect = "\r\nexpect: 100-continue" in head
+            # With Expect: 100-continue the client sends no body after a final answer.
+            body = 0 if expect or length is None else int(length.group(1))
+            answering.remaining = body - (len(answering.head) - end - 4)
+            answering.replied = True
+            answer = self._http_answer(answering)
+            conn.to_down += answer
+            self.held_down += len(answer)
+        self._finish_answer(conn)
+
+    def _http_answer(self, answering: _Answering) -> bytes:
+        status, reason, code, message = HTTP_ANSWERS[answering.action]
+        request_id = f"{random.getrandbits(64):016X}"
+        body = (
+            '<?xml version="1.0" encoding="UTF-8"?>\n'
+            f"<Error><Code>{code}</Code><Message>{message}</Message>"
+            f"<RequestId>{request_id}</RequestId><HostId>faultproxy</HostId></Error>"
+        ).encode()
+        if answering.method == b"HEAD":
+            body = b""
+        head = (
+            f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/xml\r\n"
+            f"Content-Length: {len(body)}\r\nx-amz-request-id: {request_id}\r\n"
+            "Connection: close\r\n\r\n"
+        ).encode()
+        return head + body
+
+    def _finish_answer(self, conn: _Conn) -> None:
+        """Close an answered connection once the answer is out and the body is in."""
+        answering = conn.http
+        if answering is None or not answering.replied or conn.closed:
+            return
+        if not conn.to_down and (answering.remaining <= 0 or conn.client_eof):
+            self._close(conn)
 
     def _pick_for_cut(self, conn: _Conn, data: bytes) -> None:
         """cut_once: the first armed cut whose pattern ``data`` holds picks ``conn``."""
@@ -550,6 +711,8 @@ class FaultProxy:
             conn.carried_down += sent
         if conn.doomed and not conn.to_up and not conn.to_down:
             self._kill(conn)
+        elif conn.http is not None and side == "client":
+            self._finish_answer(conn)
 
     def _finish_half_closes(self, conn: _Conn) -> None:
         if conn.client_eof and not conn.to_up and not conn.up_shut and conn.connected:

@@ -15,6 +15,21 @@ from botocore.exceptions import BotoCoreError, ClientError
 S3_ERRORS = (BotoCoreError, ClientError)
 
 
+# boto3's "standard" retry mode, chosen on purpose over "adaptive": adaptive's client-side
+# rate limiter is one token bucket per client, and one client serves every request thread
+# and part-upload thread of a process, so a SlowDown on one upload's key would block the
+# threads of every other upload (each holding its writer lease) until the bucket refills.
+# Standard mode backs off only the request that failed: 503 SlowDown, 500, 502, 504,
+# RequestTimeout and dropped connections are retried with jittered exponential back-off
+# (up to 1, 2, 4, 8 s for throttling; tens of ms for the rest) under a retry quota per
+# client that stops retries while S3 keeps failing. Five attempts in all (the old
+# ``max_attempts: 3`` meant three retries, four attempts: botocore counts retries there)
+# ride out a SlowDown burst of several seconds; a longer one ends the PATCH with 503
+# storage_unavailable + Retry-After, keeping what was committed; the completion job is
+# retried by RQ (rindle.jobqueue.RETRY_INTERVALS).
+S3_RETRIES: dict = {"mode": "standard", "total_max_attempts": 5}
+
+
 def make_s3_client(
     max_pool_connections: int = 32, path_style: bool = False, sign_payload: bool = True
 ) -> BaseClient:
@@ -36,7 +51,7 @@ def make_s3_client(
         max_pool_connections=max_pool_connections,
         connect_timeout=5,
         read_timeout=60,
-        retries={"mode": "standard", "max_attempts": 3},
+        retries=S3_RETRIES,
         s3={
             **({"addressing_style": "path"} if path_style else {}),
             "payload_signing_enabled": sign_payload,

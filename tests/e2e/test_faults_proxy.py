@@ -9,9 +9,11 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import redis
+import requests
 
 from tests.faultproxy import FaultProxy
 
@@ -187,3 +189,68 @@ def test_blackhole_once_swallows_the_request_and_its_connection(proxy: FaultProx
         with pytest.raises(ConnectionResetError):
             sock.recv(1)
     assert roundtrip(proxy, b"others pass") == b"others pass"
+
+
+@pytest.fixture
+def http_target() -> Iterator[tuple[str, int]]:
+    """A keep-alive HTTP/1.1 server: GET answers "ok", PUT the length of its body."""
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def answer(self, body: bytes) -> None:
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_GET(self) -> None:
+            self.answer(b"ok")
+
+        def do_PUT(self) -> None:
+            length = int(self.headers["Content-Length"])
+            self.answer(str(len(self.rfile.read(length))).encode())
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server.server_address[:2]
+    server.shutdown()
+    server.server_close()
+
+
+def test_http_faults_answer_s3_errors_for_the_chosen_requests(http_target: tuple[str, int]):
+    """``http_fault``: the next N requests of a method whose target matches get S3's
+    503 SlowDown (a PUT's body is read first), then requests pass again; "internal"
+    answers 500 InternalError until healed; "reset" cuts the connection; a share of 0
+    lets everything through. Requests that do not match are never touched."""
+    with FaultProxy(http_target, name="http") as proxy, requests.Session() as session:
+        base = f"http://{proxy.address}"
+        assert session.get(f"{base}/a").status_code == 200
+        proxy.http_fault("PUT", rb"partNumber=", count=2)
+        body = b"x" * (3 * MIB)
+        for _ in range(2):
+            r = session.put(f"{base}/key?uploadId=u&partNumber=1", data=body, timeout=10)
+            assert r.status_code == 503
+            assert b"<Code>SlowDown</Code>" in r.content
+        r = session.put(f"{base}/key?uploadId=u&partNumber=1", data=body, timeout=10)
+        assert (r.status_code, r.text) == (200, str(len(body)))
+        assert session.get(f"{base}/key?partNumber=1", timeout=10).status_code == 200
+
+        proxy.http_fault("GET", rb"^/c", action="internal")
+        for _ in range(2):
+            r = session.get(f"{base}/c", timeout=10)
+            assert (r.status_code, b"<Code>InternalError</Code>" in r.content) == (500, True)
+        assert session.get(f"{base}/d", timeout=10).status_code == 200
+        proxy.heal()
+        assert session.get(f"{base}/c", timeout=10).status_code == 200
+
+        proxy.http_fault("*", b"", action="reset", count=1)
+        with pytest.raises(requests.ConnectionError):
+            session.get(f"{base}/e", timeout=10)
+        proxy.http_fault("GET", b"", share=0.0, count=3)
+        assert [session.get(f"{base}/f", timeout=10).status_code for _ in range(3)] == [200] * 3
+        assert proxy.http_faulted == {"slowdown": 2, "internal": 2, "reset": 1}

@@ -167,7 +167,7 @@ def shared_nodes(
     make_stack: Callable[..., Stack], s3_server: SeaweedS3, s3_proxy: FaultProxy
 ) -> list[Stack]:
     """Two shared-tail nodes with the default writer lease (60 s): a fetch slowed down by
-    back-off is not also a lease expiry (see the xfail test below)."""
+    back-off is not also a lease expiry (see the lease test below)."""
     return two_shared_nodes(make_stack, s3_server, s3_proxy)
 
 
@@ -228,12 +228,6 @@ def test_slowdown_beyond_the_retries_on_shared_tails_answers_503_and_resumes_exa
     assert_exact(a, url, hashlib.sha256(data).hexdigest(), len(data))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="core (rindle/writer.py): the writer lease is not renewed while a resume "
-    "fetches the shared tail, so a fetch slower than RINDLE_LEASE_SECONDS (S3 back-off "
-    "after SlowDown, a slow link) ends in 409 'writer lease lost'",
-)
 def test_a_shared_tail_fetch_slower_than_the_lease_still_commits(
     make_stack: Callable[..., Stack], s3_server: SeaweedS3, s3_proxy: FaultProxy
 ):

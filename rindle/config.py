@@ -136,6 +136,16 @@ def _sentinels(env: Mapping[str, str]) -> tuple[str, tuple[tuple[str, int], ...]
     return master, tuple(addresses)
 
 
+def _wait_replicas(env: Mapping[str, str]) -> int | None:
+    """RINDLE_REDIS_WAIT_REPLICAS: "auto" (None) or how many replicas (0: none)."""
+    if (env.get("RINDLE_REDIS_WAIT_REPLICAS") or "auto") == "auto":
+        return None
+    value = _int(env, "RINDLE_REDIS_WAIT_REPLICAS", 0)
+    if value > 16:
+        raise ConfigError(f"RINDLE_REDIS_WAIT_REPLICAS must be auto or 0 to 16, got {value}")
+    return value
+
+
 # gunicorn threads per web process (the Procfile's default for $RINDLE_THREADS): a PATCH
 # from a slow client holds one for its whole length, so they must outnumber them.
 DEFAULT_THREADS = 256
@@ -184,7 +194,7 @@ class Settings:
     redis_sentinels: tuple[tuple[str, int], ...]  # Sentinel addresses (empty: none)
     redis_sentinel_master: str  # the primary's name at the sentinels
     # Replicas that must hold a commit before the answer that depends on it (Redis WAIT)
-    redis_wait_replicas: int
+    redis_wait_replicas: int | None  # None: "auto", one if Redis has a replica
     demo: bool  # RINDLE_DEMO=1: the example app.py serves its upload page at /
     metrics: bool  # RINDLE_METRICS=1: Prometheus metrics at /metrics
     metrics_dir: str  # PROMETHEUS_MULTIPROC_DIR: prometheus_client's multiprocess mode
@@ -250,7 +260,7 @@ class Settings:
             redis_ssl_ca_certs=_ca_certs(env),
             redis_sentinels=sentinels,
             redis_sentinel_master=master,
-            redis_wait_replicas=_int(env, "RINDLE_REDIS_WAIT_REPLICAS", 0),
+            redis_wait_replicas=_wait_replicas(env),
             demo=_choice(env, "RINDLE_DEMO", ("0", "1")) == "1",
             metrics=_choice(env, "RINDLE_METRICS", ("0", "1")) == "1",
             metrics_dir=metrics_dir(env),

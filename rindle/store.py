@@ -32,6 +32,8 @@ log = logging.getLogger("rindle")
 TOMBSTONE_SECONDS = 7 * 24 * 3600
 # An upload still assembling after this long gets its completion job enqueued again.
 ASSEMBLY_CHECK_SECONDS = 600
+# How often a process asks Redis how many replicas it has (RINDLE_REDIS_WAIT_REPLICAS=auto).
+REPLICAS_CHECK_SECONDS = 60
 
 Part = tuple[int, str, int]  # (number, etag, size)
 # A commit that leaves no buffered bytes (or none copied to S3) records no shared tail.
@@ -44,6 +46,7 @@ class UploadStore:
         self.redis = client
         self.expiration = expiration
         self.lease_ms = lease_seconds * 1000
+        self._replicas = (0, -REPLICAS_CHECK_SECONDS)  # (count, when: monotonic)
 
     def _key_ttl(self) -> int:
         # Live keys outlast the upload's expiry so the sweep can still find and end it.
@@ -254,6 +257,20 @@ class UploadStore:
             self.index_expiry(upload_id, expires_at)
         except redis.RedisError as exc:
             log.warning("upload %s: expiry index not updated (%s)", upload_id, exc)
+
+    def connected_replicas(self) -> int:
+        """Replicas connected to this Redis (INFO replication), asked once a minute; 0
+        when Redis does not say (a managed Redis may refuse INFO)."""
+        count, asked_at = self._replicas
+        now = time.monotonic()
+        if now - asked_at >= REPLICAS_CHECK_SECONDS:
+            try:
+                count = int(self.redis.info("replication").get("connected_slaves", 0))
+            except redis.RedisError as exc:
+                log.warning("Redis does not say how many replicas it has (%s)", exc)
+                count = 0
+            self._replicas = (count, now)
+        return count
 
     def wait_for_replicas(self, upload_id: str, replicas: int, timeout_ms: int) -> int:
         """Wait (at most ``timeout_ms``) until ``replicas`` replicas hold this process's

@@ -489,8 +489,12 @@ class _Patch:
         """With RINDLE_REDIS_WAIT_REPLICAS, the offset the answer reports must survive a
         failover: wait (bounded) until that many replicas hold this PATCH's commits.
         Whether they do (False without replicas to wait for)."""
+        if not self.moved:
+            return False
         wanted = self.writer.settings.redis_wait_replicas
-        if not wanted or not self.moved:
+        if wanted is None:  # auto: one, when Redis has a replica (a promotion can happen)
+            wanted = min(1, self.call(self.writer.store.connected_replicas, "replicas"))
+        if not wanted:
             return False
         try:
             acked = self.writer.store.wait_for_replicas(self.upload.id, wanted, REPLICA_WAIT_MS)

@@ -150,14 +150,15 @@ def test_a_patch_during_a_failover_waits_through_readonly(failover: Uploads, pai
     failover.assert_stored(url, data)
 
 
+@pytest.mark.parametrize("wait", ["1", "auto"])
 def test_with_wait_replicas_an_acknowledged_offset_survives_a_failover(
-    pair: Pair, s3_server: SeaweedS3, tmp_path: Path, request: pytest.FixtureRequest
+    pair: Pair, s3_server: SeaweedS3, tmp_path: Path, request: pytest.FixtureRequest, wait: str
 ):
-    """RINDLE_REDIS_WAIT_REPLICAS=1 and a replica slow to follow (its link throttled): the
-    204 comes once the replica holds the commit, so a failover right after it keeps the
-    offset the client was told."""
+    """RINDLE_REDIS_WAIT_REPLICAS=1 (or auto, the default, with a replica connected) and a
+    replica slow to follow (its link throttled): the 204 comes once the replica holds the
+    commit, so a failover right after it keeps the offset the client was told."""
     pair.follow()
-    with own_stack(pair.primary, s3_server, tmp_path, RINDLE_REDIS_WAIT_REPLICAS=1) as stack:
+    with own_stack(pair.primary, s3_server, tmp_path, RINDLE_REDIS_WAIT_REPLICAS=wait) as stack:
         request.node.stash[_STACKS] = [stack]
         uploads = Uploads(stack)
         data = payload(2 * P, seed=803)

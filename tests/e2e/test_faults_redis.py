@@ -176,9 +176,8 @@ def test_an_unanswered_part_commit_costs_a_retry_not_a_byte(
     uploads: Uploads, redis_proxy: FaultProxy
 ):
     """Redis runs the transaction that commits a part, but its answer is lost (the
-    connection drops first): the writer cannot tell and stops (409 at worst). Redis has
-    the part; the bytes the writer kept in its tail are cut off by the next request;
-    the upload ends exact."""
+    connection drops first): the writer tries again, finds Redis already there, and goes
+    on; the upload ends exact."""
     stack = uploads.stack
     data = payload(2 * P + 5, seed=503)
     url = create(stack, len(data))
@@ -186,10 +185,31 @@ def test_an_unanswered_part_commit_costs_a_retry_not_a_byte(
     redis_proxy.drop_reply_once(b"HINCRBY")  # only a part commit adds to "committed"
     r = requests.patch(url, data=data, headers={**PATCH, "Upload-Offset": "0"}, timeout=60)
     assert redis_proxy.triggered.is_set()
-    assert r.status_code in (204, 409), r.text
+    assert r.status_code == 204, r.text  # the retry found the part committed
     after = assert_consistent(stack, upload_id, data)
     assert after["committed"] >= P
     tus_resume(url, data)
+    uploads.assert_stored(url, data)
+
+
+def test_a_lost_expiry_index_update_after_a_commit_destroys_no_byte(
+    uploads: Uploads, redis_proxy: FaultProxy
+):
+    """The commit of a PATCH's tail went through, then the expiry index update after it
+    met a dropped connection: bookkeeping after a commit is best effort, so the tail keeps
+    the bytes Redis acknowledges (before: it was cut back, and every resume answered
+    500 tus_tail_missing until the upload expired)."""
+    stack = uploads.stack
+    data = payload(P + 3 * MIB, seed=506)
+    url = create(stack, len(data))
+    upload_id = uploads.track(url)
+    redis_proxy.drop_reply_once(b"ZADD")
+    r = requests.patch(url, data=data[: 3 * MIB], headers={**PATCH, "Upload-Offset": "0"})
+    assert redis_proxy.triggered.is_set()
+    assert r.status_code == 204, r.text
+    assert record(stack, upload_id)["offset"] == str(3 * MIB)
+    assert tail_size(stack, upload_id) == 3 * MIB
+    assert tus_resume(url, data) == [204]
     uploads.assert_stored(url, data)
 
 
@@ -216,13 +236,10 @@ def test_an_unanswered_final_commit_still_completes_the_upload(
     uploads.assert_stored(url, data)
 
 
-def test_an_unanswered_lease_claim_locks_the_upload_until_the_lease_expires(
-    uploads: Uploads, redis_proxy: FaultProxy
-):
+def test_an_unanswered_lease_claim_is_found_on_the_retry(uploads: Uploads, redis_proxy: FaultProxy):
     """Redis takes a PATCH's writer lease (SET NX PX) but the answer is lost: the PATCH
-    answers 503, and the lease it never knew it got stays until it expires, so for up to
-    RINDLE_LEASE_SECONDS (5 s here, 60 s by default) HEAD and PATCH answer 423. Then the
-    upload goes on, exact."""
+    tries again, finds the lease is its own, and goes on (before: 503, and the lease it
+    never knew it got locked the upload, 423, until it expired). Nothing is left held."""
     stack = uploads.stack
     data = payload(MIB, seed=505)
     url = create(stack, len(data))
@@ -230,13 +247,8 @@ def test_an_unanswered_lease_claim_locks_the_upload_until_the_lease_expires(
     redis_proxy.drop_reply_once(b"\r\nNX\r\n$2\r\nPX\r\n")  # SET <lease> <token> NX PX <ms>
     r = requests.patch(url, data=data, headers={**PATCH, "Upload-Offset": "0"}, timeout=60)
     assert redis_proxy.triggered.is_set()
-    assert_redis_unavailable(r.status_code, lower(r.headers), r.content)
-    ghost = stack.redis.pttl(f"{ukey(upload_id)}:writer")
-    assert 0 < ghost <= LEASE_SECONDS * 1000, "a lease nobody holds, until it expires"
-    started = time.monotonic()
-    seen = tus_resume(url, data)
-    assert time.monotonic() - started < LEASE_SECONDS + 5
-    assert seen[-1] == 204, seen
+    assert r.status_code == 204, r.text
+    assert not stack.redis.exists(f"{ukey(upload_id)}:writer"), "released"
     uploads.assert_stored(url, data)
 
 

@@ -153,19 +153,22 @@ class Lease:
         """Renew many (upload id, token) leases in one round trip. For each: whether a
         release was asked for, or the error (Fenced: lost, or the upload ended; a Redis
         error of that lease). A failed round trip raises its RedisError."""
+        replies = self._run_renewals(leases)
+        if any(isinstance(reply, redis.exceptions.NoScriptError) for reply in replies):
+            self.redis.script_load(RENEW_SCRIPT)  # a restarted or promoted Redis forgot it
+            replies = self._run_renewals(leases)
+        return [
+            _renewal(upload_id, reply)
+            for (upload_id, _), reply in zip(leases, replies, strict=True)
+        ]
+
+    def _run_renewals(self, leases: list[tuple[str, str]]) -> list[object]:
         with self.redis.pipeline(transaction=False) as pipe:
             for upload_id, token in leases:
                 keys = (writer_key(upload_id), upload_key(upload_id), release_key(upload_id))
                 args = (token, self.store.lease_ms, *WRITABLE, RELEASE_NOW)
                 pipe.evalsha(self._renew.sha, len(keys), *keys, *args)
-            replies = pipe.execute(raise_on_error=False)
-        if any(isinstance(reply, redis.exceptions.NoScriptError) for reply in replies):
-            self.redis.script_load(RENEW_SCRIPT)  # a restarted or promoted Redis forgot it
-            return self.renew_all(leases)
-        return [
-            _renewal(upload_id, reply)
-            for (upload_id, _), reply in zip(leases, replies, strict=True)
-        ]
+            return list(pipe.execute(raise_on_error=False))
 
     def release(self, upload_id: str, token: str) -> None:
         """Drop the lease if it is still ours (a lost lease is someone else's now)."""

@@ -14,6 +14,7 @@ import contextlib
 import hashlib
 import io
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -25,7 +26,7 @@ import pytest
 import requests
 from tusclient import client as tus
 
-from devstack.services import RedisServer, SeaweedS3
+from devstack.services import REPO_ROOT, RedisServer, SeaweedS3
 from rindle import tail_path
 from tests.conftest import _STACKS, PART_SIZE, Stack
 from tests.e2e.conftest import (  # own_stack: imported from here by test_faults_*.py
@@ -306,6 +307,21 @@ def tuspy_resume(url: str, data: bytes, chunk: int, stack: Stack) -> None:
     )
     with_deadline(uploader.upload, 120, "the tuspy resume")
     assert uploader.offset == len(data)
+
+
+def rindle_cli(stack: Stack, *args: str) -> str:
+    """Run ``flask rindle <args>`` with the stack's settings (as the clock's jobs or an
+    operator would); it must succeed. Returns what it printed."""
+    done = subprocess.run(
+        ["flask", "rindle", *args],
+        cwd=REPO_ROOT,
+        env={**stack.env, "FLASK_APP": "app"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
 
 
 def target_of(url: str) -> tuple[str, int]:

@@ -6,7 +6,6 @@ with Retry-After; nothing is half-written; once Redis is back the uploads end ex
 from __future__ import annotations
 
 import json
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -14,7 +13,7 @@ from collections.abc import Iterator
 import pytest
 import requests
 
-from devstack.services import REPO_ROOT, RedisServer, SeaweedS3
+from devstack.services import RedisServer, SeaweedS3
 from rindle.jobqueue import completion_job_id
 from rindle.keys import EXPIRY_INDEX
 from tests.conftest import _STACKS, Stack
@@ -30,6 +29,7 @@ from tests.e2e.test_faults import (
     own_stack,
     record,
     redis_parts,
+    rindle_cli,
     tail_size,
     target_of,
     tus_resume,
@@ -282,15 +282,7 @@ def test_a_crash_between_the_final_commit_and_the_completion_job_still_completes
         assert head_offset(url) == len(data)
     else:
         stack.redis.zadd(EXPIRY_INDEX, {upload_id: time.time() - 1})  # the check is due
-    sweep = subprocess.run(
-        ["flask", "rindle", "sweep"],
-        cwd=REPO_ROOT,
-        env={**stack.env, "FLASK_APP": "app"},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert sweep.returncode == 0, sweep.stderr
+    said = rindle_cli(stack, "sweep")
     try:
         uploads.wait_completed(upload_id, timeout=20)
     except pytest.fail.Exception:
@@ -298,7 +290,7 @@ def test_a_crash_between_the_final_commit_and_the_completion_job_still_completes
         pytest.fail(
             f"the upload stays {rec['state']!r} with no completion job, until its expiry "
             f"({rec['expires_at']}, {float(rec['expires_at']) - time.time():.0f} s from now); "
-            f"sweep said: {sweep.stdout.strip()}",
+            f"sweep said: {said.strip()}",
             pytrace=False,
         )
     assert head_offset(url) == len(data)  # 423 while the dead writer's lease lives on

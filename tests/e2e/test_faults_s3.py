@@ -6,13 +6,11 @@ a part S3 does not hold; once S3 is back the upload resumes and ends exact."""
 from __future__ import annotations
 
 import json
-import subprocess
 import time
 
 import pytest
 import requests
 
-from devstack.services import REPO_ROOT
 from tests.e2e import test_faults as faults
 from tests.e2e.conftest import MIB, TUS, Uploads, payload
 from tests.e2e.test_faults import (
@@ -23,6 +21,7 @@ from tests.e2e.test_faults import (
     assert_consistent,
     create,
     record,
+    rindle_cli,
     s3_parts,
     tus_resume,
 )
@@ -168,15 +167,7 @@ def test_lost_answers_from_s3_cost_a_retry_not_a_byte(crashed: Uploads, s3_proxy
 
     orphans = stack.s3.list_multipart_uploads(Bucket=stack.bucket, Prefix=key).get("Uploads", [])
     assert [u["UploadId"] for u in orphans] == [orphan], "completion closed the one it used"
-    sweep = subprocess.run(
-        ["flask", "rindle", "abort-orphans", "--grace", "0"],
-        cwd=REPO_ROOT,
-        env={**stack.env, "FLASK_APP": "app"},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert sweep.returncode == 0, sweep.stderr
+    rindle_cli(stack, "abort-orphans", "--grace", "0")
     crashed.assert_stored(url, data)
 
 

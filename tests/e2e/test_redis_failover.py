@@ -8,7 +8,6 @@ then lacks the writes the replica never got."""
 
 from __future__ import annotations
 
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -18,10 +17,10 @@ import pytest
 import redis
 import requests
 
-from devstack.services import REPO_ROOT, RedisServer, SeaweedS3
+from devstack.services import RedisServer, SeaweedS3
 from tests.conftest import _STACKS, Stack
 from tests.e2e.conftest import MIB, Uploads, own_stack, payload, poll, upload_id_of
-from tests.e2e.test_faults import PATCH, P, create, head_offset, tus_resume
+from tests.e2e.test_faults import PATCH, P, create, head_offset, rindle_cli, tus_resume
 from tests.faultproxy import FaultProxy
 
 pytestmark = pytest.mark.e2e
@@ -125,15 +124,7 @@ def test_a_failover_that_lost_the_last_patch_resumes_exact(failover: Uploads, pa
     failover.wait_completed(upload_id_of(url))
     # The multipart upload the lost PATCH created is one no record names: the orphan
     # sweep (the clock's) aborts it, and nothing else is left.
-    sweep = subprocess.run(
-        ["flask", "rindle", "abort-orphans", "--grace", "0"],
-        cwd=REPO_ROOT,
-        env={**stack.env, "FLASK_APP": "app"},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert sweep.returncode == 0, sweep.stderr
+    rindle_cli(stack, "abort-orphans", "--grace", "0")
     failover.assert_stored(url, data)
 
 

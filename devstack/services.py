@@ -283,8 +283,9 @@ class RedisServer(Service):
 
     With ``tls`` (certificate, key and CA files: ``TlsFiles``) it listens with TLS only,
     as a managed Redis does (no plain port, clients not asked for a certificate);
-    ``password`` sets ``requirepass``. ``sentinel_for`` makes it a Sentinel (``redis-server
-    --sentinel``) that monitors that server as ``master_name``.
+    ``password`` sets ``requirepass``; ``maxclients`` caps its connections, as a managed
+    Redis's plan does (``0``: redis-server's default). ``sentinel_for`` makes it a
+    Sentinel (``redis-server --sentinel``) that monitors that server as ``master_name``.
 
     >>> with RedisServer() as r:
     ...     client = redis.Redis.from_url(r.url)
@@ -296,6 +297,7 @@ class RedisServer(Service):
         log_path: str | os.PathLike[str] | None = None,
         tls: TlsFiles | None = None,
         password: str = "",
+        maxclients: int = 0,
         sentinel_for: RedisServer | None = None,
         master_name: str = "mymaster",
     ) -> None:
@@ -303,6 +305,7 @@ class RedisServer(Service):
         self.host = LOOPBACK
         self.tls = tls
         self.password = password
+        self.maxclients = maxclients
         self.sentinel_for = sentinel_for
         self.master_name = master_name
         self._log_path = log_path
@@ -332,6 +335,8 @@ class RedisServer(Service):
             conf.write_text("\n".join(lines) + "\n")
             return [binary, str(conf), "--sentinel", *listen, *common]
         extra = ["--requirepass", self.password] if self.password else []
+        if self.maxclients:
+            extra += ["--maxclients", str(self.maxclients)]
         return [binary, *listen, *common, "--save", "", "--appendonly", "no", *extra]
 
     def start(self, timeout: float = 20.0) -> Self:

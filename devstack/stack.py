@@ -83,6 +83,8 @@ class Stack(Service):
     go after gunicorn's usual arguments, and gunicorn takes the last of a repeated option
     (a benchmark's ``--threads 32``). ``procfile=True`` runs the Procfile's own lines
     instead (through ``sh``, with ``PORT``; the web process then binds 0.0.0.0).
+    ``worker=False`` starts no worker: a web node of a formation whose worker (and
+    clock) run in another ``Stack``.
     """
 
     def __init__(
@@ -95,6 +97,7 @@ class Stack(Service):
         worker_env: Mapping[str, str] | None = None,
         web_args: Sequence[str] = (),
         procfile: bool = False,
+        worker: bool = True,
     ) -> None:
         self.env = dict(env)
         self.procfile = procfile
@@ -108,6 +111,7 @@ class Stack(Service):
         self.bucket = self.env.get("RINDLE_S3_BUCKET", "")
         self.prefix = self.env.get("RINDLE_S3_PREFIX", "uploads/")
         self.with_clock = clock
+        self.with_worker = worker
         self.web: ManagedProcess | None = None
         self.worker: ManagedProcess | None = None
         self.clock: ManagedProcess | None = None
@@ -121,11 +125,13 @@ class Stack(Service):
         registered in Redis (a test's first job is then picked up at once)."""
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
         self._start_web()
-        self._start_worker()
+        if self.with_worker:
+            self._start_worker()
         if self.with_clock:
             self._start_clock()
         self._wait_web(timeout)
-        self._wait_worker(timeout)
+        if self.with_worker:
+            self._wait_worker(timeout)
         if self.with_clock:
             self._wait_background(timeout)
         return self

@@ -5,7 +5,6 @@ Procfile's own lines, and only REDIS_URL and rindle's settings say how to connec
 from __future__ import annotations
 
 import collections
-import secrets
 import subprocess
 import sys
 import threading
@@ -19,11 +18,11 @@ import redis
 import requests
 from tusclient import client as tus
 
-from devstack import RedisServer, SeaweedS3, ServiceUnavailable
+from devstack import RedisServer, SeaweedS3
 from devstack.services import REPO_ROOT, TlsFiles, procfile_command
 from rindle import redis_client
-from tests.conftest import _STACKS, PART_SIZE, S3_PREFIX, Stack, stack_env, tool_missing
-from tests.e2e.conftest import TUS, Uploads, payload, with_deadline
+from tests.conftest import _STACKS, PART_SIZE, S3_PREFIX, Stack, stack_env
+from tests.e2e.conftest import TUS, Uploads, payload, tls_redis_server, with_deadline
 
 MIB = 1024 * 1024
 WEB_BUDGET = redis_client.ROLES["web"][0]
@@ -37,14 +36,8 @@ def tls(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
 @pytest.fixture(scope="module")
 def tls_redis(tls: TlsFiles, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
     """redis-server with TLS only (--port 0 --tls-port ...) and requirepass."""
-    root = tmp_path_factory.mktemp("tls-redis")
-    server = RedisServer(log_path=root / "redis.log", tls=tls, password=secrets.token_hex(12))
-    try:
-        server.start()
-    except ServiceUnavailable as exc:
-        tool_missing(str(exc))
-    yield server
-    server.stop()
+    with tls_redis_server(tmp_path_factory.mktemp("tls-redis"), tls) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")

@@ -136,13 +136,11 @@ def _sentinels(env: Mapping[str, str]) -> tuple[str, tuple[tuple[str, int], ...]
     return master, tuple(addresses)
 
 
-def _wait_replicas(env: Mapping[str, str]) -> int | None:
-    """RINDLE_REDIS_WAIT_REPLICAS: "auto" (None) or how many replicas (0: none)."""
-    if (env.get("RINDLE_REDIS_WAIT_REPLICAS") or "auto") == "auto":
-        return None
-    value = _int(env, "RINDLE_REDIS_WAIT_REPLICAS", 0)
+def _wait_replicas(env: Mapping[str, str]) -> int:
+    """RINDLE_REDIS_WAIT_REPLICAS: 0 to 16 (0: never wait)."""
+    value = _int(env, "RINDLE_REDIS_WAIT_REPLICAS", 1)
     if value > 16:
-        raise ConfigError(f"RINDLE_REDIS_WAIT_REPLICAS must be auto or 0 to 16, got {value}")
+        raise ConfigError(f"RINDLE_REDIS_WAIT_REPLICAS must be 0 to 16, got {value}")
     return value
 
 
@@ -194,7 +192,8 @@ class Settings:
     redis_sentinels: tuple[tuple[str, int], ...]  # Sentinel addresses (empty: none)
     redis_sentinel_master: str  # the primary's name at the sentinels
     # Replicas that must hold a commit before the answer that depends on it (Redis WAIT)
-    redis_wait_replicas: int | None  # None: "auto", one if Redis has a replica
+    # Replicas (of those connected) that must hold a change before it is acknowledged
+    redis_wait_replicas: int
     demo: bool  # RINDLE_DEMO=1: the example app.py serves its upload page at /
     metrics: bool  # RINDLE_METRICS=1: Prometheus metrics at /metrics
     metrics_dir: str  # PROMETHEUS_MULTIPROC_DIR: prometheus_client's multiprocess mode

@@ -77,7 +77,10 @@ class Rindle:
 
     @cached_property
     def uploads(self) -> UploadStore:
-        return UploadStore(self.redis, self.settings.expiration, self.settings.lease_seconds)
+        settings = self.settings
+        return UploadStore(
+            self.redis, settings.expiration, settings.lease_seconds, settings.redis_wait_replicas
+        )
 
     @cached_property
     def lease(self) -> Lease:

@@ -117,6 +117,22 @@ class OutcomeUnknown(RindleError):
         return f"upload {self.upload_id}: outcome of the {self.what} unknown"
 
 
+class NotReplicated(RindleError):
+    """The change is in Redis, but its replicas did not confirm it in time
+    (RINDLE_REDIS_WAIT_REPLICAS): a failover now could lose it, so it is not acknowledged
+    yet. The client asks again (HEAD) once they caught up."""
+
+    code = "redis_unavailable"
+
+    def __init__(self, upload_id: str) -> None:
+        super().__init__(
+            "the bookkeeping store's replicas did not confirm the upload's offset in time; "
+            "retry, HEAD tells the offset",
+            {"Retry-After": "1"},
+        )
+        self.upload_id = upload_id
+
+
 class ChecksumMismatch(RindleError):
     """The PATCH body does not match its Upload-Checksum: nothing of it was kept."""
 

@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 import redis
 from redis.client import Pipeline
 
-from rindle.errors import Fenced
+from rindle.errors import Fenced, NotReplicated
 from rindle.keys import (
     EXPIRY_INDEX,
     UPLOAD_KEY_PATTERN,
@@ -34,6 +34,9 @@ TOMBSTONE_SECONDS = 7 * 24 * 3600
 ASSEMBLY_CHECK_SECONDS = 600
 # How often a process asks Redis how many replicas it has (RINDLE_REDIS_WAIT_REPLICAS=auto).
 REPLICAS_CHECK_SECONDS = 60
+# How long an answer waits for replicas to hold the change it reports: a replica a second
+# behind is a lagging one, and the client is waiting.
+REPLICA_WAIT_MS = 1000
 
 Part = tuple[int, str, int]  # (number, etag, size)
 # A commit that leaves no buffered bytes (or none copied to S3) records no shared tail.
@@ -41,11 +44,19 @@ NO_SHARED_TAIL = {"tail_key": "", "tail_etag": ""}
 
 
 class UploadStore:
-    def __init__(self, client: redis.Redis, expiration: int, lease_seconds: int) -> None:
-        """``client`` must decode responses to str."""
+    def __init__(
+        self,
+        client: redis.Redis,
+        expiration: int,
+        lease_seconds: int,
+        wait_replicas: int = 0,
+    ) -> None:
+        """``client`` must decode responses to str. ``wait_replicas``: how many of the
+        connected replicas must hold a change before it is acknowledged."""
         self.redis = client
         self.expiration = expiration
         self.lease_ms = lease_seconds * 1000
+        self.wait_replicas = wait_replicas
         self._replicas = (0, -REPLICAS_CHECK_SECONDS)  # (count, when: monotonic)
 
     def _key_ttl(self) -> int:
@@ -259,8 +270,9 @@ class UploadStore:
             log.warning("upload %s: expiry index not updated (%s)", upload_id, exc)
 
     def connected_replicas(self) -> int:
-        """Replicas connected to this Redis (INFO replication), asked once a minute; 0
-        when Redis does not say (a managed Redis may refuse INFO)."""
+        """Replicas connected to this Redis (INFO replication), asked once a minute (and
+        again when one did not answer in time); 0 when Redis does not say (a managed
+        Redis may refuse INFO)."""
         count, asked_at = self._replicas
         now = time.monotonic()
         if now - asked_at >= REPLICAS_CHECK_SECONDS:
@@ -271,6 +283,37 @@ class UploadStore:
                 count = 0
             self._replicas = (count, now)
         return count
+
+    def replicated(self, upload_id: str) -> bool | None:
+        """Wait (at most REPLICA_WAIT_MS) until the replicas RINDLE_REDIS_WAIT_REPLICAS
+        asks for hold every change made so far: True when they do, False when they did
+        not in time, None when there are none to wait for."""
+        wanted = self._replicas_wanted()
+        if not wanted:
+            return None
+        if self.wait_for_replicas(upload_id, wanted, REPLICA_WAIT_MS) >= wanted:
+            return True
+        self._replicas = (0, -REPLICAS_CHECK_SECONDS)  # a replica gone is none to wait for
+        if not self._replicas_wanted():
+            return None
+        return False
+
+    def confirm_replicated(self, upload_id: str) -> bool | None:
+        """``replicated``, NotReplicated (503) when the replicas did not confirm in time."""
+        done = self.replicated(upload_id)
+        if done is False:
+            log.warning(
+                "upload %s: Redis replicas did not confirm it within %d ms: not acknowledged",
+                upload_id,
+                REPLICA_WAIT_MS,
+            )
+            raise NotReplicated(upload_id)
+        return done
+
+    def _replicas_wanted(self) -> int:
+        if not self.wait_replicas:
+            return 0
+        return min(self.wait_replicas, self.connected_replicas())
 
     def wait_for_replicas(self, upload_id: str, replicas: int, timeout_ms: int) -> int:
         """Wait (at most ``timeout_ms``) until ``replicas`` replicas hold this process's

@@ -33,6 +33,7 @@ from rindle.errors import (
     BodyEnded,
     ChecksumMismatch,
     Fenced,
+    NotReplicated,
     OutcomeUnknown,
     TailMissing,
     TusError,
@@ -48,9 +49,6 @@ from rindle.upload import WRITABLE, State, Upload
 log = logging.getLogger("rindle")
 T = TypeVar("T")
 
-# How long the answer of a PATCH waits for replicas to hold its commit (RINDLE_REDIS_WAIT_
-# REPLICAS): a replica a second behind is a lagging one, and the client is waiting.
-REPLICA_WAIT_MS = 1000
 # Part uploads one process runs at once, for all its PATCHes (RINDLE_PARTS_IN_FLIGHT each).
 PART_UPLOAD_THREADS = 64
 Reader = Callable[[int], bytes]  # read(n): up to n bytes, b"" at the end; BodyEnded
@@ -132,7 +130,6 @@ class Writer:
                         held.attach(active)
                         patch = _Patch(self, upload, held, tail, declared)
                         overflow = patch.run(read, append.checksum)
-                        patch.drop_superseded(safe=patch.wait_for_replicas())
                 except MultipartGone:
                     self._fail_lost_multipart(upload)
                     raise TusError(
@@ -140,6 +137,8 @@ class Writer:
                     ) from None
                 finally:
                     tail.close()
+                replicated = patch.replicated()
+                patch.drop_superseded(safe=bool(replicated))
                 after = patch.call(lambda: self.store.get(upload_id), "upload record")
             assert after is not None
             if after.offset != upload.offset:
@@ -147,6 +146,8 @@ class Writer:
             if after.state == State.ASSEMBLING:  # (``upload`` was writable: this write did it,
                 # also when it declared a deferred length at the offset already reached)
                 self.notify(hooks.upload_received, after)
+            if replicated is False:  # the offset must not be reported before it is safe
+                raise NotReplicated(upload_id)
             return WriteResult(after, overflow, patch.ended_early)
         finally:
             self.lease.let_go(upload_id, token)
@@ -485,32 +486,21 @@ class _Patch:
         assert lost is not None
         return lost
 
-    def wait_for_replicas(self) -> bool:
+    def replicated(self) -> bool | None:
         """With RINDLE_REDIS_WAIT_REPLICAS, the offset the answer reports must survive a
-        failover: wait (bounded) until that many replicas hold this PATCH's commits.
-        Whether they do (False without replicas to wait for)."""
+        failover: wait (bounded) until the replicas hold this PATCH's commits. True when
+        they do, False when they did not in time (the answer is then 503: not
+        acknowledged yet), None without commits or replicas to wait for."""
         if not self.moved:
-            return False
-        wanted = self.writer.settings.redis_wait_replicas
-        if wanted is None:  # auto: one, when Redis has a replica (a promotion can happen)
-            wanted = min(1, self.call(self.writer.store.connected_replicas, "replicas"))
-        if not wanted:
-            return False
-        try:
-            acked = self.writer.store.wait_for_replicas(self.upload.id, wanted, REPLICA_WAIT_MS)
-        except redis.RedisError as exc:  # the commit stands; only its safety is unknown
-            log.warning("upload %s: could not wait for replicas (%s)", self.upload.id, exc)
-            return False
-        if acked < wanted:
+            return None
+        done = self.call(lambda: self.writer.store.replicated(self.upload.id), "replicas")
+        if done is False:
             log.warning(
-                "upload %s: %d of %d Redis replicas acknowledged offset %d within %d ms",
+                "upload %s: Redis replicas did not confirm offset %d in time",
                 self.upload.id,
-                acked,
-                wanted,
                 self.offset,
-                REPLICA_WAIT_MS,
             )
-        return acked >= wanted
+        return done
 
     def _is_full_part(self, size: int, start: int) -> bool:
         """``size`` bytes from upload offset ``start`` hold a full part that is not the

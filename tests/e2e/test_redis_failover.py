@@ -19,7 +19,7 @@ import requests
 
 from devstack.services import RedisServer, SeaweedS3
 from tests.conftest import _STACKS, Stack
-from tests.e2e.conftest import MIB, Uploads, own_stack, payload, poll, upload_id_of
+from tests.e2e.conftest import MIB, TUS, Uploads, own_stack, payload, poll, upload_id_of
 from tests.e2e.test_faults import PATCH, P, create, head_offset, rindle_cli, tus_resume
 from tests.faultproxy import FaultProxy
 
@@ -88,8 +88,16 @@ def failover(
     s3_server: SeaweedS3,
     tmp_path: Path,
 ) -> Iterator[Uploads]:
+    """A stack on the pair's primary that does not wait for the replica (so that a
+    failover can lose what it acknowledged)."""
     pair.follow()
-    with own_stack(pair.primary, s3_server, tmp_path, RINDLE_TAIL_STORE=request.param) as stack:
+    with own_stack(
+        pair.primary,
+        s3_server,
+        tmp_path,
+        RINDLE_TAIL_STORE=request.param,
+        RINDLE_REDIS_WAIT_REPLICAS=0,
+    ) as stack:
         request.node.stash[_STACKS] = [stack]
         uploads = Uploads(stack)
         yield uploads
@@ -97,7 +105,8 @@ def failover(
 
 
 def test_a_failover_that_lost_the_last_patch_resumes_exact(failover: Uploads, pair: Pair):
-    """The replica never got the second PATCH (a part and a tail commit). After the
+    """Without waiting for replicas (RINDLE_REDIS_WAIT_REPLICAS=0), the replica never got
+    the second PATCH (a part and a tail commit). After the
     failover HEAD reports the older offset, and the client's resume ends exact: in local
     mode the tail's bytes from a later part are never taken for the record's (the
     upload goes back to its last part), in shared mode the previous copy is still in
@@ -154,13 +163,14 @@ def test_a_patch_during_a_failover_waits_through_readonly(failover: Uploads, pai
     failover.assert_stored(url, data)
 
 
-@pytest.mark.parametrize("wait", ["1", "auto"])
+@pytest.mark.parametrize("wait", ["1", "2"])
 def test_with_wait_replicas_an_acknowledged_offset_survives_a_failover(
     pair: Pair, s3_server: SeaweedS3, tmp_path: Path, request: pytest.FixtureRequest, wait: str
 ):
-    """RINDLE_REDIS_WAIT_REPLICAS=1 (or auto, the default, with a replica connected) and a
-    replica slow to follow (its link throttled): the 204 comes once the replica holds the
-    commit, so a failover right after it keeps the offset the client was told."""
+    """RINDLE_REDIS_WAIT_REPLICAS=1 (the default; 2 with one replica connected waits for
+    that one) and a replica slow to follow (its link throttled): the 204 comes once the
+    replica holds the commit, so a failover right after it keeps the offset the client
+    was told; afterwards, with no replica left, nothing waits."""
     pair.follow()
     with own_stack(pair.primary, s3_server, tmp_path, RINDLE_REDIS_WAIT_REPLICAS=wait) as stack:
         request.node.stash[_STACKS] = [stack]
@@ -177,5 +187,33 @@ def test_with_wait_replicas_an_acknowledged_offset_survives_a_failover(
         pair.fail_over()
         assert head_offset(url) == 3 * MIB, "the offset the client saw survived"
         assert tus_resume(url, data)[-1:] != [500]
+        uploads.assert_stored(url, data)
+        uploads.cleanup()
+
+
+def test_an_offset_the_replica_does_not_confirm_is_not_acknowledged(
+    pair: Pair, s3_server: SeaweedS3, tmp_path: Path, request: pytest.FixtureRequest
+):
+    """The default (one replica, Redis has one) and a replica that stopped following: the
+    PATCH's commit is in the primary only, so its answer is 503 with Retry-After, not a
+    204 with an offset a failover could take back; HEAD says the same. Once the replica
+    caught up, HEAD reports the offset and the upload ends exact."""
+    pair.follow()
+    with own_stack(pair.primary, s3_server, tmp_path) as stack:
+        request.node.stash[_STACKS] = [stack]
+        uploads = Uploads(stack)
+        data = payload(P + MIB, seed=804)
+        url = create(stack, len(data))
+        uploads.track(url)
+        pair.link.stall()
+        r = requests.patch(
+            url, data=data[: 2 * MIB], headers={**PATCH, "Upload-Offset": "0"}, timeout=60
+        )
+        assert r.status_code == 503 and r.headers["Retry-After"], r.text
+        assert r.json()["error"] == "redis_unavailable"
+        assert requests.head(url, headers=TUS, timeout=30).status_code == 503
+        pair.link.heal()
+        assert head_offset(url) == 2 * MIB
+        assert tus_resume(url, data)[-1:] == [204]
         uploads.assert_stored(url, data)
         uploads.cleanup()

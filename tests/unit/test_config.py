@@ -136,15 +136,13 @@ def test_every_setting_in_app_json_is_in_the_readme_s_settings_table():
         assert f"`{name}`" in table, name
 
 
-@pytest.mark.parametrize(
-    "value, expected", [(None, None), ("auto", None), ("0", 0), ("2", 2)], ids=str
-)
-def test_wait_replicas_is_auto_by_default_or_a_count(value, expected):
+@pytest.mark.parametrize("value, expected", [(None, 1), ("0", 0), ("2", 2)], ids=str)
+def test_wait_replicas_is_one_by_default_or_a_count(value, expected):
     env = {} if value is None else {"RINDLE_REDIS_WAIT_REPLICAS": value}
     assert Settings.from_env(env).redis_wait_replicas == expected
 
 
-@pytest.mark.parametrize("value", ["some", "-1", "17"])
+@pytest.mark.parametrize("value", ["auto", "-1", "17"])
 def test_a_wait_replicas_that_is_no_count_is_refused(value):
     with pytest.raises(ConfigError, match="RINDLE_REDIS_WAIT_REPLICAS"):
         Settings.from_env({"RINDLE_REDIS_WAIT_REPLICAS": value})

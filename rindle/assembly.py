@@ -52,6 +52,9 @@ class Assembly:
             return "unknown"
         if upload.state != State.ASSEMBLING:
             return f"skipped ({upload.state})"
+        # Not before the replicas hold the state it builds on: a failover could take it
+        # back and leave an object S3 completed under a record still receiving.
+        self.store.confirm_replicated(upload_id)  # NotReplicated: the job is retried
         if upload.is_final:
             return self._concatenate(upload)
         return self._complete_multipart(upload)

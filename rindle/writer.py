@@ -293,6 +293,7 @@ class _Patch:
         self.ended_early = False  # the body was not read to its end
         self.moved = False  # a commit of this PATCH went through
         self.uncertain = False  # a commit may have gone through: Redis knows, not us
+        self.confirmed: tuple[int, bool | None] | None = None  # (offset, replicated())
         self.object_headers = protocol.object_headers(protocol.parse_metadata(upload.metadata))
 
     def run(self, read: Reader, checksum: protocol.Checksum | None) -> bool:
@@ -493,7 +494,10 @@ class _Patch:
         acknowledged yet), None without commits or replicas to wait for."""
         if not self.moved:
             return None
+        if self.confirmed is not None and self.confirmed[0] == self.offset:
+            return self.confirmed[1]  # asked already, and nothing committed since
         done = self.call(lambda: self.writer.store.replicated(self.upload.id), "replicas")
+        self.confirmed = (self.offset, done)
         if done is False:
             log.warning(
                 "upload %s: Redis replicas did not confirm offset %d in time",
@@ -663,6 +667,8 @@ class _Patch:
         self.offset = upload.length
         self.tail.remove()
         self.shared_key = ""
+        if self.replicated() is False:
+            return  # not assembled before the replicas hold it: the next HEAD enqueues it
         try:
             self.writer.jobs.complete(upload.id)
         except Exception:  # the upload is safe in S3; the maintenance sweep re-enqueues

@@ -256,10 +256,10 @@ def settled(upload_id: str, kind: str) -> Upload:
     authorize("head", upload)
     if upload.state in WRITABLE:
         upload = take_over(upload, kind)
-    if upload.state == State.ASSEMBLING:
-        current_rindle().jobs.ensure_completion(upload_id)
     if upload.offset:  # an offset is reported only once the replicas hold it
         current_rindle().uploads.confirm_replicated(upload_id)
+    if upload.state == State.ASSEMBLING:
+        current_rindle().jobs.ensure_completion(upload_id)
     return upload
 
 

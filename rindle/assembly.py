@@ -54,7 +54,8 @@ class Assembly:
             return f"skipped ({upload.state})"
         # Not before the replicas hold the state it builds on: a failover could take it
         # back and leave an object S3 completed under a record still receiving.
-        self.store.confirm_replicated(upload_id)  # NotReplicated: the job is retried
+        # (No client waits: a lagging replica gets 10 s before the job is retried later.)
+        self.store.confirm_replicated(upload_id, timeout_ms=10_000)
         if upload.is_final:
             return self._concatenate(upload)
         return self._complete_multipart(upload)

@@ -284,28 +284,28 @@ class UploadStore:
             self._replicas = (count, now)
         return count
 
-    def replicated(self, upload_id: str) -> bool | None:
-        """Wait (at most REPLICA_WAIT_MS) until the replicas RINDLE_REDIS_WAIT_REPLICAS
+    def replicated(self, upload_id: str, timeout_ms: int = REPLICA_WAIT_MS) -> bool | None:
+        """Wait (at most ``timeout_ms``) until the replicas RINDLE_REDIS_WAIT_REPLICAS
         asks for hold every change made so far: True when they do, False when they did
         not in time, None when there are none to wait for."""
         wanted = self._replicas_wanted()
         if not wanted:
             return None
-        if self.wait_for_replicas(upload_id, wanted, REPLICA_WAIT_MS) >= wanted:
+        if self.wait_for_replicas(upload_id, wanted, timeout_ms) >= wanted:
             return True
         self._replicas = (0, -REPLICAS_CHECK_SECONDS)  # a replica gone is none to wait for
         if not self._replicas_wanted():
             return None
         return False
 
-    def confirm_replicated(self, upload_id: str) -> bool | None:
+    def confirm_replicated(self, upload_id: str, timeout_ms: int = REPLICA_WAIT_MS) -> bool | None:
         """``replicated``, NotReplicated (503) when the replicas did not confirm in time."""
-        done = self.replicated(upload_id)
+        done = self.replicated(upload_id, timeout_ms)
         if done is False:
             log.warning(
                 "upload %s: Redis replicas did not confirm it within %d ms: not acknowledged",
                 upload_id,
-                REPLICA_WAIT_MS,
+                timeout_ms,
             )
             raise NotReplicated(upload_id)
         return done

@@ -138,7 +138,8 @@ class Writer:
                 finally:
                     tail.close()
                 replicated = patch.replicated()
-                patch.drop_superseded(safe=bool(replicated))
+                if replicated is not False:  # else Redis may still roll back any number
+                    patch.drop_superseded(safe=bool(replicated))  # (the sweep collects)
                 after = patch.call(lambda: self.store.get(upload_id), "upload record")
             assert after is not None
             if after.offset != upload.offset:

@@ -139,7 +139,7 @@ class Writer:
                     tail.close()
                 replicated = patch.replicated()
                 if replicated is not False:  # else Redis may still roll back any number
-                    patch.drop_superseded(safe=bool(replicated))  # (the sweep collects)
+                    patch.drop_superseded()  # (of PATCHes: the orphan sweep collects them)
                 after = patch.call(lambda: self.store.get(upload_id), "upload record")
             assert after is not None
             if after.offset != upload.offset:
@@ -434,17 +434,16 @@ class _Patch:
         when it began (None: the record's stays)."""
         return self.shared_start[0] or None
 
-    def drop_superseded(self, safe: bool) -> None:
-        """After the PATCH's last commit: the shared copies it replaced go. The copy
-        recorded when it began stays as the previous one until the commit that replaced
-        it is ``safe`` (held by replicas: a replica promoted without it still finds the
-        bytes its record names); the one before that goes now."""
+    def drop_superseded(self) -> None:
+        """After the PATCH's last commit: the copy recorded when it began stays as the
+        previous one, and the one before it goes. Kept also when replicas confirmed the
+        commit: a primary restarted without its last second of writes (AOF's everysec)
+        hands its older data to the replicas too."""
         shared, (start, start_prev) = self.writer.shared, self.shared_start
         if shared is None or not start or self.shared_key == start:
             return
-        for key in (start_prev, start if safe else ""):
-            if key and key != self.shared_key:
-                shared.delete_quietly(key)
+        if start_prev and start_prev not in (start, self.shared_key):
+            shared.delete_quietly(start_prev)
 
     def _commit(self, change: Callable[[], None], what: str) -> None:
         """Apply a fenced change of this writer, waiting out transient Redis errors

@@ -849,6 +849,15 @@ class Rollback:
                 self.redis.hset(key, mapping=fields)
 
 
+def shared_nodes(make_node: MakeNode, tmp_path: Path) -> tuple[Node, Node]:
+    """Two nodes in shared tail mode, each with a tail dir of its own."""
+    a, b = (
+        make_node(name, tmp_dir=tmp_path / name, env={"RINDLE_TAIL_STORE": "s3"})
+        for name in ("node-a", "node-b")
+    )
+    return a, b
+
+
 @pytest.mark.parametrize("lost", ["a-tail-commit", "a-part-and-a-tail-commit"])
 def test_a_record_rolled_back_in_local_mode_resumes_exact(node: Node, lost: str):
     """The last PATCH's commits are lost: the client hears the older offset and resumes.
@@ -883,10 +892,7 @@ def test_a_record_rolled_back_in_shared_mode_finds_its_copy_on_any_node(
 ):
     """The previous shared copy stays until a later PATCH: a record rolled back past a
     part and a tail commit still names bytes S3 holds, and another node resumes exact."""
-    a, b = (
-        make_node(name, tmp_dir=tmp_path / name, env={"RINDLE_TAIL_STORE": "s3"})
-        for name in ("node-a", "node-b")
-    )
+    a, b = shared_nodes(make_node, tmp_path)
     data = random_bytes(3 * PART + 123)
     upload_id = a.create(len(data))
     a.write(upload_id, data[:1000])
@@ -908,10 +914,7 @@ def test_a_fetched_tail_never_passes_for_older_bytes_after_a_rollback(
     committing anything; then the record rolls back to a commit A made itself. A's file
     must not pass for the bytes that record names (before: its old mark did, and the
     object was corrupt): the kept previous copy is fetched instead."""
-    a, b = (
-        make_node(name, tmp_dir=tmp_path / name, env={"RINDLE_TAIL_STORE": "s3"})
-        for name in ("node-a", "node-b")
-    )
+    a, b = shared_nodes(make_node, tmp_path)
     data = random_bytes(3 * PART + 123)
     upload_id = a.create(len(data))
     a.write(upload_id, data[:1000])

@@ -19,6 +19,7 @@ STATUS: dict[str, int] = {
     "unsupported_checksum_algorithm": 400,
     "invalid_concat": 400,
     "partial_not_finished": 400,
+    "append_too_small": 400,  # shared tail mode: protocol.check_shared_append
     "inconsistent_length": 400,  # the IETF draft's dialect (rindle.draft)
     "completed_upload": 400,  # the IETF draft's dialect (rindle.draft)
     "final_upload": 403,

@@ -201,7 +201,7 @@ class Maintenance:
             current = (
                 upload is not None
                 and upload.state in WRITABLE
-                and key in (upload.tail_key, upload.prev_tail_key)
+                and key in upload.shared_keys
             )
             if current or modified.timestamp() > now - grace:
                 counts["tails_kept"] += 1

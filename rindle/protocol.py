@@ -130,6 +130,72 @@ def part_size_for(length: int, configured: int) -> int:
     return size
 
 
+# A client's chunk becomes the part size up to this (or the configured part size, when
+# larger); a larger chunk is cut into equal parts no larger than this, when it can be.
+FOLLOWED_PART_CEILING = 64 * 1024 * 1024
+
+
+def chunk_part_size(
+    upload: Upload, append: Append, declared: int | None, configured: int, max_size: int
+) -> int | None:
+    """The part size that follows the client's chunk size, or None to keep the upload's.
+
+    Asked of the first PATCH (nothing stored yet): when its body is shorter than the
+    upload and at least S3's minimum, every later chunk of the same size then ends on a
+    part boundary, and nothing stays buffered between PATCHes (no tail to find, on any
+    node). A chunk larger than the ceiling is cut into k equal parts when it divides
+    evenly. The part count limit still holds, and an upload of unknown length keeps at
+    least the ceiling its configured part size gives it."""
+    chunk = append.content_length
+    length = upload.length if declared is None else declared
+    if upload.offset or upload.s3_upload_id or not chunk or chunk < MIN_PART_SIZE:
+        return None
+    if length is not None and chunk >= length:
+        return None  # one PATCH: the configured size is best for it
+    size = _equal_parts(chunk, max(FOLLOWED_PART_CEILING, configured))
+    if size is None or size == upload.part_size:
+        return None
+    if length is not None and size * MAX_PARTS < length:
+        return None
+    if length is None and size * MAX_PARTS < min(max_size, upload.part_size * MAX_PARTS):
+        return None
+    return size
+
+
+def check_shared_append(upload: Upload, append: Append, declared: int | None) -> None:
+    """In shared tail mode, 400 for a body of known length that is smaller than
+    ``min_shared_append`` and would stay buffered whole: it neither ends the upload nor
+    fills the part. (Each such body would be one more S3 object.)"""
+    body = append.content_length
+    length = upload.length if declared is None else declared
+    if not body or upload.buffered + body >= upload.part_size:
+        return
+    if length is not None and upload.offset + body >= length:
+        return
+    minimum = min_shared_append(upload.part_size)
+    if body < minimum:
+        raise TusError(
+            "append_too_small",
+            f"a PATCH that neither ends the upload nor fills a part of {upload.part_size} "
+            f"bytes must carry at least {minimum} bytes",
+        )
+
+
+def _equal_parts(chunk: int, ceiling: int) -> int | None:
+    """The largest size, at most ``ceiling`` and at least S3's minimum, that cuts
+    ``chunk`` into equal parts (None when there is none)."""
+    for count in range(1, chunk // MIN_PART_SIZE + 1):
+        if chunk % count == 0 and chunk // count <= ceiling:
+            return chunk // count
+    return None
+
+
+def min_shared_append(part_size: int) -> int:
+    """In shared tail mode, the fewest bytes a PATCH may leave buffered on its own (one
+    S3 object per PATCH that leaves bytes buffered): at most 129 such copies per part."""
+    return max(64 * 1024, part_size // 128)
+
+
 _MIME = re.compile(r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*")
 
 
@@ -305,6 +371,7 @@ class Append:
     offset: int
     checksum: Checksum | None
     declared_length: int | None  # Upload-Length sent with a PATCH (deferred length)
+    content_length: int | None = None  # the body's length, when the request says it
 
 
 def parse_append(headers: Mapping[str, str]) -> Append:
@@ -315,7 +382,9 @@ def parse_append(headers: Mapping[str, str]) -> Append:
     checksum = parse_checksum(headers.get("Upload-Checksum"))
     declared = headers.get("Upload-Length")
     length = None if declared is None else parse_non_negative(declared, "Upload-Length")
-    return Append(offset, checksum, length)
+    body = headers.get("Content-Length")
+    content_length = None if body is None else parse_non_negative(body, "Content-Length")
+    return Append(offset, checksum, length, content_length)
 
 
 def deferred_limit(upload: Upload, max_size: int) -> int:

@@ -24,8 +24,7 @@ from rindle.keys import (
     upload_key,
     writer_key,
 )
-from rindle.storage.shared_tail import Generation
-from rindle.upload import ENDED, WRITABLE, State, Upload
+from rindle.upload import ENDED, WRITABLE, Segment, State, Upload
 
 log = logging.getLogger("rindle")
 # How long keys of a finished upload stay around as a tombstone (410, not 404).
@@ -40,7 +39,7 @@ REPLICA_WAIT_MS = 1000
 
 Part = tuple[int, str, int]  # (number, etag, size)
 # A commit that leaves no buffered bytes (or none copied to S3) records no shared tail.
-NO_SHARED_TAIL = {"tail_key": "", "tail_etag": ""}
+NO_SHARED_TAIL = {"tail_key": "", "tail_etag": "", "tail_sizes": ""}
 
 
 class UploadStore:
@@ -154,6 +153,15 @@ class UploadStore:
 
         self.redis.transaction(attempt, k, lease)
 
+    def follow_chunks(self, upload_id: str, token: str, part_size: int) -> None:
+        """The first PATCH sets the part size to its chunk's, while nothing is stored."""
+        self.fenced(
+            upload_id,
+            token,
+            0,
+            lambda pipe: pipe.hset(upload_key(upload_id), "part_size", part_size),
+        )
+
     def save_s3_upload_id(self, upload_id: str, token: str, s3_upload_id: str) -> None:
         self.fenced(
             upload_id,
@@ -171,12 +179,12 @@ class UploadStore:
         part: Part,
         node: str,
         length: int | None = None,
-        previous_tail: str | None = None,
+        previous_tail: tuple[str, ...] | None = None,
     ) -> None:
         """Record an uploaded (number, etag, size) part; the offset moves to the part's
         end, ``new_offset`` (the committed bytes, as the tail is now empty). ``length``:
         a deferred length this request declared, saved with its first commit.
-        ``previous_tail``: the shared copy this commit replaces (kept as the previous)."""
+        ``previous_tail``: the shared copies this commit replaces (kept as the previous)."""
         fields = {
             "state": State.RECEIVING,
             "node": node,
@@ -194,11 +202,11 @@ class UploadStore:
         new_offset: int,
         node: str,
         length: int | None = None,
-        shared: Generation | None = None,
-        previous_tail: str | None = None,
+        shared: tuple[Segment, ...] = (),
+        previous_tail: tuple[str, ...] | None = None,
     ) -> None:
         """Acknowledge bytes now held (synced) in ``node``'s tail (and a declared length);
-        ``shared``: the copy of those bytes in S3, in shared tail mode."""
+        ``shared``: the segments that copy those bytes in S3, in shared tail mode."""
         fields = {
             "state": State.RECEIVING,
             "node": node,
@@ -206,8 +214,13 @@ class UploadStore:
             **NO_SHARED_TAIL,
             **_previous(previous_tail),
         }
-        if shared is not None:
-            fields.update(tail_key=shared.key, tail_etag=shared.etag)
+        if shared:
+            keys, etags, sizes = zip(*shared, strict=True)
+            fields.update(
+                tail_key=" ".join(keys),
+                tail_etag=" ".join(etags),
+                tail_sizes=" ".join(map(str, sizes)),
+            )
         self._progress(upload_id, token, expected_offset, new_offset, fields)
 
     def finish_receiving(
@@ -218,7 +231,7 @@ class UploadStore:
         length: int,
         last_part: Part | None,
         object_etag: str = "",
-        previous_tail: str | None = None,
+        previous_tail: tuple[str, ...] | None = None,
     ) -> None:
         """All bytes are in S3: offset = length, state assembling, in one transaction.
         ``object_etag``: the object itself, when one PutObject wrote it."""
@@ -417,5 +430,5 @@ def _declared(length: int | None) -> dict[str, int]:
     return {} if length is None else {"length": length}
 
 
-def _previous(tail_key: str | None) -> dict[str, str]:
-    return {} if tail_key is None else {"prev_tail_key": tail_key}
+def _previous(keys: tuple[str, ...] | None) -> dict[str, str]:
+    return {} if keys is None else {"prev_tail_key": " ".join(keys)}

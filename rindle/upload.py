@@ -24,6 +24,9 @@ ENDED = (State.TERMINATED, State.EXPIRED, State.FAILED)  # a tombstone: 410
 OPEN = (*WRITABLE, State.ASSEMBLING)  # still needs its multipart upload
 
 
+Segment = tuple[str, str, int]  # a shared copy of buffered bytes: (key, ETag, size)
+
+
 @dataclass(frozen=True)
 class Upload:
     id: str  # the tus id, in the upload's URL
@@ -40,12 +43,12 @@ class Upload:
     expires_at: float
     concat: str = ""  # "", "partial", or "final" ...
     partials: tuple[str, ...] = ()  # ... with the ids of its partial uploads, in order
-    # The shared copy of the buffered bytes in S3 (RINDLE_TAIL_STORE=s3), "" without one.
-    tail_key: str = ""
-    tail_etag: str = ""
-    # The shared copy recorded before ``tail_key``, kept while a failover could still roll
-    # the record back to it.
-    prev_tail_key: str = ""
+    # The shared copy of the buffered bytes in S3 (RINDLE_TAIL_STORE=s3): one segment
+    # (key, ETag, size) per PATCH that left bytes buffered, in order, since the last part.
+    tail_segments: tuple[Segment, ...] = ()
+    # The segments recorded before a part replaced them, kept while a failover could
+    # still roll the record back to them.
+    prev_tail_keys: tuple[str, ...] = ()
     # The ETag of the object this upload wrote at its key ("" until it wrote one): only
     # that object is ever deleted on its behalf.
     object_etag: str = ""
@@ -53,6 +56,11 @@ class Upload:
     @property
     def is_final(self) -> bool:
         return self.concat == "final"
+
+    @property
+    def shared_keys(self) -> set[str]:
+        """Every shared copy this record still needs (current and previous segments)."""
+        return {key for key, _, _ in self.tail_segments} | set(self.prev_tail_keys)
 
     @property
     def buffered(self) -> int:
@@ -77,8 +85,18 @@ class Upload:
             expires_at=float(record["expires_at"]),
             concat=record.get("concat", ""),
             partials=tuple(record.get("partials", "").split()),
-            tail_key=record.get("tail_key", ""),
-            tail_etag=record.get("tail_etag", ""),
-            prev_tail_key=record.get("prev_tail_key", ""),
+            tail_segments=_segments(record),
+            prev_tail_keys=tuple(record.get("prev_tail_key", "").split()),
             object_etag=record.get("object_etag", ""),
         )
+
+
+def _segments(record: dict[str, str]) -> tuple[Segment, ...]:
+    """Fields ``tail_key``, ``tail_etag`` and ``tail_sizes``: one word per segment. A
+    record written before segments has one copy of all buffered bytes and no sizes."""
+    keys, etags = record.get("tail_key", "").split(), record.get("tail_etag", "").split()
+    if "tail_sizes" in record:
+        sizes = [int(size) for size in record["tail_sizes"].split()]
+    else:
+        sizes = [int(record["offset"]) - int(record["committed"])] * len(keys)
+    return tuple(zip(keys, etags, sizes, strict=True))

@@ -51,6 +51,9 @@ T = TypeVar("T")
 
 # Part uploads one process runs at once, for all its PATCHes (RINDLE_PARTS_IN_FLIGHT each).
 PART_UPLOAD_THREADS = 64
+# Shared segments one tail may have; more (only small bodies of unknown length get there)
+# are merged into one.
+MAX_SEGMENTS = 256
 Reader = Callable[[int], bytes]  # read(n): up to n bytes, b"" at the end; BodyEnded
 
 
@@ -123,6 +126,9 @@ class Writer:
                 declared = protocol.check_append(
                     upload, append, self.settings.max_size, None, self.settings.max_checksum_body
                 )
+                upload = self._follow_chunks(upload, append, declared, held)
+                if self.shared is not None:
+                    protocol.check_shared_append(upload, append, declared)
                 tail = self._open_tail(upload, token)
                 self.on_tail_opened()
                 try:
@@ -152,6 +158,24 @@ class Writer:
             return WriteResult(after, overflow, patch.ended_early)
         finally:
             self.lease.let_go(upload_id, token)
+
+    def _follow_chunks(
+        self, upload: Upload, append: protocol.Append, declared: int | None, held: HeldLease
+    ) -> Upload:
+        """On the first PATCH, the part size becomes the client's chunk size when it can
+        (``protocol.chunk_part_size``): chunks then end on part boundaries."""
+        size = protocol.chunk_part_size(
+            upload, append, declared, self.settings.part_size, self.settings.max_size
+        )
+        if size is None:
+            return upload
+        wait_out(
+            lambda: self.store.follow_chunks(upload.id, held.token, size),
+            held.valid_until,
+            "part size",
+        )
+        log.info("upload %s: part size %d follows the client's chunks", upload.id, size)
+        return replace(upload, part_size=size)
 
     def _fail_lost_multipart(self, upload: Upload) -> None:
         """S3 dropped the multipart upload (a lifecycle rule that aborts incomplete
@@ -237,11 +261,11 @@ class Writer:
         """Fill the (empty) local tail from the shared copy Redis records."""
         assert self.shared is not None
         missing = TailMissing(upload.id, upload.buffered, None, upload.node)
-        if not upload.tail_key:
-            raise missing  # buffered before shared mode was switched on
-        generation = Generation(upload.tail_key, upload.tail_etag, upload.buffered)
+        if sum(size for _, _, size in upload.tail_segments) != upload.buffered:
+            raise missing  # e.g. buffered before shared mode was switched on
         try:
-            self.shared.fetch(generation, tail.write)
+            for segment in upload.tail_segments:
+                self.shared.fetch(Generation(*segment), tail.write)
         except SharedTailMissing as exc:
             raise missing from exc
         if tail.size != upload.buffered:  # the store checked its size too: belt and braces
@@ -287,10 +311,11 @@ class _Patch:
         self.committed = upload.committed  # bytes in committed parts
         self.s3_upload_id = upload.s3_upload_id
         self.inflight: deque[Future[None]] = deque()  # part uploads, oldest first
-        # Shared tail mode: the copy Redis records now, and the two it recorded when
+        # Shared tail mode: the segments Redis records now, and the keys it recorded when
         # this PATCH began (current and previous): see ``drop_superseded``.
-        self.shared_key = upload.tail_key
-        self.shared_start = (upload.tail_key, upload.prev_tail_key)
+        self.segments = list(upload.tail_segments)
+        self.shared_start = (tuple(key for key, _, _ in self.segments), upload.prev_tail_keys)
+        self.superseded = False  # a commit replaced the segments recorded at the start
         self.ended_early = False  # the body was not read to its end
         self.moved = False  # a commit of this PATCH went through
         self.uncertain = False  # a commit may have gone through: Redis knows, not us
@@ -396,18 +421,27 @@ class _Patch:
         return overflow
 
     def _commit_tail(self) -> None:
-        """Acknowledge the tail's bytes: on disk first, in S3 too in shared tail mode,
-        then the offset that covers them (with the shared copy's generation)."""
+        """Acknowledge the tail's bytes: on disk first, in S3 too in shared tail mode
+        (the bytes this PATCH added, as one more segment), then the offset that covers
+        them (with the segments)."""
         tail, shared = self.tail, self.writer.shared
+        if shared is not None and self._too_little_to_share():
+            tail.truncate(self.offset - self.committed)
+            if self.declared is None:
+                return
         # Where its bytes start: a record rolled back past a part (a failover) must not
         # take them for its own buffered bytes.
         tail.mark_start(self.committed)
         tail.sync()
         new_offset = self.committed + tail.size
-        generation = None
-        if shared is not None and tail.size:
-            with tail.slice(0, tail.size) as body:
-                generation = shared.put(self.upload.id, body, tail.size, new_offset)
+        generation, segments, superseding = None, self.segments, self.superseded
+        covered = sum(size for _, _, size in segments)
+        if shared is not None and tail.size > covered:
+            if len(segments) >= MAX_SEGMENTS:  # small bodies of unknown length: merge
+                segments, covered, superseding = [], 0, True
+            with tail.slice(covered, tail.size - covered) as body:
+                generation = shared.put(self.upload.id, body, tail.size - covered, new_offset)
+            segments = [*segments, (generation.key, generation.etag, generation.size)]
         try:
             self._commit(
                 lambda: self.writer.store.commit_offset(
@@ -417,8 +451,8 @@ class _Patch:
                     new_offset,
                     self.writer.settings.node_id,
                     self.declared,
-                    generation,
-                    self._previous_tail(),
+                    tuple(segments) if shared is not None else (),
+                    self._previous_tail(superseding),
                 ),
                 "commit",
             )
@@ -427,23 +461,35 @@ class _Patch:
                 shared.delete_quietly(generation.key)  # type: ignore[union-attr]
             raise
         self.offset, self.declared = new_offset, None
-        self.shared_key = generation.key if generation else ""
+        self.segments, self.superseded = segments, superseding
 
-    def _previous_tail(self) -> str | None:
-        """The previous shared copy each commit of this PATCH records: the one recorded
-        when it began (None: the record's stays)."""
-        return self.shared_start[0] or None
+    def _too_little_to_share(self) -> bool:
+        """A body that ended early and left only a few new bytes buffered (no part)
+        keeps none of them in shared tail mode: one S3 object per few bytes would let a
+        client make the server write far more than it sends (the client sends them again;
+        a whole body that small is refused before it is read: check_shared_append)."""
+        added = self.committed + self.tail.size - self.offset
+        minimum = protocol.min_shared_append(self.upload.part_size)
+        return self.ended_early and not self.superseded and 0 < added < minimum
+
+    def _previous_tail(self, superseding: bool) -> tuple[str, ...] | None:
+        """The previous shared copies a commit records: once a commit replaces the
+        segments recorded when the PATCH began, those (None: the record's stay)."""
+        start = self.shared_start[0]
+        return start if start and superseding else None
 
     def drop_superseded(self) -> None:
-        """After the PATCH's last commit: the copy recorded when it began stays as the
-        previous one, and the one before it goes. Kept also when replicas confirmed the
-        commit: a primary restarted without its last second of writes (AOF's everysec)
-        hands its older data to the replicas too."""
+        """After the PATCH's last commit: once a commit replaced the segments recorded
+        when it began, those stay as the previous ones, and the ones before them go.
+        Kept also when replicas confirmed the commit: a primary restarted without its
+        last second of writes (AOF's everysec) hands its older data to the replicas too."""
         shared, (start, start_prev) = self.writer.shared, self.shared_start
-        if shared is None or not start or self.shared_key == start:
+        if shared is None or not start or not self.superseded:
             return
-        if start_prev and start_prev not in (start, self.shared_key):
-            shared.delete_quietly(start_prev)
+        current = {key for key, _, _ in self.segments}
+        for key in start_prev:
+            if key not in start and key not in current:
+                shared.delete_quietly(key)
 
     def _commit(self, change: Callable[[], None], what: str) -> None:
         """Apply a fenced change of this writer, waiting out transient Redis errors
@@ -628,7 +674,7 @@ class _Patch:
                 (number, etag, size),
                 self.writer.settings.node_id,
                 self.declared,
-                self._previous_tail(),
+                self._previous_tail(True),
             ),
             f"commit of part {number}",
         )
@@ -636,7 +682,7 @@ class _Patch:
         self.declared = None
         if empty_after:
             spool.truncate(0)  # frees its disk while the body keeps arriving
-        self.shared_key = ""
+        self.segments, self.superseded = [], True
 
     def _ship_last(self) -> None:
         """Ship the remaining bytes, then move to assembling and enqueue completion."""
@@ -660,13 +706,13 @@ class _Patch:
                 upload.length,
                 last_part,
                 object_etag,
-                self._previous_tail(),
+                self._previous_tail(True),
             ),
             "last commit",
         )
         self.offset = upload.length
         self.tail.remove()
-        self.shared_key = ""
+        self.segments, self.superseded = [], True
         if self.replicated() is False:
             return  # not assembled before the replicas hold it: the next HEAD enqueues it
         try:

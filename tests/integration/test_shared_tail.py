@@ -91,14 +91,14 @@ LENGTH = 3 * PART + 4321
 
 @pytest.mark.parametrize(
     "cut",
-    [1000, PART + 1, 2 * PART + 12345, LENGTH - 1],
+    [100_000, PART + 1, 2 * PART + 12345, LENGTH - 1],
     ids=["before-the-first-part", "after-a-part-boundary", "mid-part-after-parts", "last-byte"],
 )
 def test_a_resume_on_another_node_continues_at_any_offset(nodes, s3_client, cut):
     a, b = nodes
     data = random_bytes(LENGTH)
     upload_id = tus_of(a).create(LENGTH)
-    assert tus_of(a).patch(upload_id, 0, data[:cut]).status_code == 204
+    tus_of(a).send_up_to(upload_id, data, cut)
 
     assert offset_of(tus_of(b), upload_id) == cut
     r = tus_of(b).patch(upload_id, cut, data[cut:])
@@ -114,12 +114,12 @@ def test_a_stale_local_tail_is_never_used(nodes, s3_client):
     a, b = nodes
     data = random_bytes(2 * PART)
     upload_id = tus_of(a).create(len(data))
-    assert tus_of(a).patch(upload_id, 0, data[:1000]).status_code == 204
-    assert tus_of(b).patch(upload_id, 1000, data[1000:3000]).status_code == 204
+    assert tus_of(a).patch(upload_id, 0, data[:100_000]).status_code == 204
+    assert tus_of(b).patch(upload_id, 100_000, data[100_000:200_000]).status_code == 204
     stale = Path(tail_path(upload_id, a.config["RINDLE"].tmp_dir))
-    assert stale.read_bytes() == data[:1000]
+    assert stale.read_bytes() == data[:100_000]
 
-    r = tus_of(a).patch(upload_id, 3000, data[3000:])
+    r = tus_of(a).patch(upload_id, 200_000, data[200_000:])
 
     assert r.status_code == 204, r.get_data(as_text=True)
     assert_completed_exact(a, s3_client, upload_id, data)
@@ -129,10 +129,10 @@ def test_a_restarted_node_that_lost_its_tail_resumes_from_the_shared_copy(nodes,
     a, _ = nodes
     data = random_bytes(PART + 500)
     upload_id = tus_of(a).create(len(data))
-    assert tus_of(a).patch(upload_id, 0, data[:700]).status_code == 204
+    assert tus_of(a).patch(upload_id, 0, data[:100_000]).status_code == 204
     os.unlink(tail_path(upload_id, a.config["RINDLE"].tmp_dir))  # an ephemeral disk
 
-    assert tus_of(a).patch(upload_id, 700, data[700:]).status_code == 204
+    assert tus_of(a).patch(upload_id, 100_000, data[100_000:]).status_code == 204
     assert_completed_exact(a, s3_client, upload_id, data)
 
 
@@ -140,8 +140,8 @@ def test_a_lost_shared_tail_fails_loudly_and_changes_nothing(nodes, s3_client, r
     a, b = nodes
     data = random_bytes(PART + 500)
     upload_id = tus_of(a).create(len(data))
-    assert tus_of(a).patch(upload_id, 0, data[: PART + 200]).status_code == 204
-    [key] = shared_tails(a, s3_client)
+    tus_of(a).send_up_to(upload_id, data, PART + 200)
+    [key] = rdb.hget(f"rindle:upload:{{{upload_id}}}", "tail_key").split()  # the 200 bytes
     s3_client.delete_object(Bucket=a.config["RINDLE"].s3_bucket, Key=key)
     before = rdb.hgetall(f"rindle:upload:{{{upload_id}}}")
 
@@ -161,36 +161,50 @@ def test_a_lost_shared_tail_fails_loudly_and_changes_nothing(nodes, s3_client, r
     assert_completed_exact(a, s3_client, upload_id, data)
 
 
-def test_each_patch_keeps_one_shared_copy_and_a_part_boundary_needs_none(nodes, s3_client):
+def test_each_patch_adds_a_segment_and_a_part_keeps_the_ones_it_replaced(nodes, s3_client):
     a, b = nodes
     data = random_bytes(2 * PART + 10)
     upload_id = tus_of(a).create(len(data))
-    assert tus_of(a).patch(upload_id, 0, data[:100]).status_code == 204
+    step = 100_000
+    assert tus_of(a).patch(upload_id, 0, data[:step]).status_code == 204
     first = shared_tails(a, s3_client)
     assert len(first) == 1
-    assert tus_of(b).patch(upload_id, 100, data[100:200]).status_code == 204
+    assert tus_of(b).patch(upload_id, step, data[step : 2 * step]).status_code == 204
     [second] = sorted(set(shared_tails(a, s3_client)) - set(first))
-    # The one before stays, for a record a failover rolls back by a commit.
+    segments = app_record(a, upload_id).tail_segments
+    assert [(key, size) for key, _, size in segments] == [(first[0], step), (second, step)]
+    # A part now holds them: kept as the previous segments, for a record a failover
+    # rolls back by a commit.
+    assert tus_of(a).patch(upload_id, 2 * step, data[2 * step : PART]).status_code == 204
+    assert app_record(a, upload_id).tail_segments == ()
     assert sorted(shared_tails(a, s3_client)) == sorted([*first, second])
-    assert tus_of(a).patch(upload_id, 200, data[200:PART]).status_code == 204
-    # Nothing is buffered at a part boundary: the first copy goes, the second is the
-    # previous one now.
-    assert shared_tails(a, s3_client) == [second]
-    assert tus_of(a).patch(upload_id, PART, data[PART : PART + 5]).status_code == 204
-    [third] = sorted(set(shared_tails(a, s3_client)) - {second})
-    assert tus_of(b).patch(upload_id, PART + 5, data[PART + 5 : PART + 9]).status_code == 204
-    [fourth] = sorted(set(shared_tails(a, s3_client)) - {second, third})
-    assert sorted(shared_tails(a, s3_client)) == sorted([third, fourth]), (
-        "a copy older than the previous PATCH's is deleted"
+    assert tus_of(a).patch(upload_id, PART, data[PART : PART + step]).status_code == 204
+    assert (
+        tus_of(b).patch(upload_id, PART + step, data[PART + step : PART + 2 * step]).status_code
+        == 204
     )
+    later = sorted(set(shared_tails(a, s3_client)) - {*first, second})
+    assert len(later) == 2
+    # The next part replaces those two: they are the previous ones now, the first two go.
+    r = tus_of(a).patch(upload_id, PART + 2 * step, data[PART + 2 * step : 2 * PART])
+    assert r.status_code == 204, r.get_data(as_text=True)
+    assert sorted(shared_tails(a, s3_client)) == later, (
+        "segments older than the previous ones are deleted"
+    )
+    assert tus_of(b).patch(upload_id, 2 * PART, data[2 * PART :]).status_code == 204
+    assert_completed_exact(a, s3_client, upload_id, data)
+
+
+def app_record(app: Flask, upload_id: str):
+    return app.extensions["rindle"].uploads.get(upload_id)
 
 
 def test_termination_and_the_orphan_sweep_remove_shared_tails(nodes, s3_client):
     a, b = nodes
     ended = tus_of(a).create(PART)
-    assert tus_of(a).patch(ended, 0, random_bytes(10)).status_code == 204
+    assert tus_of(a).patch(ended, 0, random_bytes(100_000)).status_code == 204
     live = tus_of(b).create(PART)
-    assert tus_of(b).patch(live, 0, random_bytes(10)).status_code == 204
+    assert tus_of(b).patch(live, 0, random_bytes(100_000)).status_code == 204
     assert tus_of(a).client.delete(f"/files/{ended}", headers=TUS).status_code == 204
     run_jobs(a)
     [kept] = shared_tails(a, s3_client)
@@ -238,9 +252,9 @@ def test_the_reaper_drops_a_stale_cache_but_keeps_the_shared_copy(nodes, s3_clie
     a, b = nodes
     data = random_bytes(PART + 300)
     upload_id = tus_of(a).create(len(data))
-    assert tus_of(a).patch(upload_id, 0, data[:100]).status_code == 204
-    assert tus_of(b).patch(upload_id, 100, data[100:200]).status_code == 204
-    shared = shared_tails(a, s3_client)  # B's copy, and A's as the previous one
+    assert tus_of(a).patch(upload_id, 0, data[:100_000]).status_code == 204
+    assert tus_of(b).patch(upload_id, 100_000, data[100_000:200_000]).status_code == 204
+    shared = shared_tails(a, s3_client)  # A's segment and B's
 
     counts = a.extensions["rindle"].maintenance.reap_tails()
     assert counts == {"deleted": 1, "kept": 0, "busy": 0}
@@ -248,5 +262,5 @@ def test_the_reaper_drops_a_stale_cache_but_keeps_the_shared_copy(nodes, s3_clie
     assert b.extensions["rindle"].maintenance.reap_tails() == {"deleted": 0, "kept": 1, "busy": 0}
     assert shared_tails(a, s3_client) == shared
 
-    assert tus_of(a).patch(upload_id, 200, data[200:]).status_code == 204
+    assert tus_of(a).patch(upload_id, 200_000, data[200_000:]).status_code == 204
     assert_completed_exact(a, s3_client, upload_id, data)

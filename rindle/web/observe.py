@@ -152,7 +152,8 @@ class BodyWrite:
         after = self.result.upload if self.result is not None else self._read_again()
         received = max(0, after.offset - before.offset) if after else 0
         committed = max(0, after.committed - before.committed) if after else 0
-        parts = math.ceil(committed / before.part_size) if before.part_size else 0
+        part_size = after.part_size if after else before.part_size  # (a first PATCH sets it)
+        parts = math.ceil(committed / part_size) if part_size else 0
         outcome = outcome_of(self.result, exc)
         metrics.RECEIVED_BYTES.inc(received)
         log.info(

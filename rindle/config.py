@@ -11,7 +11,7 @@ import socket
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
-from urllib.parse import parse_qs, parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qs, unquote_plus, urlsplit
 
 from rindle.errors import ConfigError
 
@@ -37,24 +37,40 @@ def metrics_dir(environ: Mapping[str, str] | None = None) -> str:
     return env.get("PROMETHEUS_MULTIPROC_DIR", "")
 
 
+SECRET = "***"
+
+
 def redact_url(url: str) -> str:
-    """``url`` with its password (if any, also a ``?password=`` query parameter, as
-    redis-py takes it) replaced by ``***``: for logs, banners and the doctor."""
-    parts = urlsplit(url)
-    if "password=" in parts.query:
-        query = [
-            (k, "***" if k == "password" else v)
-            for k, v in parse_qsl(parts.query, keep_blank_values=True)
-        ]
-        parts = parts._replace(query=urlencode(query, safe="*/"))
-    if parts.password is None:
-        return urlunsplit(parts)
-    user = f"{parts.username}:" if parts.username else ":"
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    netloc = f"{user}***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
+    """``url`` for logs, banners and the doctor: what precedes ``@`` in its host part
+    (``user:***``, or ``***`` alone), and every query parameter whose name says password
+    (``password``, ``ssl_password``..., in any case and however percent-encoded: redis-py
+    unquotes the names) replaced by ``***``. Any scheme (``redis``, ``rediss``,
+    ``unix``, a sentinel URL...); never raises, and keeps the rest of the text as it was."""
+    head, sep, tail = url.partition("://")
+    if not sep:
+        head, tail = "", url
+    # The credentials end at the last "@" (a password may hold "/", "?" or "#"), unless
+    # that "@" is in a query parameter's value.
+    at = tail.rfind("@")
+    question = tail.find("?")
+    if 0 <= question < at and "=" in tail[question:at]:
+        at = tail.rfind("@", 0, question)
+    if at >= 0:
+        user, colon, _ = tail[:at].partition(":")
+        head += sep + (f"{user}:{SECRET}@" if colon else f"{SECRET}@")
+        sep, tail = "", tail[at + 1 :]
+    before, question_mark, query = tail.partition("?")
+    if question_mark:
+        query, hash_, fragment = query.partition("#")
+        query = "&".join(_redact_param(p) for p in query.split("&")) + hash_ + fragment
+    return f"{head}{sep}{before}{question_mark}{query}"
+
+
+def _redact_param(param: str) -> str:
+    name, equals, _ = param.partition("=")
+    if equals and "password" in unquote_plus(name).lower():
+        return f"{name}={SECRET}"
+    return param
 
 
 def _prefix(env: Mapping[str, str]) -> str:

@@ -214,7 +214,7 @@ class Maintenance:
         any of them). Keys S3 refuses to delete are counted (``tails_errors``), logged,
         and tried next time."""
         now = time.time() if now is None else now
-        counts: Counter[str] = Counter(tails_deleted=0, tails_kept=0, tails_errors=0)
+        counts: Counter[str] = Counter(tails_deleted=0, tails_kept=0)  # tails_errors if any
         doomed = []
         writing: dict[str, bool] = {}  # upload id -> its lease is held (asked once)
         for upload_id, key, modified in self.shared.listing():

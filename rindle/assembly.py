@@ -173,6 +173,12 @@ class Assembly:
                 parts = self._restream(upload, s3_upload_id, [key for key, _ in sources])
         except MultipartGone:
             return self._assembly_gone(upload, s3_upload_id)
+        except ClientError as exc:
+            if error_code(exc) not in ("NoSuchKey", "404"):
+                raise
+            # A partial's object was deleted outside rindle: no retry brings it back.
+            log.error("upload %s: a partial upload's object is gone: %s", upload.id, exc)
+            return self._fail(upload.id, "failed (partial gone)")
         try:
             self._record_object(
                 upload.id, self.s3.complete_multipart(upload.key, s3_upload_id, parts)

@@ -175,6 +175,21 @@ def test_a_final_upload_whose_assembly_was_aborted_outside_rindle_fails(
     assert tus.head(ids[0]).status_code == 200, "the partials are left alone"
 
 
+@pytest.mark.parametrize("sizes", [[PART + 10, 3000], [1000, 2000]], ids=["copy", "restream"])
+def test_a_final_upload_whose_partial_object_was_deleted_outside_rindle_fails(
+    app, tus, rq_burst, rdb, s3_client, sizes
+):
+    ids = [partial(tus, random_bytes(n)) for n in sizes]
+    rq_burst()
+    s3_client.delete_object(Bucket=bucket(app), Key="uploads/" + ids[1])
+    final_id = final(tus, ids).headers["Location"].rsplit("/", 1)[1]
+
+    rq_burst()
+
+    assert state_of(rdb, final_id) == "failed"
+    assert tus.head(final_id).status_code == 410
+
+
 def test_a_final_upload_completed_by_an_earlier_try_finishes(app, tus, rq_burst, rdb, s3_client):
     """An earlier try completed the assembly and stopped before marking the upload (a
     crash): the next try finds the multipart upload gone and the object it recorded,

@@ -127,7 +127,9 @@ class Assembly:
             return f"skipped ({upload.state if upload else 'unknown'})"
         log.error("upload %s: giving up on its completion, marked failed: %s", upload_id, reason)
         if not self.s3.delete_object_if(upload.key, upload.object_etag):
-            log.warning("upload %s: the object at %s is not its own: left", upload_id, upload.key)
+            log.warning(
+                "upload %s: no object it wrote at %s: nothing deleted", upload_id, upload.key
+            )
         return self._fail(upload_id, "failed (object)")
 
     def _fail(self, upload_id: str, outcome: str) -> str:

@@ -218,19 +218,20 @@ class Maintenance:
         doomed = []
         writing: dict[str, bool] = {}  # upload id -> its lease is held (asked once)
         for upload_id, key, modified in self.shared.listing():
+            if modified.timestamp() > now - grace:
+                counts["tails_kept"] += 1
+                continue
             upload = self.store.get(upload_id)
-            if upload is None or upload.state not in WRITABLE:
-                keep = False
-            elif key in (upload.tail_key, upload.prev_tail_key):
-                keep = True
-            else:
+            if upload is not None and upload.state in WRITABLE:
+                if key in (upload.tail_key, upload.prev_tail_key):
+                    counts["tails_kept"] += 1
+                    continue
                 if upload_id not in writing:
                     writing[upload_id] = self.lease.held(upload_id)
-                keep = writing[upload_id]
-            if keep or modified.timestamp() > now - grace:
-                counts["tails_kept"] += 1
-            else:
-                doomed.append(key)
+                if writing[upload_id]:
+                    counts["tails_kept"] += 1
+                    continue
+            doomed.append(key)
         for start in range(0, len(doomed), 1000):
             batch = doomed[start : start + 1000]
             try:

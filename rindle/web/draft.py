@@ -24,7 +24,7 @@ from werkzeug.http import parse_options_header
 
 from rindle import draft, protocol
 from rindle.errors import LeaseHeld, RindleError, TusError
-from rindle.lease import RELEASE_NOW
+from rindle.lease import RELEASE_IF_IDLE, RELEASE_NOW
 from rindle.upload import WRITABLE, State, Upload
 from rindle.web.blueprint import (
     authorize,
@@ -164,9 +164,11 @@ def retrieve_offset(version: int, upload_id: str) -> Response:
         draft.check_no_upload_fields(
             request.headers, ("Upload-Offset", "Upload-Complete", "Upload-Length")
         )
-    # The draft: a request still writing this upload is ended first, so that the offset
-    # answered is the one a following append is held to.
-    upload = settled(upload_id, RELEASE_NOW)
+    # As for tus: a request still writing this upload is ended first only if it receives
+    # nothing (a client reconnecting after its old append hung), so that the offset
+    # answered is the one a following append is held to. One whose bytes keep coming
+    # goes on: anyone allowed to HEAD could otherwise stall an upload.
+    upload = settled(upload_id, RELEASE_IF_IDLE)
     response = with_state(bodiless(204), upload)
     if upload.length is not None:
         response.headers["Upload-Length"] = str(upload.length)

@@ -234,6 +234,15 @@ def authorize(action: str, upload: Upload | None) -> None:
         check(request, action, upload)
 
 
+def check_length(upload: Upload, length: int | None) -> None:
+    """The app's pre_length hook, when a request declares the length of an upload that
+    had none (``length``; None: nothing declared): it raises Refuse to deny, before a
+    byte of the body is read."""
+    check = current_rindle().hooks.pre_length
+    if check is not None and length is not None and upload.length is None:
+        check(request, upload, length)
+
+
 def take_over(upload: Upload, kind: str) -> Upload:
     """If a request holds the upload, ask it to save what it has and let go; 423 if it
     does not in time. Typically the client reconnected while its old PATCH still hangs
@@ -466,9 +475,10 @@ def patch(upload_id: str) -> Response:
     if upload.is_final:
         raise TusError("final_upload", "a final upload is assembled from its partials")
     settings = current_rindle().settings
-    protocol.check_append(
+    declared = protocol.check_append(
         upload, append, settings.max_size, request.content_length, settings.max_checksum_body
     )
+    check_length(upload, declared)
     if upload.state not in WRITABLE and upload.offset == upload.length:
         if upload.state == State.ASSEMBLING:
             current_rindle().jobs.ensure_completion(upload_id)

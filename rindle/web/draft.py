@@ -28,6 +28,7 @@ from rindle.lease import RELEASE_IF_IDLE, RELEASE_NOW
 from rindle.upload import WRITABLE, State, Upload
 from rindle.web.blueprint import (
     authorize,
+    check_length,
     close_if_unread,
     end_upload,
     gone_if_ended,
@@ -187,6 +188,7 @@ def append(version: int, upload_id: str) -> Response:
     if upload.is_final:
         raise TusError("final_upload", "a final upload is assembled from its partials")
     declared = draft.check_append(upload, transfer, current_rindle().settings.max_size)
+    check_length(upload, declared)
     if draft.is_complete(upload):
         # A valid completing append to a complete upload (its answer was lost): the
         # same answer again.
@@ -254,7 +256,9 @@ def receive(
 
 def finish(upload: Upload) -> Upload:
     """Complete an upload of unknown length at its offset (a completing request with
-    content of unknown length, now ended): declare the length, with no more bytes."""
+    content of unknown length, now ended): declare the length, with no more bytes. The
+    app's pre_length hook decides first: refused, the upload stays incomplete."""
+    check_length(upload, upload.offset)
     with gone_if_ended(upload.id):
         result = current_rindle().writer.write(
             upload.id, protocol.Append(upload.offset, None, upload.offset), lambda n: b""

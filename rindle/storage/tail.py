@@ -30,8 +30,9 @@ from rindle.errors import TailMissing
 
 log = logging.getLogger("rindle")
 
-# Directories only, never through a link.
-DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+# Directories only, never through a link; O_PATH (Linux): a directory this user may pass
+# through but not list (mode 711) opens too.
+DIR_FLAGS = getattr(os, "O_PATH", os.O_RDONLY) | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 class TailLocked(Exception):
@@ -59,7 +60,7 @@ def check_tail_dir(root: str | None = None) -> str:
         if old is not None and _same_file(os.fstat(old), os.fstat(fd)):
             os.close(fd)  # checked again, and still the one opened before
         else:
-            _dirs[path] = fd
+            _dirs[path] = fd  # a replaced one stays open: a Tail may still use it
     return path
 
 

@@ -83,6 +83,14 @@ _dirs: dict[str, int] = {}
 _dirs_lock = threading.Lock()
 
 
+def _new_lock_after_fork() -> None:
+    global _dirs_lock
+    _dirs_lock = threading.Lock()  # another thread may have held it at the fork
+
+
+os.register_at_fork(after_in_child=_new_lock_after_fork)
+
+
 def _tus_dir(root: str | None) -> str:
     return os.path.abspath(os.path.dirname(tail_path("x", root)))
 

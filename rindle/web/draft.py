@@ -80,8 +80,11 @@ def with_state(response: Response, upload: Upload) -> Response:
 
 
 def upload_limit(version: int, upload: Upload | None = None) -> str:
-    max_size = current_rindle().settings.max_size
-    return draft.format_limits(draft.limits(version, max_size, upload, time.time()))
+    settings = current_rindle().settings
+    shared = settings.tail_store == "s3"
+    return draft.format_limits(
+        draft.limits(version, settings.max_size, upload, time.time(), shared)
+    )
 
 
 def problem_response(status: int, code: str, message: str, headers: Mapping[str, str]) -> Response:

@@ -70,7 +70,28 @@ logconfig_dict = json_logging(LOG_FORMAT)
 # recv() no more than the app reads at a time, RINDLE_READ_CHUNK (64 KiB by default, as
 # in rindle.config): larger saves a fast client ~10 % of server CPU per GiB and costs
 # memory per open PATCH (README, "Many slow clients").
-RECV_PIECE = max(64 * 1024, int(os.environ.get("RINDLE_READ_CHUNK") or 64 * 1024))
+# The bounds of rindle.config.BOUNDS["RINDLE_READ_CHUNK"] (a unit test keeps them equal).
+READ_CHUNK_BOUNDS = (64 * 1024, 4 * 1024 * 1024)
+
+
+def read_chunk(environ: Any) -> int:
+    """RINDLE_READ_CHUNK as rindle.config reads it: refused, with rindle's message, when
+    it is not an integer within its bounds (gunicorn stops before it binds)."""
+    low, high = READ_CHUNK_BOUNDS
+    raw = environ.get("RINDLE_READ_CHUNK")
+    if raw is None or raw.strip() == "":
+        return low
+    try:
+        value = int(raw.strip())
+    except ValueError:
+        value = None
+    if value is None or not low <= value <= high:
+        # SystemExit: gunicorn prints other exceptions of this file with a traceback.
+        raise SystemExit(f"RINDLE_READ_CHUNK must be an integer from {low} to {high}, got {raw!r}")
+    return value
+
+
+RECV_PIECE = read_chunk(os.environ)
 if hasattr(SocketUnreader, "max_body_chunk"):
     SocketUnreader.max_body_chunk = RECV_PIECE
 if METRICS_DIR:

@@ -21,7 +21,7 @@ from rindle import hooks, protocol
 from rindle.config import MAX_PART_SIZE, MIN_PART_SIZE, Settings
 from rindle.errors import AssemblyError, PartialsNotReady
 from rindle.jobqueue import JobQueue
-from rindle.storage import S3_ERRORS, S3Storage, error_code
+from rindle.storage import S3_ERRORS, MultipartGone, S3Storage, error_code
 from rindle.storage.shared_tail import SharedTails
 from rindle.store import UploadStore
 from rindle.upload import ENDED, State, Upload
@@ -72,7 +72,7 @@ class Assembly:
                 )
                 return self._fail(upload.id, "failed (parts)")
             try:
-                self.s3.complete_multipart(
+                written = self.s3.complete_multipart(
                     upload.key, upload.s3_upload_id, [(n, etag) for n, etag, _ in parts]
                 )
             except ClientError as exc:
@@ -82,7 +82,17 @@ class Assembly:
                     return self._fail(upload.id, f"failed ({code})")
                 if code != "NoSuchUpload":  # NoSuchUpload: completed by an earlier try
                     raise
+            else:
+                self._record_object(upload.id, written)
         return self._verify_and_finish(upload)
+
+    def _record_object(self, upload_id: str, etag: str) -> None:
+        """Keep the ETag of the object this upload just wrote, before anything else can
+        happen: only that object is ever deleted on its behalf (``give_up``)."""
+        if etag:
+            self.store.set_state(
+                upload_id, State.ASSEMBLING, (State.ASSEMBLING,), fields={"object_etag": etag}
+            )
 
     def _verify_and_finish(self, upload: Upload) -> str:
         """HEAD the object, then mark the upload completed (once) and tell the app."""
@@ -109,13 +119,17 @@ class Assembly:
 
     def give_up(self, upload_id: str, reason: str) -> str:
         """No retry left for a completion whose object does not match the upload: the
-        upload is ``failed`` (410), its multipart upload aborted and the object at its
-        key, which is not what the client sent, deleted."""
+        upload is ``failed`` (410) and its multipart upload aborted. The object at its
+        key, which is not what the client sent, is deleted only if this upload wrote it
+        (its recorded ETag): a key chosen by ``pre_create`` may hold another upload's."""
         upload = self.store.get(upload_id)
         if upload is None or upload.state != State.ASSEMBLING:
             return f"skipped ({upload.state if upload else 'unknown'})"
         log.error("upload %s: giving up on its completion, marked failed: %s", upload_id, reason)
-        self.s3.delete_object(upload.key)
+        if not self.s3.delete_object_if(upload.key, upload.object_etag):
+            log.warning(
+                "upload %s: no object it wrote at %s: nothing deleted", upload_id, upload.key
+            )
         return self._fail(upload_id, "failed (object)")
 
     def _fail(self, upload_id: str, outcome: str) -> str:
@@ -144,26 +158,54 @@ class Assembly:
         sources = [(p.key, p.length or 0) for p in ready if p.length]
         headers = protocol.object_headers(protocol.parse_metadata(upload.metadata))
         if not sources:
-            self.s3.put_object(upload.key, b"", 0, headers)
+            self._record_object(upload.id, self.s3.put_object(upload.key, b"", 0, headers))
             return self._verify_and_finish(upload)
 
         s3_upload_id = upload.s3_upload_id or self.store.save_assembly_upload_id(
             upload.id, self.s3.create_multipart(upload.key, headers)
         )
         copyable = all(MIN_PART_SIZE <= size <= MAX_PART_SIZE for _, size in sources[:-1])
-        if copyable and sources[-1][1] <= MAX_PART_SIZE:
-            parts = [
-                (n, self.s3.upload_part_copy(upload.key, s3_upload_id, n, key))
-                for n, (key, _) in enumerate(sources, start=1)
-            ]
-        else:
-            parts = self._restream(upload, s3_upload_id, [key for key, _ in sources])
         try:
-            self.s3.complete_multipart(upload.key, s3_upload_id, parts)
+            if copyable and sources[-1][1] <= MAX_PART_SIZE:
+                parts = [
+                    (n, self.s3.upload_part_copy(upload.key, s3_upload_id, n, key))
+                    for n, (key, _) in enumerate(sources, start=1)
+                ]
+            else:
+                parts = self._restream(upload, s3_upload_id, [key for key, _ in sources])
+        except MultipartGone:
+            return self._assembly_gone(upload, s3_upload_id)
+        except ClientError as exc:
+            if error_code(exc) not in ("NoSuchKey", "404"):
+                raise
+            # A partial's object was deleted outside rindle: no retry brings it back.
+            log.error("upload %s: a partial upload's object is gone: %s", upload.id, exc)
+            return self._fail(upload.id, "failed (partial gone)")
+        try:
+            self._record_object(
+                upload.id, self.s3.complete_multipart(upload.key, s3_upload_id, parts)
+            )
         except ClientError as exc:
             if error_code(exc) != "NoSuchUpload":  # NoSuchUpload: completed by an earlier try
                 raise
         return self._verify_and_finish(upload)
+
+    def _assembly_gone(self, upload: Upload, s3_upload_id: str) -> str:
+        """S3 no longer knows the assembly's multipart upload. An earlier try that
+        completed it left the object (its size, and the ETag it recorded): finish.
+        Otherwise it was aborted outside rindle (a lifecycle rule, by hand) and the
+        parts copied into it are lost: the upload is failed (410), as a plain upload
+        whose multipart upload vanished; retrying for ever would not bring it back."""
+        size, etag = self.s3.head(upload.key) or (None, "")
+        if size == upload.length and (not upload.object_etag or etag == upload.object_etag):
+            return self._verify_and_finish(upload)
+        log.error(
+            "upload %s: S3 no longer knows its assembly multipart upload %s (aborted "
+            "outside rindle, e.g. by a lifecycle rule): the upload failed",
+            upload.id,
+            s3_upload_id,
+        )
+        return self._fail(upload.id, "failed (multipart gone)")
 
     def _restream(
         self, upload: Upload, s3_upload_id: str, keys: list[str]

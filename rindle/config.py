@@ -11,7 +11,7 @@ import socket
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
-from urllib.parse import parse_qs, parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qs, unquote_plus, urlsplit
 
 from rindle.errors import ConfigError
 
@@ -37,24 +37,40 @@ def metrics_dir(environ: Mapping[str, str] | None = None) -> str:
     return env.get("PROMETHEUS_MULTIPROC_DIR", "")
 
 
+SECRET = "***"
+
+
 def redact_url(url: str) -> str:
-    """``url`` with its password (if any, also a ``?password=`` query parameter, as
-    redis-py takes it) replaced by ``***``: for logs, banners and the doctor."""
-    parts = urlsplit(url)
-    if "password=" in parts.query:
-        query = [
-            (k, "***" if k == "password" else v)
-            for k, v in parse_qsl(parts.query, keep_blank_values=True)
-        ]
-        parts = parts._replace(query=urlencode(query, safe="*/"))
-    if parts.password is None:
-        return urlunsplit(parts)
-    user = f"{parts.username}:" if parts.username else ":"
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    netloc = f"{user}***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
+    """``url`` for logs, banners and the doctor: what precedes ``@`` in its host part
+    (``user:***``, or ``***`` alone), and every query parameter whose name says password
+    (``password``, ``ssl_password``..., in any case and however percent-encoded: redis-py
+    unquotes the names) replaced by ``***``. Any scheme (``redis``, ``rediss``,
+    ``unix``, a sentinel URL...); never raises, and keeps the rest of the text as it was."""
+    head, sep, tail = url.partition("://")
+    if not sep:
+        head, tail = "", url
+    # The credentials end at the last "@" (a password may hold "/", "?" or "#"), unless
+    # that "@" is in a query parameter's value.
+    at = tail.rfind("@")
+    question = tail.find("?")
+    if 0 <= question < at and "=" in tail[question:at]:
+        at = tail.rfind("@", 0, question)
+    if at >= 0:
+        user, colon, _ = tail[:at].partition(":")
+        head += sep + (f"{user}:{SECRET}@" if colon else f"{SECRET}@")
+        sep, tail = "", tail[at + 1 :]
+    before, question_mark, query = tail.partition("?")
+    if question_mark:
+        query, hash_, fragment = query.partition("#")
+        query = "&".join(_redact_param(p) for p in query.split("&")) + hash_ + fragment
+    return f"{head}{sep}{before}{question_mark}{query}"
+
+
+def _redact_param(param: str) -> str:
+    name, equals, _ = param.partition("=")
+    if equals and "password" in unquote_plus(name).lower():
+        return f"{name}={SECRET}"
+    return param
 
 
 def _prefix(env: Mapping[str, str]) -> str:
@@ -68,16 +84,55 @@ def _prefix(env: Mapping[str, str]) -> str:
     return prefix
 
 
+DAY = 24 * 3600
+# Every numeric setting: (least, most) it may be. A value outside is refused at start,
+# never clamped: a typo must not quietly become another number.
+BOUNDS: dict[str, tuple[int, int]] = {
+    "RINDLE_TUS_PART_SIZE": (MIN_PART_SIZE, MAX_PART_SIZE),  # S3's limits for a part
+    "RINDLE_TUS_MAX_SIZE": (1, MAX_OBJECT_SIZE),
+    # Below a minute an upload would expire between two PATCHes of a healthy client.
+    "RINDLE_TUS_EXPIRATION": (60, 365 * DAY),
+    "RINDLE_TRUSTED_PROXIES": (0, 10),
+    # The floor is the renewer's (four renewals per lease); past 10 min a dead writer
+    # would keep its upload locked for too long.
+    "RINDLE_LEASE_SECONDS": (5, 600),
+    # Each open PATCH holds a few chunks in memory: hundreds of threads multiply it.
+    "RINDLE_READ_CHUNK": (64 * 1024, 4 * MIB),
+    # The orphan sweep aborts unreferenced multipart uploads older than this: a POST
+    # must have recorded its upload in Redis by then.
+    "RINDLE_ORPHAN_GRACE": (300, 30 * DAY),
+    "RINDLE_REAP_INTERVAL": (0, DAY),  # 0: off
+    # A waiting request must answer within a router's 30 s (Heroku's).
+    "RINDLE_RELEASE_WAIT": (0, 25),
+    "RINDLE_READ_TIMEOUT": (1, 600),
+    "RINDLE_TUS_MAX_METADATA": (0, 64 * 1024),
+    "RINDLE_TUS_MAX_PARTIALS": (1, MAX_PARTS),  # each partial is one part of the object
+    "RINDLE_SWEEP_INTERVAL": (1, DAY),
+    "RINDLE_ORPHAN_SWEEP_INTERVAL": (1, DAY),
+    "RINDLE_MIN_RATE": (0, 100 * MIB),  # 0: no minimum
+    "RINDLE_MIN_RATE_WINDOW": (1, 3600),
+    "RINDLE_MAX_CHECKSUM_BODY": (0, MAX_PART_SIZE),  # 0: four parts; spooled whole
+    "RINDLE_MIN_FREE_DISK": (0, MAX_OBJECT_SIZE),
+    # Each holds a part on disk, a thread and an S3 connection.
+    "RINDLE_PARTS_IN_FLIGHT": (1, 16),
+    "RINDLE_THREADS": (1, 4096),
+    "RINDLE_REDIS_CONNECTIONS": (0, 10_000),  # 0: the default; else at least 4
+    "RINDLE_REDIS_WAIT_REPLICAS": (0, 16),
+}
+
+
 def _int(env: Mapping[str, str], name: str, default: int) -> int:
+    """The integer setting ``name`` (``default`` when unset), within ``BOUNDS[name]``."""
+    low, high = BOUNDS[name]
     raw = env.get(name)
-    if raw is None or raw == "":
+    if raw is None or raw.strip() == "":
         return default
     try:
-        value = int(raw)
+        value = int(raw.strip())
     except ValueError:
-        raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
-    if value < 0:
-        raise ConfigError(f"{name} must not be negative, got {value}")
+        value = None
+    if value is None or not low <= value <= high:
+        raise ConfigError(f"{name} must be an integer from {low} to {high}, got {raw!r}")
     return value
 
 
@@ -114,7 +169,10 @@ def _ca_certs(env: Mapping[str, str]) -> str:
 def _connections(env: Mapping[str, str]) -> int:
     value = _int(env, "RINDLE_REDIS_CONNECTIONS", 0)
     if value and value < 4:
-        raise ConfigError(f"RINDLE_REDIS_CONNECTIONS must be at least 4 (or unset), got {value}")
+        high = BOUNDS["RINDLE_REDIS_CONNECTIONS"][1]
+        raise ConfigError(
+            f"RINDLE_REDIS_CONNECTIONS must be 0 (the default) or from 4 to {high}, got {value}"
+        )
     return value
 
 
@@ -136,12 +194,19 @@ def _sentinels(env: Mapping[str, str]) -> tuple[str, tuple[tuple[str, int], ...]
     return master, tuple(addresses)
 
 
-def _wait_replicas(env: Mapping[str, str]) -> int:
-    """RINDLE_REDIS_WAIT_REPLICAS: 0 to 16 (0: never wait)."""
-    value = _int(env, "RINDLE_REDIS_WAIT_REPLICAS", 1)
-    if value > 16:
-        raise ConfigError(f"RINDLE_REDIS_WAIT_REPLICAS must be 0 to 16, got {value}")
-    return value
+MIN_TOKEN = 16
+
+
+def _metrics_token(env: Mapping[str, str]) -> str:
+    """RINDLE_METRICS_TOKEN: "" (no token), or at least 16 printable ASCII characters
+    without spaces (it travels in an Authorization header)."""
+    token = env.get("RINDLE_METRICS_TOKEN", "")
+    if token and (len(token) < MIN_TOKEN or not all("!" <= c <= "~" for c in token)):
+        raise ConfigError(
+            f"RINDLE_METRICS_TOKEN must be at least {MIN_TOKEN} printable ASCII characters "
+            "without spaces (e.g. `openssl rand -hex 32`)"
+        )
+    return token
 
 
 # gunicorn threads per web process (the Procfile's default for $RINDLE_THREADS): a PATCH
@@ -197,6 +262,7 @@ class Settings:
     demo: bool  # RINDLE_DEMO=1: the example app.py serves its upload page at /
     metrics: bool  # RINDLE_METRICS=1: Prometheus metrics at /metrics
     metrics_dir: str  # PROMETHEUS_MULTIPROC_DIR: prometheus_client's multiprocess mode
+    metrics_token: str  # RINDLE_METRICS_TOKEN: scrapes must send it as a bearer token
     log_format: str  # "text" or "json" (one JSON object per line)
     dashboard_user: str  # rq-dashboard at /rq behind HTTP basic auth ...
     dashboard_password: str  # ... when a password is set ("": not mounted)
@@ -204,22 +270,14 @@ class Settings:
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if environ is None else environ
-        part_size = _int(env, "RINDLE_TUS_PART_SIZE", 8 * MIB)
-        if not MIN_PART_SIZE <= part_size <= MAX_PART_SIZE:
-            raise ConfigError(
-                f"RINDLE_TUS_PART_SIZE must be between {MIN_PART_SIZE} and {MAX_PART_SIZE}"
-            )
-        max_size = _int(env, "RINDLE_TUS_MAX_SIZE", MAX_OBJECT_SIZE)
-        if max_size > MAX_OBJECT_SIZE:
-            raise ConfigError(f"RINDLE_TUS_MAX_SIZE cannot exceed S3's {MAX_OBJECT_SIZE}")
         master, sentinels = _sentinels(env)
         return cls(
             redis_url=_redis_url(env),
             s3_bucket=env.get("RINDLE_S3_BUCKET") or "rindle",
             s3_prefix=_prefix(env),
             tmp_dir=default_tmp_dir(env),
-            part_size=part_size,
-            max_size=max_size,
+            part_size=_int(env, "RINDLE_TUS_PART_SIZE", 8 * MIB),
+            max_size=_int(env, "RINDLE_TUS_MAX_SIZE", MAX_OBJECT_SIZE),
             expiration=_int(env, "RINDLE_TUS_EXPIRATION", 24 * 3600),
             queue=env.get("RINDLE_QUEUE") or "rindle",
             # The node is whoever holds a tail folder: two processes on one host with
@@ -227,31 +285,31 @@ class Settings:
             node_id=env.get("RINDLE_NODE_ID")
             or f"{socket.gethostname()}:{os.path.abspath(default_tmp_dir(env))}",
             trusted_proxies=_int(env, "RINDLE_TRUSTED_PROXIES", 0),
-            lease_seconds=max(5, _int(env, "RINDLE_LEASE_SECONDS", 60)),
-            read_chunk=max(64 * 1024, _int(env, "RINDLE_READ_CHUNK", 64 * 1024)),
+            lease_seconds=_int(env, "RINDLE_LEASE_SECONDS", 60),
+            read_chunk=_int(env, "RINDLE_READ_CHUNK", 64 * 1024),
             orphan_grace=_int(env, "RINDLE_ORPHAN_GRACE", 3600),
             reap_interval=_int(env, "RINDLE_REAP_INTERVAL", 600),
             release_wait=_int(env, "RINDLE_RELEASE_WAIT", 3),
-            read_timeout=max(1, _int(env, "RINDLE_READ_TIMEOUT", 60)),
+            read_timeout=_int(env, "RINDLE_READ_TIMEOUT", 60),
             cors_origins=tuple(
                 o.strip() for o in env.get("RINDLE_CORS_ORIGINS", "").split(",") if o.strip()
             ),
             max_metadata=_int(env, "RINDLE_TUS_MAX_METADATA", 4096),
-            max_partials=max(1, _int(env, "RINDLE_TUS_MAX_PARTIALS", 100)),
+            max_partials=_int(env, "RINDLE_TUS_MAX_PARTIALS", 100),
             download=_choice(env, "RINDLE_DOWNLOAD", ("redirect", "stream", "off")),
             on_complete=env.get("RINDLE_ON_COMPLETE", ""),
             app=env.get("RINDLE_APP") or "app:app",
-            sweep_interval=max(1, _int(env, "RINDLE_SWEEP_INTERVAL", 300)),
-            orphan_sweep_interval=max(1, _int(env, "RINDLE_ORPHAN_SWEEP_INTERVAL", 3600)),
+            sweep_interval=_int(env, "RINDLE_SWEEP_INTERVAL", 300),
+            orphan_sweep_interval=_int(env, "RINDLE_ORPHAN_SWEEP_INTERVAL", 3600),
             s3_endpoint=env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL") or "",
             tail_store=_choice(env, "RINDLE_TAIL_STORE", ("local", "s3")),
             public=_choice(env, "RINDLE_PUBLIC", ("0", "1")) == "1",
             min_rate=_int(env, "RINDLE_MIN_RATE", 256),
-            min_rate_window=max(1, _int(env, "RINDLE_MIN_RATE_WINDOW", 30)),
+            min_rate_window=_int(env, "RINDLE_MIN_RATE_WINDOW", 30),
             max_checksum_body=_int(env, "RINDLE_MAX_CHECKSUM_BODY", 0),
             min_free_disk=_int(env, "RINDLE_MIN_FREE_DISK", 256 * MIB),
-            parts_in_flight=max(1, _int(env, "RINDLE_PARTS_IN_FLIGHT", 4)),
-            threads=max(1, _int(env, "RINDLE_THREADS", DEFAULT_THREADS)),
+            parts_in_flight=_int(env, "RINDLE_PARTS_IN_FLIGHT", 4),
+            threads=_int(env, "RINDLE_THREADS", DEFAULT_THREADS),
             redis_connections=_connections(env),
             redis_ssl_cert_reqs=_choice(
                 env, "RINDLE_REDIS_SSL_CERT_REQS", ("required", "optional", "none")
@@ -259,10 +317,11 @@ class Settings:
             redis_ssl_ca_certs=_ca_certs(env),
             redis_sentinels=sentinels,
             redis_sentinel_master=master,
-            redis_wait_replicas=_wait_replicas(env),
+            redis_wait_replicas=_int(env, "RINDLE_REDIS_WAIT_REPLICAS", 1),
             demo=_choice(env, "RINDLE_DEMO", ("0", "1")) == "1",
             metrics=_choice(env, "RINDLE_METRICS", ("0", "1")) == "1",
             metrics_dir=metrics_dir(env),
+            metrics_token=_metrics_token(env),
             log_format=_choice(env, "RINDLE_LOG_FORMAT", ("text", "json")),
             dashboard_user=env.get("RINDLE_DASHBOARD_USER") or "rindle",
             dashboard_password=env.get("RINDLE_DASHBOARD_PASSWORD", ""),

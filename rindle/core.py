@@ -1,15 +1,18 @@
 """The services of one rindle deployment: clients and the parts built on them.
 
 Built lazily, on first use: after gunicorn (or RQ) forked the process, then shared by
-its threads (boto3 clients and redis-py pools are thread-safe). No web framework here:
-the web layer and the RQ jobs both use a ``Rindle``.
+its threads (boto3 clients and redis-py pools are thread-safe). Each is built once, under
+the instance's lock: ``functools.cached_property`` has no lock since Python 3.12, and two
+first requests at once would build two release watchers (a SIGTERM then stops one). No
+web framework here: the web layer and the RQ jobs both use a ``Rindle``.
 """
 
 from __future__ import annotations
 
 import logging
-from functools import cached_property
-from typing import Any
+import threading
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar, overload
 
 import redis
 from blinker import NamedSignal
@@ -31,6 +34,35 @@ from rindle.writer import PART_UPLOAD_THREADS, Writer
 
 log = logging.getLogger("rindle")
 
+T = TypeVar("T")
+
+
+class service(Generic[T]):  # lower case: a decorator, like cached_property
+    """A service of a ``Rindle``, built on first use, once per instance even when many
+    threads ask at once (the instance's re-entrant lock: a service may build others)."""
+
+    def __init__(self, build: Callable[[Rindle], T]) -> None:
+        self.build = build
+        self.name = build.__name__
+        self.__doc__ = build.__doc__
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    @overload
+    def __get__(self, instance: None, owner: type | None = None) -> service[T]: ...
+    @overload
+    def __get__(self, instance: Rindle, owner: type | None = None) -> T: ...
+    def __get__(self, instance: Rindle | None, owner: type | None = None) -> T | service[T]:
+        if instance is None:
+            return self
+        built = instance.__dict__
+        if self.name not in built:  # the lock only until each is built
+            with instance._build_lock:
+                if self.name not in built:
+                    built[self.name] = self.build(instance)
+        return built[self.name]  # type: ignore[no-any-return]
+
 
 class Rindle:
     def __init__(self, settings: Settings, hooks: Hooks | None = None, sender: Any = None) -> None:
@@ -41,6 +73,7 @@ class Rindle:
         except OSError as exc:
             raise ConfigError(f"RINDLE_TMP_DIR: {exc}") from exc
         self.settings = settings
+        self._build_lock = threading.RLock()
         self.hooks = hooks or Hooks()
         self.sender = sender
 
@@ -63,30 +96,30 @@ class Rindle:
         """Why this process is stopping, or "" while it serves."""
         return self.watcher.stopping
 
-    @cached_property
+    @service
     def redis(self) -> redis.Redis:
         # Hundreds of request threads share a few connections (the process's budget,
         # rindle.redis_client): past it they wait for a free one instead of failing.
         return redis_client.client(self.settings, decode=True)
 
-    @cached_property
+    @service
     def jobs(self) -> JobQueue:
         # rq stores pickled payloads: it needs a client that does not decode.
         connection = redis_client.client(self.settings, decode=False)
         return JobQueue(Queue(self.settings.queue, connection=connection))
 
-    @cached_property
+    @service
     def uploads(self) -> UploadStore:
         settings = self.settings
         return UploadStore(
             self.redis, settings.expiration, settings.lease_seconds, settings.redis_wait_replicas
         )
 
-    @cached_property
+    @service
     def lease(self) -> Lease:
         return Lease(self.uploads, self.settings.release_wait)
 
-    @cached_property
+    @service
     def s3(self) -> S3Storage:
         # One connection for each request thread and each part upload thread at most.
         pool = self.settings.threads + PART_UPLOAD_THREADS
@@ -94,11 +127,11 @@ class Rindle:
         metrics.instrument_s3(client)  # part durations, failed calls
         return S3Storage(client, self.settings.s3_bucket)
 
-    @cached_property
+    @service
     def shared_tails(self) -> SharedTails:
         return SharedTails(self.s3, self.settings.s3_prefix)
 
-    @cached_property
+    @service
     def watcher(self) -> ReleaseWatcher:
         settings = self.settings
         return ReleaseWatcher(
@@ -110,7 +143,7 @@ class Rindle:
             self.lease.drop_orphan,
         )
 
-    @cached_property
+    @service
     def writer(self) -> Writer:
         return Writer(
             self.uploads,
@@ -124,18 +157,18 @@ class Rindle:
             self.shared_tails if self.settings.tail_store == "s3" else None,
         )
 
-    @cached_property
+    @service
     def assembly(self) -> Assembly:
         return Assembly(
             self.uploads, self.s3, self.shared_tails, self.settings, self.jobs, self.notify
         )
 
-    @cached_property
+    @service
     def maintenance(self) -> Maintenance:
         return Maintenance(
             self.uploads, self.s3, self.shared_tails, self.settings, self.jobs, self.notify
         )
 
-    @cached_property
+    @service
     def reaper(self) -> TailReaper:
         return TailReaper(self.maintenance, self.redis, self.settings.reap_interval)

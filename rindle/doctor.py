@@ -463,8 +463,9 @@ def check_tmp_dir(rindle: Rindle) -> Iterator[Check]:
         )
         return
     free = shutil.disk_usage(tails).free
-    # Each running PATCH holds up to two parts there.
-    wanted = settings.min_free_disk + 2 * settings.part_size
+    # A running PATCH holds its tail and one spooled part per part upload in flight.
+    per_patch = settings.parts_in_flight + 1
+    wanted = settings.min_free_disk + per_patch * settings.part_size
     detail = f"{tails}: writable, {size(free)} free"
     if free < settings.min_free_disk:
         yield Check(
@@ -478,8 +479,8 @@ def check_tmp_dir(rindle: Rindle) -> Iterator[Check]:
         yield Check(
             "tmp dir",
             WARN,
-            detail + f": room for few PATCHes (each holds up to 2 parts of "
-            f"{size(settings.part_size)})",
+            detail + f": room for few PATCHes (each holds up to {per_patch} parts of "
+            f"{size(settings.part_size)}: RINDLE_PARTS_IN_FLIGHT + 1)",
             "free some space, or point RINDLE_TMP_DIR at a larger disk",
         )
     else:
@@ -628,6 +629,16 @@ def check_metrics(rindle: Rindle) -> Iterator[Check]:
         )
     else:
         yield Check("metrics", OK, f"multiprocess mode in {settings.metrics_dir}")
+    if not settings.metrics_token:
+        yield Check(
+            "metrics auth",
+            WARN,
+            "/metrics answers anyone who reaches it (no RINDLE_METRICS_TOKEN); a router "
+            "such as Heroku's cannot hide a path",
+            "set RINDLE_METRICS_TOKEN and give it to the scraper as its bearer token",
+        )
+    else:
+        yield Check("metrics auth", OK, "scrapes need the bearer token RINDLE_METRICS_TOKEN")
 
 
 CHECKERS: tuple[Checker, ...] = (

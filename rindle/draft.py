@@ -227,20 +227,28 @@ def creation_length(transfer: Transfer, max_size: int) -> int | None:
 
 
 def limits(
-    version: int, max_size: int, upload: Upload | None = None, now: float = 0.0
+    version: int,
+    max_size: int,
+    upload: Upload | None = None,
+    now: float = 0.0,
+    shared_tails: bool = False,
 ) -> dict[str, int]:
     """The Upload-Limit members that apply: ``max-size`` (RINDLE_TUS_MAX_SIZE, or what an
     upload of unknown length can hold with its part size) and, for an upload that still
-    takes bytes, its remaining lifetime (``max-age``; ``expires`` in interop 6).
+    takes bytes, its remaining lifetime (``max-age``; ``expires`` in interop 6); with
+    ``shared_tails`` (RINDLE_TAIL_STORE=s3), the smallest append that is not the last,
+    ``min-append-size`` (``protocol.check_shared_append``: each append that leaves bytes
+    buffered is one S3 object).
 
-    There is no min-size (every upload is resumable), no max-append-size (no per-request
-    cap) and no min-append-size: appends of any size are buffered in the node's tail, and
-    S3 only ever sees full parts."""
+    There is no min-size (every upload is resumable) and no max-append-size (no
+    per-request cap)."""
     found: dict[str, int] = {"max-size": max_size}
     if upload is None:
         return found
     if upload.length is None:
         found["max-size"] = protocol.deferred_limit(upload, max_size)
+    if shared_tails and upload.state in WRITABLE:
+        found["min-append-size"] = protocol.min_shared_append(upload.part_size)
     if upload.state in WRITABLE:
         found["max-age" if version >= 7 else "expires"] = max(0, int(upload.expires_at - now))
     return found

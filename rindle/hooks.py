@@ -15,6 +15,12 @@ Callbacks (given to ``rindle.init_app(app, hooks=Hooks(...))``):
   to refuse the upload, or return the object key to use (default: RINDLE_S3_PREFIX + id);
   the key must stay under RINDLE_S3_PREFIX (``upload_id`` may be left out of the hook's
   parameters);
+- ``pre_length(request, upload, length)``: the length of an upload created without one
+  (``Upload-Defer-Length``; the draft's creation without a length) becomes known:
+  ``length`` is what the request declares, ``upload`` the upload as recorded (its
+  ``length`` None). Raise ``Refuse`` to refuse the request (the length is not recorded,
+  no byte of it is read), with the same answer as a ``pre_create`` refusal: a quota that
+  ``pre_create`` checks must check here too, or a deferred length bypasses it;
 - ``authorize(request, action, upload)``: called on every request (``action`` is one of
   create, head, patch, delete, get; ``upload`` is None for create), and for each partial
   a final upload names (``concat``, with that partial); raise ``Refuse``.
@@ -58,6 +64,7 @@ class Refuse(Exception):
 
 
 PreCreate = Callable[..., str | None]
+PreLength = Callable[[Any, Upload, int], None]
 Authorize = Callable[[Any, str, Upload | None], None]
 
 
@@ -65,6 +72,9 @@ Authorize = Callable[[Any, str, Upload | None], None]
 class Hooks:
     pre_create: PreCreate | None = None
     authorize: Authorize | None = None
+    # Not pre_create again: it chooses the key and may count the upload (a quota), and
+    # both happened already; this one only decides.
+    pre_length: PreLength | None = None
 
 
 def choose_key(

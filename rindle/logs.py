@@ -9,6 +9,12 @@ web layer binds both for each request, the RQ jobs bind the job id and the uploa
 Libraries that add handlers of their own to their loggers (RQ's worker does, before it
 imports the app) would print each of their lines twice once the root logger has a
 handler too: ``configure`` removes those handlers, and their lines reach the root's.
+
+A client's text reaches log lines (an upload id from the URL, metadata, a header in an
+error message): it must never make a line of its own. Only ids of ``ID`` are bound, and
+a text line escapes every control character (a newline as ``\\n``); the lines of a traceback
+follow indented, so that no line but a record's first starts at the left margin. JSON
+lines are escaped by JSON itself.
 """
 
 from __future__ import annotations
@@ -16,8 +22,10 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import re
 import sys
 import time
+import traceback
 from collections.abc import Iterator
 from contextvars import ContextVar
 from typing import Any
@@ -31,18 +39,46 @@ HANDLER_NAME = "rindle"
 OWN_HANDLER_LOGGERS = ("rq.worker", "rq.job", "rq.scheduler", "rq.cron", "rq.worker_pool")
 # Chatty at INFO (botocore: "Found credentials..." in every process): warnings only.
 QUIET_LOGGERS = ("botocore", "boto3", "s3transfer", "urllib3")
+# What a request id or an upload id may look like on a line: rindle's upload ids
+# (token_urlsafe), RQ's job ids, the request ids of routers (Heroku's: a UUID).
+ID = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}")
+# Control characters (C0, DEL, C1) and Unicode's line and paragraph separators: any of
+# them may end a line for a terminal or a log collector.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+# Before each line of a traceback: a record's first line alone starts at the margin.
+CONTINUATION = "  "
 # The attributes of every LogRecord: anything else on a record came with ``extra``.
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
 
 
+def escape(text: str) -> str:
+    """``text`` on one line: control characters as ``\\n``, ``\\x1b``, ``\\u2028``..."""
+    return _CONTROL.sub(_escaped, text)
+
+
+def _escaped(match: re.Match[str]) -> str:
+    char = match.group()
+    if char in _NAMED:
+        return _NAMED[char]
+    return f"\\x{ord(char):02x}" if ord(char) < 0x100 else f"\\u{ord(char):04x}"
+
+
+def safe_id(value: str) -> str:
+    """``value`` if it looks like an id (``ID``), else "": a client's URL or header never
+    reaches a line as an id."""
+    return value if ID.fullmatch(value) else ""
+
+
 @contextlib.contextmanager
 def bound(*, request: str | None = None, upload: str | None = None) -> Iterator[None]:
-    """Log lines of this thread (and context) name ``request`` and ``upload`` meanwhile."""
+    """Log lines of this thread (and context) name ``request`` and ``upload`` meanwhile
+    (an id that does not look like one, ``safe_id``, is not named)."""
     tokens = []
     if request is not None:
-        tokens.append((request_id, request_id.set(request)))
+        tokens.append((request_id, request_id.set(safe_id(request))))
     if upload is not None:
-        tokens.append((upload_id, upload_id.set(upload)))
+        tokens.append((upload_id, upload_id.set(safe_id(upload))))
     try:
         yield
     finally:
@@ -52,7 +88,7 @@ def bound(*, request: str | None = None, upload: str | None = None) -> Iterator[
 
 def bind_upload(upload: str) -> None:
     """Name ``upload`` on the rest of this request's lines (the id is made mid-request)."""
-    upload_id.set(upload)
+    upload_id.set(safe_id(upload))
 
 
 class ContextFilter(logging.Filter):
@@ -67,22 +103,43 @@ class ContextFilter(logging.Filter):
 
 
 class TextFormatter(logging.Formatter):
-    """``time LEVEL logger message [request_id=... upload_id=...]``."""
+    """``time LEVEL logger message [request_id=... upload_id=...]``, on one line whatever
+    the message holds; a traceback follows on lines of its own, indented."""
 
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)s %(name)s %(message)s")
 
     def format(self, record: logging.LogRecord) -> str:
-        line = super().format(record)
+        record.message = record.getMessage()
+        record.asctime = self.formatTime(record, self.datefmt)
+        first = escape(self.formatMessage(record))
         ids = " ".join(
-            f"{name}={value}"
+            f"{name}={escape(str(value))}"
             for name in ("request_id", "upload_id")
             if (value := getattr(record, name, ""))
         )
-        if not ids:
-            return line
-        first, newline, rest = line.partition("\n")  # after the message, before a traceback
-        return f"{first} [{ids}]{newline}{rest}"
+        if ids:
+            first += f" [{ids}]"
+        more: list[str] = []
+        if record.exc_info and record.exc_info[0] is not None:
+            more += self.formatException(record.exc_info).splitlines()
+        elif record.exc_text:
+            more += record.exc_text.splitlines()
+        if record.stack_info:
+            more += self.formatStack(record.stack_info).splitlines()
+        # splitlines() splits at every line boundary Python knows (\r, \x1c, \u2028...).
+        return "\n".join([first, *(CONTINUATION + escape(line) for line in more)])
+
+    def formatException(self, ei: Any) -> str:
+        """The traceback, with each exception's message (and notes) on one line: those
+        may hold a client's text (a path, a header, metadata)."""
+        lines: list[str] = []
+        for chunk in traceback.TracebackException(*ei, compact=True).format():
+            if chunk.startswith(("Traceback ", "  ", "\n")):  # frames, chain banners
+                lines += chunk.splitlines()
+            else:  # "ValueError: <message>", a note
+                lines.append(escape(chunk.removesuffix("\n")))
+        return "\n".join(lines)
 
 
 class JsonFormatter(logging.Formatter):

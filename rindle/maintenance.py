@@ -16,6 +16,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from functools import cached_property
 
 import redis
 from blinker import NamedSignal
@@ -23,6 +24,7 @@ from blinker import NamedSignal
 from rindle import hooks
 from rindle.config import Settings
 from rindle.jobqueue import JobQueue
+from rindle.lease import Lease
 from rindle.storage import (
     S3_ERRORS,
     S3Storage,
@@ -30,6 +32,7 @@ from rindle.storage import (
     try_remove_idle_tail,
     upload_id_from_tail,
 )
+from rindle.storage.s3 import NotDeleted
 from rindle.storage.shared_tail import SharedTails
 from rindle.store import ASSEMBLY_CHECK_SECONDS, UploadStore
 from rindle.upload import OPEN, WRITABLE, State, Upload
@@ -143,7 +146,7 @@ class Maintenance:
                     continue
             else:
                 upload = self.store.get(upload_id)
-                live = bool(upload and upload.state in WRITABLE and upload.expires_at > now)
+                live = self._live(upload, now)
                 # In shared mode a file here is only a cache, and only while Redis names
                 # this node: otherwise a resume here fetches the shared copy anyway.
                 if live and not (self.shared_mode and upload.node != self.settings.node_id):
@@ -156,6 +159,20 @@ class Maintenance:
             else:
                 counts["busy"] += 1
         return dict(counts)
+
+    def _live(self, upload: Upload | None, now: float) -> bool:
+        """Writable, and not past its expiry or being written to: a writer holding the
+        lease is activity (as for the expiry sweep), and its next commit moves the
+        expiry. Its shared copies, which that writer may be reading, must stay."""
+        return bool(
+            upload is not None
+            and upload.state in WRITABLE
+            and (upload.expires_at > now or self.lease.held(upload.id))
+        )
+
+    @cached_property
+    def lease(self) -> Lease:
+        return Lease(self.store, self.settings.release_wait)
 
     def abort_orphans(
         self, grace: int, now: float | None = None, dry_run: bool = False
@@ -192,25 +209,40 @@ class Maintenance:
         self, grace: int, now: float | None = None, dry_run: bool = False
     ) -> dict[str, int]:
         """Delete shared tails in S3 that no writable upload records, once older than
-        ``grace`` seconds (a writer puts a new one just before it commits it)."""
+        ``grace`` seconds (a writer puts a new one just before it commits it), and never
+        one of an upload whose writer holds the lease (it may be putting or reading
+        any of them). Keys S3 refuses to delete are counted (``tails_errors``), logged,
+        and tried next time."""
         now = time.time() if now is None else now
-        counts: Counter[str] = Counter(tails_deleted=0, tails_kept=0)
+        counts: Counter[str] = Counter(tails_deleted=0, tails_kept=0)  # tails_errors if any
         doomed = []
+        writing: dict[str, bool] = {}  # upload id -> its lease is held (asked once)
         for upload_id, key, modified in self.shared.listing():
-            upload = self.store.get(upload_id)
-            current = (
-                upload is not None
-                and upload.state in WRITABLE
-                and key in upload.shared_keys
-            )
-            if current or modified.timestamp() > now - grace:
+            if modified.timestamp() > now - grace:
                 counts["tails_kept"] += 1
+                continue
+            upload = self.store.get(upload_id)
+            if upload is not None and upload.state in WRITABLE:
+                if key in upload.shared_keys:
+                    counts["tails_kept"] += 1
+                    continue
+                if upload_id not in writing:
+                    writing[upload_id] = self.lease.held(upload_id)
+                if writing[upload_id]:
+                    counts["tails_kept"] += 1
+                    continue
+            doomed.append(key)
+        for start in range(0, len(doomed), 1000):
+            batch = doomed[start : start + 1000]
+            try:
+                if not dry_run:
+                    self.s3.delete_objects(batch)
+            except NotDeleted as exc:
+                log.warning("shared tails: %d not deleted: %s", len(exc.errors), exc.errors[:10])
+                counts["tails_errors"] += len(exc.errors)
+                counts["tails_deleted"] += len(batch) - len(exc.errors)
             else:
-                doomed.append(key)
-        if not dry_run:
-            for start in range(0, len(doomed), 1000):
-                self.s3.delete_objects(doomed[start : start + 1000])
-        counts["tails_deleted"] = len(doomed)
+                counts["tails_deleted"] += len(batch)
         return dict(counts)
 
 

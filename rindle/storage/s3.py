@@ -76,6 +76,29 @@ def error_code(exc: ClientError) -> str:
     return str(exc.response.get("Error", {}).get("Code", ""))
 
 
+# Per-key answers of DeleteObjects that mean the object is not there: deleted, as asked.
+_ALREADY_GONE = ("NoSuchKey", "NotFound", "404")
+
+
+class NotDeleted(ClientError):
+    """DeleteObjects answered 200 but refused some keys (its ``Errors`` list): a
+    ClientError, so that whoever handles S3's refusals handles this one too.
+    ``errors``: (key, code, message) of each refused key."""
+
+    def __init__(self, errors: list[tuple[str, str, str]]) -> None:
+        key, code, message = errors[0]
+        super().__init__(
+            {
+                "Error": {
+                    "Code": code,
+                    "Message": f"{len(errors)} object(s) not deleted, first {key!r}: {message}",
+                }
+            },
+            "DeleteObjects",
+        )
+        self.errors = errors
+
+
 class S3Storage:
     """The bucket's multipart uploads and objects; boto3's exceptions pass through."""
 
@@ -108,23 +131,31 @@ class S3Storage:
         return str(response["ETag"])
 
     def upload_part_copy(self, key: str, upload_id: str, number: int, source_key: str) -> str:
-        """A part copied inside S3 from a whole object of the same bucket."""
-        response = self.client.upload_part_copy(
-            Bucket=self.bucket,
-            Key=key,
-            UploadId=upload_id,
-            PartNumber=number,
-            CopySource={"Bucket": self.bucket, "Key": source_key},
-        )
+        """A part copied inside S3 from a whole object of the same bucket. MultipartGone
+        when S3 no longer knows the upload."""
+        try:
+            response = self.client.upload_part_copy(
+                Bucket=self.bucket,
+                Key=key,
+                UploadId=upload_id,
+                PartNumber=number,
+                CopySource={"Bucket": self.bucket, "Key": source_key},
+            )
+        except ClientError as exc:
+            if error_code(exc) == "NoSuchUpload":
+                raise MultipartGone(upload_id) from exc
+            raise
         return str(response["CopyPartResult"]["ETag"])
 
-    def complete_multipart(self, key: str, upload_id: str, parts: list[tuple[int, str]]) -> None:
-        self.client.complete_multipart_upload(
+    def complete_multipart(self, key: str, upload_id: str, parts: list[tuple[int, str]]) -> str:
+        """CompleteMultipartUpload; the object's ETag (the proof it is the one we wrote)."""
+        response = self.client.complete_multipart_upload(
             Bucket=self.bucket,
             Key=key,
             UploadId=upload_id,
             MultipartUpload={"Parts": [{"PartNumber": n, "ETag": etag} for n, etag in parts]},
         )
+        return str(response.get("ETag", ""))
 
     def abort_multipart(self, key: str, upload_id: str) -> bool:
         """Abort; False when S3 no longer knows the upload (already aborted or completed)."""
@@ -157,11 +188,25 @@ class S3Storage:
 
     def delete_object_if(self, key: str, etag: str) -> bool:
         """Delete the object only if it is still the one with ``etag`` (another upload
-        may have written the same key since); True when deleted."""
+        may have written the same key since); True when deleted.
+
+        The DELETE itself carries ``If-Match: etag`` (a conditional delete: AWS S3 and
+        SeaweedFS answer 412 when the object changed), which closes the window between
+        the HEAD and the DELETE. The HEAD stays for stores that ignore If-Match on a
+        DELETE: there only that window is left. A store that refuses the header
+        (NotImplemented) gets the plain DELETE after the HEAD check."""
         found = self.head(key)
         if not etag or found is None or found[1] != etag:
             return False
-        self.delete_object(key)
+        try:
+            self.client.delete_object(Bucket=self.bucket, Key=key, IfMatch=etag)
+        except ClientError as exc:
+            code = error_code(exc)
+            if code in ("PreconditionFailed", "412", *_ALREADY_GONE):
+                return False  # replaced (or deleted) since the HEAD: not ours any more
+            if code != "NotImplemented":
+                raise
+            self.delete_object(key)
         return True
 
     def list_multipart_uploads(self, prefix: str) -> Iterator[tuple[str, str, datetime]]:
@@ -200,12 +245,23 @@ class S3Storage:
                 yield obj["Key"], obj["LastModified"]
 
     def delete_objects(self, keys: list[str]) -> None:
-        """Delete up to 1,000 objects in one request (missing ones count as deleted)."""
-        if keys:
-            self.client.delete_objects(
-                Bucket=self.bucket,
-                Delete={"Objects": [{"Key": key} for key in keys], "Quiet": True},
-            )
+        """Delete up to 1,000 objects in one request (missing ones count as deleted).
+
+        Quiet mode answers only the keys S3 refused: NotDeleted names them (the others
+        are deleted)."""
+        if not keys:
+            return
+        response = self.client.delete_objects(
+            Bucket=self.bucket,
+            Delete={"Objects": [{"Key": key} for key in keys], "Quiet": True},
+        )
+        errors = [
+            (str(e.get("Key", "")), str(e.get("Code", "")), str(e.get("Message", "")))
+            for e in response.get("Errors", [])
+            if e.get("Code") not in _ALREADY_GONE
+        ]
+        if errors:
+            raise NotDeleted(errors)
 
     def delete_object(self, key: str) -> None:
         self.client.delete_object(Bucket=self.bucket, Key=key)

@@ -2,21 +2,37 @@
 
 ``tail_path`` is the one place that maps an upload id to a file name; the writer, the
 reaper and the tests all go through it.
+
+The directory ``<root>/tus`` is opened once per process (``tail_dir_fd``: at start-up,
+by ``check_tail_dir``), after every component of its path was checked, and files are
+opened relative to that descriptor: tails are read back into uploads, so another user
+who could swap a directory on the way for a link would plant or steal bytes. Swapping
+``tus`` after start-up sends nothing elsewhere; the directory is never made again at run
+time.
 """
 
 from __future__ import annotations
 
 import base64
 import contextlib
+import errno
 import fcntl
 import io
+import logging
 import os
+import secrets
 import stat
-import tempfile
+import threading
 from collections.abc import Iterator
 
 from rindle.config import default_tmp_dir
 from rindle.errors import TailMissing
+
+log = logging.getLogger("rindle")
+
+# Directories only, never through a link; O_PATH (Linux): a directory this user may pass
+# through but not list (mode 711) opens too.
+DIR_FLAGS = getattr(os, "O_PATH", os.O_RDONLY) | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 class TailLocked(Exception):
@@ -31,19 +47,134 @@ def tail_path(session_id: str, root: str | None = None) -> str:
 
 
 def check_tail_dir(root: str | None = None) -> str:
-    """Create ``<root>/tus`` (mode 0700), or check that the one there is this user's
-    and writable by nobody else: tails are read back into uploads, so nobody else may
-    plant or swap them. Returns its path; OSError when it is not safe."""
-    path = os.path.dirname(tail_path("x", root))
-    os.makedirs(path, mode=0o700, exist_ok=True)
-    info = os.lstat(path)
-    if not stat.S_ISDIR(info.st_mode):
-        raise OSError(f"{path} must be a directory, not a link or a file")
-    if info.st_uid != os.geteuid():
-        raise OSError(f"{path} belongs to uid {info.st_uid}, not to this process's user")
-    if info.st_mode & 0o022:
-        raise OSError(f"{path} is writable by other users (mode {info.st_mode & 0o777:o})")
+    """Open ``<root>/tus`` for this process, making what is missing (mode 0700), after
+    checking every directory on its path: none is a link (those above the root are
+    resolved first: /tmp may be one), those above the root belong to this user or root
+    and others may not write them unless sticky (/tmp), the root and ``tus`` belong to
+    this user and only this user may write them. Returns its path; OSError naming the
+    directory when it is not safe."""
+    path = _tus_dir(root)
+    fd = _open_checked(path)
+    with _dirs_lock:
+        old = _dirs.get(path)
+        if old is not None and _same_file(os.fstat(old), os.fstat(fd)):
+            os.close(fd)  # checked again, and still the one opened before
+        else:
+            _dirs[path] = fd  # a replaced one stays open: a Tail may still use it
     return path
+
+
+def tail_dir_fd(root: str | None = None) -> int:
+    """A descriptor of ``<root>/tus``, opened once per process (``check_tail_dir``, at
+    start-up; else at first use). Tails are opened relative to it."""
+    path = _tus_dir(root)
+    with _dirs_lock:
+        fd = _dirs.get(path)
+    if fd is None:
+        check_tail_dir(root)
+        with _dirs_lock:
+            fd = _dirs[path]
+    return fd
+
+
+# The tail directories this process opened: absolute path of ``<root>/tus`` -> its fd
+# (one in a server process; the tests make many).
+_dirs: dict[str, int] = {}
+_dirs_lock = threading.Lock()
+
+
+def _new_lock_after_fork() -> None:
+    global _dirs_lock
+    _dirs_lock = threading.Lock()  # another thread may have held it at the fork
+
+
+os.register_at_fork(after_in_child=_new_lock_after_fork)
+
+
+def _tus_dir(root: str | None) -> str:
+    return os.path.abspath(os.path.dirname(tail_path("x", root)))
+
+
+def _same_file(a: os.stat_result, b: os.stat_result) -> bool:
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
+def _open_checked(tus: str) -> int:
+    """Walk down to ``tus`` from /, one directory at a time (O_NOFOLLOW), checking each;
+    the root and ``tus`` are made if missing. The fd of ``tus``."""
+    root = os.path.dirname(tus)
+    above = os.path.realpath(os.path.dirname(root))  # the system's part: /tmp, /var/...
+    names = [name for name in above.split(os.sep) if name]
+    own = len(names)  # names[own:] are rindle's: the root and tus
+    names += [os.path.basename(root), "tus"]
+    fd = os.open("/", DIR_FLAGS)
+    where = "/"
+    try:
+        _check_dir(fd, where, own=False)
+        for i, name in enumerate(names):
+            where = os.path.join(where, name)
+            child = _open_dir(fd, name, where)
+            os.close(fd)
+            fd = child
+            _check_dir(fd, where, own=i >= own)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _open_dir(parent: int, name: str, where: str) -> int:
+    """Open the directory ``name`` in ``parent`` (made, 0700, if missing), never a link."""
+    for attempt in range(2):
+        try:
+            return os.open(name, DIR_FLAGS, dir_fd=parent)
+        except FileNotFoundError:
+            if attempt:
+                raise
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(name, 0o700, dir_fd=parent)
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                raise OSError(f"{where} must be a directory, not a link or a file") from None
+            raise
+    raise AssertionError("unreachable")
+
+
+def _check_dir(fd: int, where: str, own: bool) -> None:
+    """``own``: the root or ``tus``, this user's alone. Above them: this user's or
+    root's, and others may write only a sticky one (where they cannot rename ours)."""
+    info = os.fstat(fd)
+    uid, mode = info.st_uid, info.st_mode
+    if own and uid != os.geteuid():
+        raise OSError(f"{where} belongs to uid {uid}, not to this process's user")
+    if not own and uid not in (0, os.geteuid()):
+        raise OSError(f"{where} belongs to uid {uid}, neither this process's user nor root")
+    if mode & 0o022 and (own or not mode & stat.S_ISVTX):
+        raise OSError(f"{where} is writable by other users (mode {mode & 0o7777:o})")
+
+
+def _open_in(dir_fd: int, name: str, flags: int, folder: str) -> int:
+    """Open ``name`` in the tail directory, never through a link; a directory removed
+    since it was opened is an error that says so (it is never made again meanwhile)."""
+    try:
+        return os.open(name, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dir_fd)
+    except FileNotFoundError:
+        if os.fstat(dir_fd).st_nlink == 0:
+            raise OSError(
+                errno.ENOENT,
+                f"{folder} was removed after start-up (it is not made again while running): "
+                "restart the process",
+            ) from None
+        raise
+
+
+def _located(path: str) -> tuple[int | None, str]:
+    """``path`` as (fd of an opened tail directory, name in it) when it is in one, else
+    (None, path)."""
+    folder = os.path.abspath(os.path.dirname(path))
+    with _dirs_lock:
+        fd = _dirs.get(folder)
+    return (fd, os.path.basename(path)) if fd is not None else (None, path)
 
 
 def upload_id_from_tail(path: str, root: str | None = None) -> str | None:
@@ -66,9 +197,11 @@ def upload_id_from_tail(path: str, root: str | None = None) -> str | None:
 
 
 def try_remove_idle_tail(path: str) -> bool:
-    """Delete a tail unless a writer holds it (its flock); True when deleted."""
+    """Delete a tail unless a writer holds it (its flock); True when deleted. A tail
+    named in an opened tail directory is reached through that directory's descriptor."""
+    dir_fd, name = _located(path)
     try:
-        fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW)
+        fd = os.open(name, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
     except FileNotFoundError:
         return False
     try:
@@ -79,13 +212,12 @@ def try_remove_idle_tail(path: str) -> bool:
         # Until the lock was ours another reaper may have removed this file, and a writer
         # made a new one at the path: only the file this lock holds may go.
         try:
-            now = os.stat(path, follow_symlinks=False)
+            now = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
         except FileNotFoundError:
             return False
-        held = os.fstat(fd)
-        if (now.st_dev, now.st_ino) != (held.st_dev, held.st_ino):
+        if not _same_file(now, os.fstat(fd)):
             return False
-        os.unlink(path)
+        os.unlink(name, dir_fd=dir_fd)
         return True
     finally:
         os.close(fd)
@@ -93,9 +225,18 @@ def try_remove_idle_tail(path: str) -> bool:
 
 def scan_tails(root: str | None = None) -> list[os.DirEntry[str]]:
     """The entries of ``<root>/tus`` (not only tails: check each with
-    ``upload_id_from_tail``); none when the directory is not there."""
+    ``upload_id_from_tail``); none when the directory is not there, or when it is no
+    longer the one this process opened (swapped: nothing in it is ours to judge)."""
+    path = _tus_dir(root)
+    with _dirs_lock:
+        opened = _dirs.get(path)
     try:
-        return list(os.scandir(os.path.dirname(tail_path("x", root))))
+        if opened is not None and not _same_file(
+            os.stat(path, follow_symlinks=False), os.fstat(opened)
+        ):
+            log.error("%s is no longer the tail directory opened at start-up", path)
+            return []
+        return list(os.scandir(path))
     except FileNotFoundError:
         return []
 
@@ -112,12 +253,13 @@ class SpoolFile:
     def anonymous(cls, root: str | None = None) -> SpoolFile:
         """A nameless file beside the tails (same disk, same free-space check): a crash
         leaves nothing behind to reap, and its space is freed when it is closed."""
-        folder = os.path.dirname(tail_path("x", root))  # made by check_tail_dir
+        dir_fd, folder = tail_dir_fd(root), _tus_dir(root)
         try:
-            fd = os.open(folder, os.O_TMPFILE | os.O_RDWR, 0o600)
+            fd = os.open(".", os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600, dir_fd=dir_fd)
         except (AttributeError, OSError):  # a file system without O_TMPFILE
-            fd, path = tempfile.mkstemp(dir=folder, suffix=".spool")
-            os.unlink(path)
+            name = f".{secrets.token_hex(8)}.spool"
+            fd = _open_in(dir_fd, name, os.O_RDWR | os.O_CREAT | os.O_EXCL, folder)
+            os.unlink(name, dir_fd=dir_fd)
         return cls(fd)
 
     def write(self, data: bytes) -> None:
@@ -180,7 +322,7 @@ class Tail(SpoolFile):
 
     def __init__(self, path: str, fd: int) -> None:
         super().__init__(fd)
-        self.path = path
+        self.path = path  # the name it has (logs); reached through its directory's fd
 
     @classmethod
     def open(cls, session_id: str, expected: int, root: str | None = None, start: int = 0) -> Tail:
@@ -192,11 +334,14 @@ class Tail(SpoolFile):
         committed offset (a crash, a commit rolled back): cut them off.
         """
         path = tail_path(session_id, root)
-        if expected > 0 and not os.path.exists(path):
-            raise TailMissing(session_id, expected, None)
-        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-        # Never through a symlink someone planted: the file must be our own.
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        dir_fd, name = tail_dir_fd(root), os.path.basename(path)
+        if expected > 0:
+            try:
+                os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+            except FileNotFoundError:
+                raise TailMissing(session_id, expected, None) from None
+        # In the directory opened at start-up, never through a link someone planted.
+        fd = _open_in(dir_fd, name, os.O_RDWR | os.O_CREAT, os.path.dirname(path))
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -234,8 +379,9 @@ class Tail(SpoolFile):
         self.truncate(keep)
 
     def remove(self) -> None:
+        dir_fd, name = _located(self.path)
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.path)
+            os.unlink(name, dir_fd=dir_fd)
 
 
 def _start_of(fd: int) -> int | None:

@@ -32,6 +32,7 @@ from rindle.storage import S3_ERRORS, error_code, tail_path, try_remove_idle_tai
 from rindle.upload import ENDED, WRITABLE, State, Upload
 from rindle.web import observe
 from rindle.web.context import current_rindle
+from rindle.web.download import Download
 from rindle.writer import WriteResult
 
 log = logging.getLogger("rindle")
@@ -232,6 +233,15 @@ def authorize(action: str, upload: Upload | None) -> None:
     check = current_rindle().hooks.authorize
     if check is not None:
         check(request, action, upload)
+
+
+def check_length(upload: Upload, length: int | None) -> None:
+    """The app's pre_length hook, when a request declares the length of an upload that
+    had none (``length``; None: nothing declared): it raises Refuse to deny, before a
+    byte of the body is read."""
+    check = current_rindle().hooks.pre_length
+    if check is not None and length is not None and upload.length is None:
+        check(request, upload, length)
 
 
 def take_over(upload: Upload, kind: str) -> Upload:
@@ -466,9 +476,10 @@ def patch(upload_id: str) -> Response:
     if upload.is_final:
         raise TusError("final_upload", "a final upload is assembled from its partials")
     settings = current_rindle().settings
-    protocol.check_append(
+    declared = protocol.check_append(
         upload, append, settings.max_size, request.content_length, settings.max_checksum_body
     )
+    check_length(upload, declared)
     if upload.state not in WRITABLE and upload.offset == upload.length:
         if upload.state == State.ASSEMBLING:
             current_rindle().jobs.ensure_completion(upload_id)
@@ -522,7 +533,7 @@ def download(upload_id: str) -> Response:
 
     Either way the file cannot run as a page of the serving origin: it is an attachment
     unless its type is safe to show (``protocol.download_headers``); streamed, it also
-    gets nosniff and a sandbox CSP."""
+    gets nosniff and a sandbox CSP, and a client slower than RINDLE_MIN_RATE is cut off."""
     rindle = current_rindle()
     if rindle.settings.download == "off":
         raise TusError("download_disabled", "downloads are switched off")
@@ -549,8 +560,16 @@ def download(upload_id: str) -> Response:
             raise TusError("invalid_range", "the range is outside the object") from None
         raise
     served = protocol.download_headers(metadata, obj.get("ContentType") or "")
+    # A client reading slower than RINDLE_MIN_RATE is cut off (rindle.web.download).
+    streamed = Download(
+        upload.id,
+        obj["Body"],
+        connection_shutdown(socket.SHUT_RDWR),
+        rindle.settings.min_rate,
+        rindle.settings.min_rate_window,
+    )
     response = Response(
-        stream_with_context(obj["Body"].iter_chunks(1024 * 1024)),
+        stream_with_context(streamed.chunks()),
         status=206 if "ContentRange" in obj else 200,
         content_type=served["ContentType"],
         direct_passthrough=True,

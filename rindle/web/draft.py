@@ -24,10 +24,11 @@ from werkzeug.http import parse_options_header
 
 from rindle import draft, protocol
 from rindle.errors import LeaseHeld, RindleError, TusError
-from rindle.lease import RELEASE_NOW
+from rindle.lease import RELEASE_IF_IDLE, RELEASE_NOW
 from rindle.upload import WRITABLE, State, Upload
 from rindle.web.blueprint import (
     authorize,
+    check_length,
     close_if_unread,
     end_upload,
     gone_if_ended,
@@ -79,8 +80,11 @@ def with_state(response: Response, upload: Upload) -> Response:
 
 
 def upload_limit(version: int, upload: Upload | None = None) -> str:
-    max_size = current_rindle().settings.max_size
-    return draft.format_limits(draft.limits(version, max_size, upload, time.time()))
+    settings = current_rindle().settings
+    shared = settings.tail_store == "s3"
+    return draft.format_limits(
+        draft.limits(version, settings.max_size, upload, time.time(), shared)
+    )
 
 
 def problem_response(status: int, code: str, message: str, headers: Mapping[str, str]) -> Response:
@@ -164,9 +168,11 @@ def retrieve_offset(version: int, upload_id: str) -> Response:
         draft.check_no_upload_fields(
             request.headers, ("Upload-Offset", "Upload-Complete", "Upload-Length")
         )
-    # The draft: a request still writing this upload is ended first, so that the offset
-    # answered is the one a following append is held to.
-    upload = settled(upload_id, RELEASE_NOW)
+    # As for tus: a request still writing this upload is ended first only if it receives
+    # nothing (a client reconnecting after its old append hung), so that the offset
+    # answered is the one a following append is held to. One whose bytes keep coming
+    # goes on: anyone allowed to HEAD could otherwise stall an upload.
+    upload = settled(upload_id, RELEASE_IF_IDLE)
     response = with_state(bodiless(204), upload)
     if upload.length is not None:
         response.headers["Upload-Length"] = str(upload.length)
@@ -185,6 +191,7 @@ def append(version: int, upload_id: str) -> Response:
     if upload.is_final:
         raise TusError("final_upload", "a final upload is assembled from its partials")
     declared = draft.check_append(upload, transfer, current_rindle().settings.max_size)
+    check_length(upload, declared)
     if draft.is_complete(upload):
         # A valid completing append to a complete upload (its answer was lost): the
         # same answer again.
@@ -252,7 +259,9 @@ def receive(
 
 def finish(upload: Upload) -> Upload:
     """Complete an upload of unknown length at its offset (a completing request with
-    content of unknown length, now ended): declare the length, with no more bytes."""
+    content of unknown length, now ended): declare the length, with no more bytes. The
+    app's pre_length hook decides first: refused, the upload stays incomplete."""
+    check_length(upload, upload.offset)
     with gone_if_ended(upload.id):
         result = current_rindle().writer.write(
             upload.id, protocol.Append(upload.offset, None, upload.offset), lambda n: b""

@@ -2,23 +2,30 @@
 
 ``init_app`` mounts it when ``RINDLE_METRICS=1``; an app that wants it elsewhere, or
 behind its own auth, calls ``mount(app, path)`` itself (or serves ``render(rindle)``).
+With ``RINDLE_METRICS_TOKEN`` set, a scrape must send ``Authorization: Bearer <token>``
+(else 401): a router such as Heroku's cannot keep a path off the internet.
 Mounting also counts the lifecycle of uploads in Redis (the app's signals), in the web
 process and in the RQ worker, which imports the same app.
 
 With ``PROMETHEUS_MULTIPROC_DIR`` set, a scrape adds up the counts of every process that
 writes there (``prometheus_client``'s multiprocess mode: every gunicorn worker); else it
-shows this process's own. A scrape also reads, at that moment: the upload counters and
-the RQ queue from Redis (the same on every node), and this node's tails on disk.
+shows this process's own. A scrape also reads the upload counters and the RQ queue from
+Redis (the same on every node), in one round trip, and this node's tails on disk, which
+costs a stat() per tail: that count is kept ``TAILS_CACHE_SECONDS`` per process.
 """
 
 from __future__ import annotations
 
+import hmac
 import logging
+import threading
+import time
+import weakref
 from collections.abc import Iterator
 from typing import Any
 
 import redis
-from flask import Flask, Response
+from flask import Flask, Response, jsonify, request
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     REGISTRY,
@@ -30,6 +37,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 
 from rindle import hooks, metrics
 from rindle.core import Rindle
+from rindle.keys import UPLOAD_COUNTERS
 from rindle.storage import scan_tails, upload_id_from_tail
 from rindle.web.context import EXTENSION
 
@@ -51,15 +59,36 @@ HELP = {
 }
 
 
-def mount(app: Flask, path: str = "/metrics") -> None:
-    """Serve the metrics at ``path`` and count uploads' lifecycle (call after init_app)."""
+# How long one count of this node's tails serves scrapes: counting stats every tail.
+TAILS_CACHE_SECONDS = 30.0
+REALM = "rindle metrics"
+
+
+def mount(app: Flask, path: str = "/metrics", token: str | None = None) -> None:
+    """Serve the metrics at ``path`` and count uploads' lifecycle (call after init_app).
+    ``token`` (default RINDLE_METRICS_TOKEN): when set, a scrape without
+    ``Authorization: Bearer <token>`` is answered 401."""
     rindle: Rindle = app.extensions[EXTENSION]
     count_lifecycle(app, rindle)
+    expected = rindle.settings.metrics_token if token is None else token
 
     def view() -> Response:
+        if expected and not bearer_matches(request.headers.get("Authorization", ""), expected):
+            response = jsonify(error="unauthorized", message="a bearer token is required")
+            response.status_code = 401
+            response.headers["WWW-Authenticate"] = f'Bearer realm="{REALM}"'
+            return response
         return Response(render(rindle), content_type=CONTENT_TYPE_LATEST)
 
     app.add_url_rule(path, "rindle_metrics", view, methods=["GET"])
+
+
+def bearer_matches(header: str, token: str) -> bool:
+    """Whether an Authorization header carries ``token`` (compared in constant time)."""
+    scheme, _, given = header.partition(" ")
+    if scheme.lower() != "bearer":
+        return False
+    return hmac.compare_digest(given.strip().encode(), token.encode())
 
 
 def count_lifecycle(app: Flask, rindle: Rindle) -> None:
@@ -84,21 +113,21 @@ def render(rindle: Rindle) -> bytes:
 
 
 class ScrapeCollector:
-    """What is read when scraped: this node's tails, and from Redis the upload counters
-    and the queue. Without Redis those are left out and the failure counted."""
+    """What is read when scraped: this node's tails (``TailCount``), and from Redis the
+    upload counters and the queue. Without Redis those are left out and the failure
+    counted."""
 
     def __init__(self, rindle: Rindle) -> None:
         self.rindle = rindle
 
     def collect(self) -> Iterator[Metric]:
-        count, size = tails_on_disk(self.rindle.settings.tmp_dir)
+        count, size = tail_count(self.rindle).read()
         yield GaugeMetricFamily("rindle_tails", "tail files on this node's disk", value=count)
         yield GaugeMetricFamily(
             "rindle_tail_bytes", "bytes in tail files on this node's disk", value=size
         )
         try:
-            counts = metrics.UploadCounters(self.rindle.redis).read()
-            jobs = queue_jobs(self.rindle)
+            counts, jobs = read_redis(self.rindle)
         except redis.RedisError as exc:
             log.warning("metrics: Redis unavailable for a scrape: %s", exc)
             metrics.REDIS_ERRORS.labels("scrape").inc()
@@ -115,6 +144,38 @@ class ScrapeCollector:
         yield family
 
 
+class TailCount:
+    """(count, bytes) of this node's tails, counted again at most every
+    ``TAILS_CACHE_SECONDS``; scrapes meanwhile (any thread) get the last count."""
+
+    def __init__(self, tmp_dir: str) -> None:
+        self.tmp_dir = tmp_dir
+        self._lock = threading.Lock()
+        self._value = (0, 0)
+        self._counted_at: float | None = None
+
+    def read(self) -> tuple[int, int]:
+        with self._lock:  # concurrent scrapes count once
+            now = time.monotonic()
+            if self._counted_at is None or now - self._counted_at >= TAILS_CACHE_SECONDS:
+                self._value = tails_on_disk(self.tmp_dir)
+                self._counted_at = now
+            return self._value
+
+
+_tail_counts: weakref.WeakKeyDictionary[Rindle, TailCount] = weakref.WeakKeyDictionary()
+_tail_counts_lock = threading.Lock()
+
+
+def tail_count(rindle: Rindle) -> TailCount:
+    """The one ``TailCount`` of ``rindle`` in this process."""
+    with _tail_counts_lock:
+        counter = _tail_counts.get(rindle)
+        if counter is None:
+            counter = _tail_counts[rindle] = TailCount(rindle.settings.tmp_dir)
+        return counter
+
+
 def tails_on_disk(tmp_dir: str) -> tuple[int, int]:
     """(count, bytes) of the tail files under ``<tmp_dir>/tus``."""
     count = size = 0
@@ -129,16 +190,25 @@ def tails_on_disk(tmp_dir: str) -> tuple[int, int]:
     return count, size
 
 
-def queue_jobs(rindle: Rindle) -> dict[str, int]:
-    """Jobs of rindle's queue by state (read only: no registry clean-up on a scrape)."""
+QUEUE_STATES = ("started", "scheduled", "deferred", "failed")
+
+
+def read_redis(rindle: Rindle) -> tuple[dict[str, int], dict[str, int]]:
+    """The upload counters and rindle's queue jobs by state, in one round trip (read
+    only: no registry clean-up on a scrape)."""
     queue = rindle.jobs.queue
-    registries = {
-        "started": queue.started_job_registry,
-        "scheduled": queue.scheduled_job_registry,
-        "deferred": queue.deferred_job_registry,
-        "failed": queue.failed_job_registry,
-    }
-    jobs = {"queued": queue.count}
-    for state, registry in registries.items():
-        jobs[state] = registry.get_job_count(cleanup=False)
-    return jobs
+    registries = (
+        queue.started_job_registry,
+        queue.scheduled_job_registry,
+        queue.deferred_job_registry,
+        queue.failed_job_registry,
+    )
+    pipe = rindle.redis.pipeline(transaction=False)
+    pipe.hgetall(UPLOAD_COUNTERS)
+    pipe.llen(queue.key)
+    for registry in registries:
+        pipe.zcard(registry.key)
+    raw, queued, *sizes = pipe.execute()
+    counts = {event: int(raw.get(event, 0)) for event in metrics.EVENTS}
+    jobs = {"queued": int(queued), **{s: int(n) for s, n in zip(QUEUE_STATES, sizes, strict=True)}}
+    return counts, jobs

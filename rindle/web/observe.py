@@ -3,7 +3,8 @@ on every log line it makes, its count in the metrics, and for each body written 
 or a POST with creation-with-upload) one summary line: bytes, parts, duration, outcome.
 
 The request id is the client's (or the router's: Heroku's) ``X-Request-ID`` when it
-looks like one, else a new one; the answer carries it back.
+looks like one, else a new one; the answer carries it back. The upload id of the URL is
+named only when it looks like an id (``logs.ID``): the URL is the client's text.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import re
 import secrets
 import time
 from types import TracebackType
@@ -29,7 +29,6 @@ from rindle.writer import WriteResult
 log = logging.getLogger("rindle")
 
 REQUEST_ID_HEADER = "X-Request-ID"
-_REQUEST_ID = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}")
 BLUEPRINT = "rindle"
 
 
@@ -48,7 +47,7 @@ def _start() -> None:
     if not _ours():
         return
     given = request.headers.get(REQUEST_ID_HEADER, "")
-    request_id = given if _REQUEST_ID.fullmatch(given) else secrets.token_hex(8)
+    request_id = logs.safe_id(given) or secrets.token_hex(8)
     upload_id = (request.view_args or {}).get("upload_id")
     stack = contextlib.ExitStack()
     stack.enter_context(logs.bound(request=request_id, upload=upload_id or ""))

@@ -151,6 +151,15 @@ def test_limits_per_interop_version():
     assert draft.format_limits({"max-size": 5, "max-age": 3}) == "max-size=5, max-age=3"
 
 
+def test_shared_tails_announce_the_smallest_append():
+    open_upload = upload()
+    limits = draft.limits(8, MAX, open_upload, now=600.0, shared_tails=True)
+    assert limits["min-append-size"] == 64 * 1024  # max(64 KiB, part size / 128)
+    assert "min-append-size" not in draft.limits(8, MAX, open_upload, now=600.0)
+    done = upload(offset=15, length=15, state=State.COMPLETED)
+    assert "min-append-size" not in draft.limits(8, MAX, done, shared_tails=True)
+
+
 def test_problem_documents_use_the_drafts_types():
     body = draft.problem(409, "offset_mismatch", "no", "12500000", 25000000)
     assert (

@@ -240,11 +240,12 @@ class Uploads:
             size += len(chunk)
         return digest.hexdigest(), size
 
-    def assert_stored(self, url: str, data: bytes | Path) -> None:
+    def assert_stored(self, url: str, data: bytes | Path, part_size: int = PART_SIZE) -> None:
         """The upload is complete and its object in S3 holds exactly ``data``.
 
-        Also: tus HEAD says offset == length; every part but the last has the upload's part
-        size; no multipart upload is left open under the key; the node's tail is gone.
+        Also: tus HEAD says offset == length; the upload's part size is ``part_size`` (the
+        configured one, unless a first chunk set it) and every part but the last has it;
+        no multipart upload is left open under the key; the node's tail is gone.
         """
         if isinstance(data, Path):
             expected_size = data.stat().st_size
@@ -265,8 +266,7 @@ class Uploads:
         record = self.stack.redis.hgetall(upload_key(upload_id))
         key = self.key(upload_id)
         assert record["key"] == key
-        part_size = int(record["part_size"])
-        assert part_size == PART_SIZE
+        assert int(record["part_size"]) == part_size
 
         sha, size = self.sha256(key)
         assert size == expected_size

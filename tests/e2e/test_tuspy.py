@@ -17,6 +17,7 @@ import tusclient.request
 from tusclient import client as tus
 from tusclient.uploader import Uploader
 
+from rindle.config import MIN_PART_SIZE
 from tests.conftest import PART_SIZE, Stack
 from tests.e2e.conftest import (
     MIB,
@@ -95,7 +96,9 @@ def test_upload(
         (o, min(chunk, size - o)) for o in range(0, size, chunk)
     ]
     assert all(status == 204 for *_, status in patches)
-    uploads.assert_stored(uploader.url, data)
+    # A first chunk of 5 MiB or more, shorter than the upload, sets the part size.
+    part_size = chunk if MIN_PART_SIZE <= chunk < size else P
+    uploads.assert_stored(uploader.url, data, part_size)
 
 
 @pytest.mark.parametrize(

@@ -349,7 +349,7 @@ def create() -> Response:
         # client gets its Location and the offset that was kept, and resumes from there.
         overflow = False
         try:
-            result = write_body(upload, protocol.Append(0, checksum, None))
+            result = write_body(upload, protocol.Append(0, checksum, None, request.content_length))
             upload, overflow = result.upload, result.overflow
             close_if_unread(response, result)
         except RindleError as err:

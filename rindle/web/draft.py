@@ -233,7 +233,8 @@ def receive(
     completes the upload at its end; content beyond the upload's length makes the upload
     invalid (the draft), beyond what an upload can hold here is 413."""
     before = upload
-    result = write_body(upload, protocol.Append(upload.offset, None, declared))
+    append = protocol.Append(upload.offset, None, declared, transfer.body_length)
+    result = write_body(upload, append)
     upload = result.upload
     kept = {"Upload-Offset": str(upload.offset), **({"Location": location} if location else {})}
     if result.overflow:

@@ -316,7 +316,9 @@ def test_creation_with_upload(
         r = patch(url, kept, data[kept:])
         assert r.status_code == 204, r.text
         assert r.headers["Upload-Offset"] == str(SIZE)
-    uploads.assert_stored(url, data)
+    # A first body of 5 MiB or more, shorter than the upload, sets the part size (also
+    # when its checksum then failed: nothing of it was kept, the upload was still at 0).
+    uploads.assert_stored(url, data, first if first < SIZE else P)
 
 
 # =========================================================================== creation-defer-length
@@ -424,7 +426,7 @@ def test_checksum_mismatch_keeps_no_declared_length(
 
     retry = patch(url, sent, body, {**declare, "Upload-Checksum": checksum("sha1", body)})
     assert retry.status_code == 204, retry.text
-    uploads.assert_stored(url, data)
+    uploads.assert_stored(url, data, sent)  # the first PATCH's length is the part size
 
 
 def test_empty_declaring_patch_retried_after_a_460_completes(
@@ -448,7 +450,7 @@ def test_empty_declaring_patch_retried_after_a_460_completes(
     # moved on to assembling (the completion job enqueued).
     state = record(module_stack, url)["state"]
     assert state in ("assembling", "completed"), f"204 at the end, but the upload is {state}"
-    uploads.assert_stored(url, data)
+    uploads.assert_stored(url, data, size)  # the first PATCH's length is the part size
 
 
 # =========================================================================== concatenation
@@ -520,7 +522,9 @@ def test_termination(module_stack: Stack, uploads: TrackedUploads, override: boo
     r = create(module_stack, {"Upload-Length": str(SIZE)})
     url = r.headers["Location"]
     upload_id = uploads.track(url)
-    assert patch(url, 0, data[: P + 100]).status_code == 204
+    # A small first PATCH keeps the configured part size: the second leaves a tail.
+    assert patch(url, 0, data[:100_000]).status_code == 204
+    assert patch(url, 100_000, data[100_000 : P + 100]).status_code == 204
     key = uploads.key(upload_id)
     assert len(open_multipart(module_stack, key)) == 1
     assert tail_size(module_stack, url) == 100

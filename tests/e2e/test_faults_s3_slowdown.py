@@ -175,6 +175,13 @@ def on(stack: Stack, url: str) -> str:
     return stack.files_url + upload_id_of(url)
 
 
+def start_small(url: str, data: bytes) -> None:
+    """A first PATCH of 1 MiB (under 5 MiB: the part size stays the configured one, and
+    the next PATCH ends with bytes buffered past part 1)."""
+    r = patch(url, data[:MIB], 0)
+    assert (r.status_code, r.headers.get("Upload-Offset")) == (204, str(MIB)), r.text
+
+
 def test_slowdown_bursts_on_shared_tails_are_ridden_out_across_nodes(
     shared_nodes: list[Stack], s3_proxy: FaultProxy
 ):
@@ -184,9 +191,10 @@ def test_slowdown_bursts_on_shared_tails_are_ridden_out_across_nodes(
     a, b = shared_nodes
     data = payload(P + 3 * MIB, seed=1804)
     url = create(a, len(data))
+    start_small(url, data)
     faulted = s3_proxy.http_faulted["slowdown"]
     s3_proxy.http_fault("PUT", TAIL_KEY, count=ATTEMPTS - 1)
-    r = patch(url, data[: P + MIB], 0)
+    r = patch(url, data[MIB : P + MIB], MIB)
     assert (r.status_code, r.headers.get("Upload-Offset")) == (204, str(P + MIB)), r.text
     assert s3_proxy.http_faulted["slowdown"] - faulted == ATTEMPTS - 1
     assert record(a, upload_id_of(url)).get("tail_key"), "the tail was shared"
@@ -207,9 +215,10 @@ def test_slowdown_beyond_the_retries_on_shared_tails_answers_503_and_resumes_exa
     a, b = shared_nodes
     data = payload(P + 4 * MIB, seed=1805)
     upload_id = upload_id_of(url := create(a, len(data)))
+    start_small(url, data)
     faulted = s3_proxy.http_faulted["slowdown"]
     s3_proxy.http_fault("PUT", TAIL_KEY, count=ATTEMPTS)
-    assert_503(patch(url, data[: P + MIB], 0))
+    assert_503(patch(url, data[MIB : P + MIB], MIB))
     rec = record(a, upload_id)
     assert (int(rec["offset"]), int(rec["committed"])) == (P, P), rec
     assert not rec.get("tail_key")
@@ -238,7 +247,8 @@ def test_a_shared_tail_fetch_slower_than_the_lease_still_commits(
     )
     data = payload(P + 3 * MIB, seed=1806)
     url = create(a, len(data))
-    r = patch(url, data[: P + MIB], 0)
+    start_small(url, data)
+    r = patch(url, data[MIB : P + MIB], MIB)
     assert r.status_code == 204, r.text
     s3_proxy.throttle(100 * 1024, "down")
     try:

@@ -135,6 +135,29 @@ def payload(size: int, seed: int = 0) -> bytes:
     return hashlib.shake_256(f"rindle-e2e/{seed}/{size}".encode()).digest(size) if size else b""
 
 
+FIRST_PATCH = 100_000  # bytes: under 5 MiB (the part size stays), over 64 KiB (shared mode)
+
+
+def send_up_to(url: str, data: bytes, end: int) -> None:
+    """``data[:end]`` from offset 0 in two PATCHes: a small first one (100 kB), so that
+    the upload keeps the configured part size (a first PATCH of 5 MiB or more, shorter
+    than the upload, sets the part size to its own length), then the rest."""
+    first = min(end, FIRST_PATCH)
+    for start, stop in ((0, first), (first, end)):
+        if stop > start:
+            r = requests.patch(
+                url,
+                data=data[start:stop],
+                headers={
+                    **TUS,
+                    "Content-Type": "application/offset+octet-stream",
+                    "Upload-Offset": str(start),
+                },
+                timeout=60,
+            )
+            assert (r.status_code, r.headers.get("Upload-Offset")) == (204, str(stop)), r.text
+
+
 def upload_id_of(url: str) -> str:
     return urlsplit(url).path.rstrip("/").rsplit("/", 1)[1]
 

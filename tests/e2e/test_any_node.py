@@ -47,7 +47,17 @@ from tusclient.uploader import Uploader
 from rindle import tail_path
 from rindle.storage.shared_tail import TAILS_DIR
 from tests.conftest import PART_SIZE, Stack
-from tests.e2e.conftest import JS_DIR, MIB, Uploads, payload, poll, upload_id_of, web_log
+from tests.e2e.conftest import (
+    FIRST_PATCH,
+    JS_DIR,
+    MIB,
+    Uploads,
+    payload,
+    poll,
+    send_up_to,
+    upload_id_of,
+    web_log,
+)
 from tests.e2e.test_faults import PATCH, create, record, redis_parts, s3_parts, ukey
 from tests.router import Router
 
@@ -451,16 +461,16 @@ OFFSETS = {
 
 def test_a_resume_on_another_node_at_every_kind_of_offset(nodes: list[Stack]) -> None:
     """For each kind of offset: the upload is created on node0, its first bytes are
-    PATCHed raw to node1 up to that offset, and tuspy finishes it on node2 (HEAD, then
-    the rest). node2 never saw the buffered bytes: it fetches them from the shared copy
-    (its log says so), except at a part boundary, where nothing is buffered."""
+    PATCHed raw to node1 up to that offset (a small PATCH first, so that the part size
+    stays P), and tuspy finishes it on node2 (HEAD, then the rest). node2 never saw the
+    buffered bytes: it fetches them from the shared copy (its log says so), except at a
+    part boundary, where nothing is buffered."""
     a, b, c = nodes
     cases = []
     for n, (kind, cut) in enumerate(OFFSETS.items()):
         data = payload(OFFSET_LENGTH, seed=800 + n)
         url = create(a, len(data))
-        r = patch(on(b, url), data[:cut], 0)
-        assert (r.status_code, r.headers.get("Upload-Offset")) == (204, str(cut)), (kind, r.text)
+        send_up_to(on(b, url), data, cut)
         cases.append((kind, cut, url, data))
 
     for kind, cut, url, data in cases:
@@ -474,25 +484,26 @@ def test_a_resume_on_another_node_at_every_kind_of_offset(nodes: list[Stack]) ->
 
 
 def test_a_stale_local_tail_is_never_used(nodes: list[Stack]) -> None:
-    """Node A buffers the first 1000 bytes (its file, and the shared copy). The upload
-    moves on through node B: B fetches them, ships part 1 and buffers the 1000 bytes
-    after it. A's file is now stale, and of exactly the size Redis says is buffered, so
+    """Node A buffers the first 100 kB (its file, and the shared copy). The upload
+    moves on through node B: B fetches them, ships part 1 and buffers the 100 kB after
+    it. A's file is now stale, and of exactly the size Redis says is buffered, so
     only the record of which node and which copy hold the bytes tells them apart. The
     resume on A must use B's bytes: the object is exact."""
     a, b, _ = nodes
     data = payload(2 * P + 777, seed=900)
     url = create(a, len(data))
     upload_id = upload_id_of(url)
-    assert patch(on(a, url), data[:1000], 0).status_code == 204
-    assert patch(on(b, url), data[1000 : P + 1000], 1000).status_code == 204
+    n = FIRST_PATCH  # under P (the part size stays), and shared mode's minimum append
+    assert patch(on(a, url), data[:n], 0).status_code == 204
+    assert patch(on(b, url), data[n : P + n], n).status_code == 204
 
     rec = record(a, upload_id)
-    assert (int(rec["committed"]), int(rec["offset"]), rec["node"]) == (P, P + 1000, "node1")
+    assert (int(rec["committed"]), int(rec["offset"]), rec["node"]) == (P, P + n, "node1")
     stale = Path(tail_path(upload_id, str(a.tmp_dir))).read_bytes()
-    assert stale == data[:1000], "the precondition: A still holds its old tail"
+    assert stale == data[:n], "the precondition: A still holds its old tail"
     assert len(stale) == int(rec["offset"]) - int(rec["committed"])
 
-    r = patch(on(a, url), data[P + 1000 :], P + 1000)
+    r = patch(on(a, url), data[P + n :], P + n)
     assert r.status_code == 204, r.text
     assert_exact(a, url, hashlib.sha256(data).hexdigest(), len(data))
     assert fetches([a], upload_id) == 1, "A did not take the bytes from the shared copy"
@@ -502,17 +513,20 @@ def test_a_stale_local_tail_is_never_used(nodes: list[Stack]) -> None:
 def test_a_shared_tail_lost_from_s3_fails_loudly_and_changes_nothing(
     nodes: list[Stack],
 ) -> None:
-    """Node A commits a part and buffers 200 bytes; the test deletes their shared copy
-    from S3. A resume on node B: 500 tus_tail_missing (JSON), an ERROR line naming the
+    """Node A commits a part and buffers 200 bytes (after a small first PATCH, so that
+    the part size stays P); the test deletes their shared copy (every segment Redis
+    records) from S3. A resume on node B: 500 tus_tail_missing (JSON), an ERROR line naming the
     upload and both nodes; Redis and S3 as they were, no lease left. A still holds the
     bytes in its own file (Redis names it), so the same resume on A completes exact."""
     a, b, _ = nodes
     data = payload(P + 500, seed=901)
     url = create(a, len(data))
     upload_id = upload_id_of(url)
-    assert patch(on(a, url), data[: P + 200], 0).status_code == 204
-    [copy] = shared_tails(a, upload_id)
-    a.s3.delete_object(Bucket=a.bucket, Key=copy)
+    send_up_to(on(a, url), data, P + 200)
+    copies = record(a, upload_id)["tail_key"].split()
+    assert copies and set(copies) <= set(shared_tails(a, upload_id)), copies
+    for copy in copies:
+        a.s3.delete_object(Bucket=a.bucket, Key=copy)
 
     def snapshot() -> tuple[dict[str, str], object, object]:
         rec = record(a, upload_id)
@@ -586,17 +600,18 @@ def test_local_mode_refuses_a_misrouted_resume_and_takes_a_first_patch_anywhere(
     make_stack: Callable[..., Stack],
 ) -> None:
     """RINDLE_TAIL_STORE unset: created on node0, the first PATCH lands on node1 (fine:
-    nothing is buffered yet). The resume on node2, and on node0, is refused loudly (500
-    tus_tail_missing and an ERROR line naming the node and the one that holds the
-    bytes); on node1 it completes exact. (tests/e2e/test_faults_nodes.py checks that a
-    refused resume changes nothing, and more.)"""
+    nothing is buffered yet; a small one, then the rest up to P + 2 MiB + 5, so that the
+    part size stays P and bytes stay buffered after part 1). The resume on node2, and on
+    node0, is refused loudly (500 tus_tail_missing and an ERROR line naming the node and
+    the one that holds the bytes); on node1 it completes exact.
+    (tests/e2e/test_faults_nodes.py checks that a refused resume changes nothing, and
+    more.)"""
     a, b, c = (make_stack(RINDLE_TAIL_STORE=None) for _ in range(3))
     data = payload(2 * P + 99, seed=902)
     url = create(a, len(data))
     upload_id = upload_id_of(url)
     sent = P + 2 * MIB + 5
-    r = patch(on(b, url), data[:sent], 0)
-    assert (r.status_code, r.headers.get("Upload-Offset")) == (204, str(sent)), r.text
+    send_up_to(on(b, url), data, sent)
     assert shared_tails(a, upload_id) == [], "local mode put a shared tail in S3"
 
     for stack in (c, a):

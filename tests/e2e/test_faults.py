@@ -30,6 +30,7 @@ from devstack.services import REPO_ROOT, RedisServer, SeaweedS3
 from rindle import tail_path
 from tests.conftest import _STACKS, PART_SIZE, Stack
 from tests.e2e.conftest import (  # own_stack: imported from here by test_faults_*.py
+    FIRST_PATCH,
     MIB,
     TUS,
     Uploads,
@@ -37,6 +38,7 @@ from tests.e2e.conftest import (  # own_stack: imported from here by test_faults
     payload,
     poll,
     read_response,
+    send_up_to,
     upload_id_of,
     with_deadline,
 )
@@ -657,15 +659,17 @@ def test_kill_while_a_checksummed_body_is_shipped_part_by_part(
     """With Upload-Checksum the body is spooled whole to the tail, checked, then shipped
     part by part. Killed after part 1 was committed, with part 2's UploadPart lost at the
     proxy: Redis says part 1 and nothing buffered, the tail still holds the whole spooled
-    body (cut back on resume); the client resends from the end of part 1, exact."""
+    body (cut back on resume); the client resends from the end of part 1, exact. (A small
+    PATCH comes first: a first PATCH of 3 parts would make the part size 3 parts.)"""
     stack = crashed.stack
     data = payload(3 * P + 5, seed=105)
     url = create(stack, len(data))
     upload_id = crashed.track(url)
-    body = data[: 3 * P]
+    send_up_to(url, data, FIRST_PATCH)
+    body = data[FIRST_PATCH : 3 * P]
     digest = base64.b64encode(hashlib.sha1(body).digest()).decode()
     s3_proxy.blackhole_once(b"&partNumber=2 ")
-    patch = RawPatch(url, 0, len(body), checksum=f"sha1 {digest}")
+    patch = RawPatch(url, FIRST_PATCH, len(body), checksum=f"sha1 {digest}")
     patch.send(body)
     s3_proxy.wait(lambda p: p.triggered.is_set(), 30, "for part 2 on its way to S3")
     poll(lambda: committed_at_least(stack, upload_id, P, 0), 30, "for part 1 to be committed")

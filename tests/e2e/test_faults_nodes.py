@@ -12,7 +12,7 @@ import pytest
 import requests
 
 from tests.conftest import Stack
-from tests.e2e.conftest import MIB, TUS, Uploads, payload, poll, upload_id_of
+from tests.e2e.conftest import MIB, TUS, Uploads, payload, poll, send_up_to, upload_id_of
 from tests.e2e.test_faults import (
     PATCH,
     P,
@@ -97,13 +97,13 @@ def test_a_resume_on_the_node_without_the_tail_fails_loudly_and_changes_nothing(
 ):
     """Bytes acknowledged in node A's tail; the resume reaches node B: 500
     tus_tail_missing (JSON), an ERROR line naming the upload and both nodes, Redis and
-    S3 as they were, no tail made on B. The same resume on A then completes exact."""
+    S3 as they were, no tail made on B. The same resume on A then completes exact.
+    (A small first PATCH, so that the part size stays P and "part+tail" has a tail.)"""
     a, b = make_stack(), make_stack()
     data = payload(2 * P + 99, seed=700 + sent)
     url = create(a, len(data))
     upload_id = upload_id_of(url)
-    r = requests.patch(url, data=data[:sent], headers={**PATCH, "Upload-Offset": "0"}, timeout=60)
-    assert r.status_code == 204
+    send_up_to(url, data, sent)
     before = snapshot(a, upload_id)
 
     r = requests.patch(
@@ -158,15 +158,10 @@ def test_a_stale_tail_on_the_wrong_node_is_not_taken_for_the_buffered_bytes(
     patch.close()
     assert tail_size(a, upload_id) == 2 * MIB  # leftovers: Redis says offset 0
 
-    # The failover: B takes the resume at offset 0, commits a part, buffers 1 MiB.
+    # The failover: B takes the resume at offset 0, commits a part, buffers 1 MiB (a
+    # small PATCH first, so that the part size stays P: see send_up_to).
     assert head_offset(url_on(b, upload_id)) == 0
-    r = requests.patch(
-        url_on(b, upload_id),
-        data=data[: P + MIB],
-        headers={**PATCH, "Upload-Offset": "0"},
-        timeout=60,
-    )
-    assert r.status_code == 204
+    send_up_to(url_on(b, upload_id), data, P + MIB)
     assert assert_consistent(b, upload_id, data)["tail"] == MIB
     before = snapshot(a, upload_id)
 

@@ -17,7 +17,7 @@ from devstack.services import RedisServer, SeaweedS3
 from rindle.jobqueue import completion_job_id
 from rindle.keys import EXPIRY_INDEX
 from tests.conftest import _STACKS, Stack
-from tests.e2e.conftest import MIB, TUS, Uploads, payload, poll
+from tests.e2e.conftest import MIB, TUS, Uploads, payload, poll, send_up_to
 from tests.e2e.test_faults import (
     LEASE_SECONDS,
     PATCH,
@@ -102,8 +102,7 @@ def test_redis_unreachable_answers_503_and_half_writes_nothing(
     data = payload(2 * P + 3, seed=501)
     url = create(stack, len(data))
     upload_id = uploads.track(url)
-    r = requests.patch(url, data=data[: P + MIB], headers={**PATCH, "Upload-Offset": "0"})
-    assert r.status_code == 204
+    send_up_to(url, data, P + MIB)  # part 1 and 1 MiB buffered
     before = shared_state(stack, upload_id)
 
     redis_proxy.refuse()

@@ -72,14 +72,14 @@ class Heroku:
     def writer_gone(self, upload_id: str) -> bool | None:
         return not self.nodes[0].redis.exists(f"rindle:upload:{{{upload_id}}}:writer") or None
 
-    def assert_stored(self, url: str, data: bytes) -> None:
+    def assert_stored(self, url: str, data: bytes, part_size: int = P) -> None:
         """Uploads.assert_stored, on a node without a tail of the upload: in shared mode
         the node that did not complete it keeps its stale copy until the tail reaper
         takes it (ended uploads' tails go at its next round), as designed."""
         upload_id = upload_id_of(url)
         for node in self.nodes:
             if not Path(tail_path(upload_id, str(node.tmp_dir))).exists():
-                Uploads(node).assert_stored(url, data)
+                Uploads(node).assert_stored(url, data, part_size)
                 return
         pytest.fail(f"every node still holds a tail of the completed upload {upload_id}")
 
@@ -137,10 +137,14 @@ def test_a_patch_still_shipping_parts_at_the_response_timeout_gets_503_and_resum
     url = heroku.create(len(data))
     upload_id = heroku.uploads.track(url)
     sent = 2 * P + 3 * MIB  # two full parts and a 3 MiB tail
+    first = 100_000  # a small first PATCH: the part size stays P (not the body's length)
+    octets = {"Content-Type": "application/offset+octet-stream", "Upload-Offset": "0"}
+    r = requests.patch(url, data=data[:first], headers={**TUS, **octets}, timeout=30)
+    assert r.status_code == 204, r.text
     heroku.proxy.throttle(MIB, direction="up")  # ~10 s for the two parts: past the 3 s
 
-    with RawPatch(url, 0, sent) as patch:
-        patch.send(data[:sent])
+    with RawPatch(url, first, sent - first) as patch:
+        patch.send(data[first:sent])
         status, headers, body = patch.response()
     assert status == 503, body
     assert headers["connection"] == "close" and b"Application Error" in body
@@ -202,4 +206,4 @@ def test_a_client_resuming_while_s3_stays_slow_gets_through_the_503s(heroku: Her
     assert seen.count(503) >= 3, f"the PATCHes were not cut by the router: {seen}"
     assert heroku.router.timeouts == seen.count(503)
     heroku.proxy.heal()
-    heroku.assert_stored(url, data)
+    heroku.assert_stored(url, data, P + MIB)  # the client's first chunk set the part size

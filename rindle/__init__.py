@@ -1,5 +1,7 @@
 """rindle: tus 1.0.0 resumable uploads for Flask, streamed into S3 multipart uploads."""
 
+from typing import TYPE_CHECKING, Any
+
 from rindle.config import Settings
 from rindle.core import Rindle
 from rindle.errors import ConfigError
@@ -17,7 +19,9 @@ from rindle.hooks import (
 from rindle.logs import configure as configure_logging
 from rindle.storage import tail_path
 from rindle.upload import State, Upload
-from rindle.web import init_app
+
+if TYPE_CHECKING:
+    from rindle.web import init_app
 
 __all__ = [
     "ConfigError",
@@ -38,3 +42,14 @@ __all__ = [
     "upload_received",
     "upload_terminated",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """``init_app`` is the web layer's: imported when first asked for (PEP 562), so that
+    ``import rindle`` (the RQ worker, the core's modules) loads no Flask."""
+    if name == "init_app":
+        from rindle.web import init_app
+
+        globals()["init_app"] = init_app  # asked once
+        return init_app
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

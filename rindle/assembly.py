@@ -108,14 +108,27 @@ class Assembly:
         log.info("upload %s: completed, %d bytes at %s", upload.id, size, upload.key)
         # Told at once: a retry of this job would find the upload completed and skip it.
         self.notify(hooks.upload_completed, replace(upload, state=State.COMPLETED))
-        if self.settings.on_complete:
-            metadata = hooks.metadata_dict(protocol.parse_metadata(upload.metadata))
-            self.jobs.on_complete(self.settings.on_complete, upload.id, upload.key, size, metadata)
+        if self.settings.on_complete:  # by id: the job loads the metadata (call_on_complete)
+            self.jobs.on_complete(self.settings.on_complete, upload.id)
         if self.settings.tail_store == "s3":
             # Leftovers of crashed writers, if any; the orphan sweep takes what stays.
             with contextlib.suppress(*S3_ERRORS):
                 self.shared.delete_all(upload.id)
         return "completed"
+
+    def call_on_complete(self, upload_id: str, hook: Callable[..., object]) -> str:
+        """Call the app's RINDLE_ON_COMPLETE function for a completed upload, with what its
+        record holds: ``upload_id``, ``key``, ``size`` and ``metadata`` (a dict of str).
+        The record stays a week after completion (a tombstone); a job that runs after it
+        went, or after a DELETE ended the upload, calls nothing (and says so)."""
+        upload = self.store.get(upload_id)
+        if upload is None or upload.state != State.COMPLETED:
+            state = upload.state if upload is not None else "unknown"
+            log.warning("upload %s: is %s: its on-complete hook is not called", upload_id, state)
+            return f"skipped ({state})"
+        metadata = hooks.metadata_dict(protocol.parse_metadata(upload.metadata))
+        hook(upload_id=upload.id, key=upload.key, size=upload.length, metadata=metadata)
+        return "called"
 
     def give_up(self, upload_id: str, reason: str) -> str:
         """No retry left for a completion whose object does not match the upload: the

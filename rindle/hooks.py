@@ -25,8 +25,10 @@ Callbacks (given to ``rindle.init_app(app, hooks=Hooks(...))``):
   create, head, patch, delete, get; ``upload`` is None for create), and for each partial
   a final upload names (``concat``, with that partial); raise ``Refuse``.
 
-And RINDLE_ON_COMPLETE, a dotted function name: the completion job enqueues it as an RQ
-job, once, with ``upload_id``, ``key``, ``size`` and ``metadata`` (a dict of str).
+And RINDLE_ON_COMPLETE, a dotted function name: the completion job enqueues an RQ job
+of its own, once, that calls it with ``upload_id``, ``key``, ``size`` and ``metadata`` (a
+dict of str) read from the upload's record when the job runs (the job carries the id
+only; a record gone by then, a week after completion, or a terminated upload: no call).
 """
 
 from __future__ import annotations

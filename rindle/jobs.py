@@ -15,6 +15,7 @@ from collections.abc import Callable
 from functools import cache
 
 from rq import get_current_job
+from rq.utils import import_attribute
 
 from rindle import logs
 from rindle.config import Settings
@@ -67,6 +68,14 @@ def complete_upload(upload_id: str) -> str:
             if job is not None and job.retries_left:
                 raise
             return rindle.assembly.give_up(upload_id, str(exc))
+
+
+def call_on_complete(upload_id: str, hook: str) -> str:
+    """The app's RINDLE_ON_COMPLETE function (``hook``, its dotted name), called with the
+    completed upload's id, key, size and metadata as its record holds them. Returns how
+    it went, never what the function returned: rq-dashboard shows a job's result."""
+    with job_log_ids(upload_id):
+        return current().assembly.call_on_complete(upload_id, import_attribute(hook))
 
 
 def clean_up_upload(upload_id: str) -> str:

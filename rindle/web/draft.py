@@ -26,7 +26,8 @@ from rindle import draft, protocol
 from rindle.errors import LeaseHeld, RindleError, TusError
 from rindle.lease import RELEASE_IF_IDLE, RELEASE_NOW
 from rindle.upload import WRITABLE, State, Upload
-from rindle.web.blueprint import (
+from rindle.web.context import current_rindle
+from rindle.web.uploads import (
     authorize,
     check_length,
     close_if_unread,
@@ -39,7 +40,6 @@ from rindle.web.blueprint import (
     take_over,
     write_body,
 )
-from rindle.web.context import current_rindle
 from rindle.writer import WriteResult
 
 log = logging.getLogger("rindle")

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import base64
 import json
+import secrets
 from collections import defaultdict
 
 import pytest
+from rq import Queue
+from rq.job import Job
 
 from app import create_app
 from rindle import Settings, hooks, init_app
 from rindle.hooks import Hooks, Refuse
 from rindle.keys import EXPIRY_INDEX
+from rindle.web import dashboard
 from tests.integration.conftest import PART, TUS, Tus, random_bytes, run_jobs
 
 pytestmark = pytest.mark.integration
@@ -109,6 +113,108 @@ def test_on_complete_is_enqueued_once_with_the_upload(app, redis_url, rdb, monke
 
 def rq_burst_for(app) -> None:
     run_jobs(app)
+
+
+HOSTILE_NAME = "<img src=x onerror=alert(1)>"
+
+
+def metadata_header(**values: str) -> str:
+    return ",".join(f"{k} {base64.b64encode(v.encode()).decode()}" for k, v in values.items())
+
+
+def test_the_on_complete_job_carries_no_client_text(app, rdb, monkeypatch):
+    """Issue #20: rq-dashboard 0.9.0 renders a job's description unescaped, and RQ builds
+    it from the job's arguments: the on-complete job is enqueued with the upload's id
+    only, and loads the metadata when it runs. What the dashboard's JSON shows of the
+    job, queued and finished, holds none of the client's text."""
+    monkeypatch.setenv("RINDLE_ON_COMPLETE", "tests.integration.hook_targets.record_completion")
+    hooked = create_app(Settings.from_env())
+    dashboard.mount(hooked, "/ops/rq", authorize=lambda: True)
+    client = hooked.test_client()
+    marker = secrets.token_hex(12)
+    upload_id = Tus(client).create(
+        5, **{"Upload-Metadata": metadata_header(filename=HOSTILE_NAME, note=marker)}
+    )
+    assert Tus(client).patch(upload_id, 0, b"hello").status_code == 204
+    rindle = hooked.extensions["rindle"]
+    with hooked.app_context():  # completed here: the on-complete job stays queued
+        assert rindle.assembly.complete(upload_id) == "completed"
+    queue = rindle.jobs.queue
+    job = Job.fetch(f"rindle-on-complete-{upload_id}", connection=queue.connection)
+    client_text = (marker, "onerror", "<img", "img src")
+    carried = repr((job.args, job.kwargs, job.description, job.meta))
+    assert not [t for t in client_text if t in carried], carried
+
+    def shown() -> str:
+        """Every JSON page of the dashboard that lists or shows the job."""
+        pages = [f"/ops/rq/0/data/job/{job.id}.json", "/ops/rq/0/data/queues.json"]
+        pages += [
+            f"/ops/rq/0/data/jobs/{queue.name}/{registry}/100/asc/1.json"
+            for registry in ("queued", "started", "finished", "failed")
+        ]
+        texts = []
+        for page in pages:
+            r = client.get(page)
+            assert r.status_code == 200, page
+            texts.append(r.get_data(as_text=True))
+            texts.append(json.dumps(r.get_json(), ensure_ascii=False))
+        return "\n".join(texts)
+
+    queued = shown()
+    assert job.id in queued and '"status": "queued"' in queued
+    assert not [t for t in client_text if t in queued]
+    rq_burst_for(hooked)
+    finished = shown()
+    assert '"status": "finished"' in finished
+    assert not [t for t in client_text if t in finished]
+    # The hook itself still gets the metadata, loaded from the upload's record.
+    calls = [json.loads(c) for c in rdb.lrange("test:on-complete", 0, -1)]
+    assert calls == [
+        {
+            "upload_id": upload_id,
+            "key": "uploads/" + upload_id,
+            "size": 5,
+            "metadata": {"filename": HOSTILE_NAME, "note": marker},
+        }
+    ]
+
+
+def test_the_on_complete_job_of_an_upload_gone_since_calls_nothing(app, rdb):
+    """The job runs when a worker takes it: a record gone by then (its 7 days as a
+    tombstone passed) or no longer completed (terminated since) calls no hook."""
+    rindle = app.extensions["rindle"]
+    hook = "tests.integration.hook_targets.record_completion"
+    gone = secrets.token_urlsafe(24)
+    rindle.jobs.on_complete(hook, gone)
+    terminated = Tus(app.test_client()).create(0)  # completed at once (no bytes)
+    assert app.test_client().delete(f"/files/{terminated}", headers=TUS).status_code == 204
+    rindle.jobs.on_complete(hook, terminated)
+    run_jobs(app)
+    assert rdb.lrange("test:on-complete", 0, -1) == []
+    queue = rindle.jobs.queue
+    results = [
+        Job.fetch(f"rindle-on-complete-{u}", connection=queue.connection).return_value()
+        for u in (gone, terminated)
+    ]
+    assert results == ["skipped (unknown)", "skipped (terminated)"]
+
+
+def test_an_on_complete_job_enqueued_by_an_older_version_still_runs(app, rdb):
+    """Older versions enqueued the app's function itself, with the metadata as keyword
+    arguments: those jobs still run after an upgrade (the function's signature stays)."""
+    connection = app.extensions["rindle"].jobs.queue.connection
+    Queue(app.extensions["rindle"].settings.queue, connection=connection).enqueue(
+        "tests.integration.hook_targets.record_completion",
+        upload_id="old",
+        key="uploads/old",
+        size=3,
+        metadata={"filename": "a.txt"},
+    )
+    run_jobs(app)
+    calls = [json.loads(c) for c in rdb.lrange("test:on-complete", 0, -1)]
+    assert calls == [
+        {"upload_id": "old", "key": "uploads/old", "size": 3, "metadata": {"filename": "a.txt"}}
+    ]
 
 
 def make_app(**hook_kwargs):

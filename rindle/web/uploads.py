@@ -193,6 +193,9 @@ def new_upload(
         partials=tuple(p.id for p in partials),
         object_etag=object_etag,
     )
+    # Its URL is not given out before the replicas hold it (RINDLE_REDIS_WAIT_REPLICAS):
+    # a failover must not forget an upload whose client was told it exists (503 else).
+    rindle.uploads.confirm_replicated(upload_id)
     rindle.notify(hooks.upload_created, upload)
     return upload
 

@@ -217,3 +217,28 @@ def test_an_offset_the_replica_does_not_confirm_is_not_acknowledged(
         assert tus_resume(url, data)[-1:] == [204]
         uploads.assert_stored(url, data)
         uploads.cleanup()
+
+
+def test_a_creation_the_replica_does_not_confirm_gives_out_no_url(
+    pair: Pair, s3_server: SeaweedS3, tmp_path: Path, request: pytest.FixtureRequest
+):
+    """The default (one replica) and a replica that stopped following: a POST's record is
+    in the primary only, so the answer is 503 with Retry-After, not a 201 whose Location
+    a failover could forget (the client would meet 404 and start again). Once the replica
+    follows again, a POST is 201 and the upload ends exact."""
+    pair.follow()
+    with own_stack(pair.primary, s3_server, tmp_path) as stack:
+        request.node.stash[_STACKS] = [stack]
+        uploads = Uploads(stack)
+        pair.link.stall()
+        r = requests.post(stack.files_url, headers={**TUS, "Upload-Length": "10"}, timeout=60)
+        assert r.status_code == 503 and r.headers["Retry-After"], r.text
+        assert r.json()["error"] == "redis_unavailable"
+        assert "Location" not in r.headers
+        pair.link.heal()
+        data = payload(10, seed=805)
+        url = create(stack, len(data))
+        uploads.track(url)
+        assert tus_resume(url, data)[-1:] == [204]
+        uploads.assert_stored(url, data)
+        uploads.cleanup()

@@ -46,6 +46,33 @@ down at the end. Server settings for that stack: ``--web-workers``, ``--threads`
 last of a repeated option wins), ``--part-mib`` (RINDLE_TUS_PART_SIZE),
 ``--parts-in-flight`` (RINDLE_PARTS_IN_FLIGHT), ``--tail-store`` and ``--env NAME=VALUE``.
 
+Every run also prints (issue #19), self-contained:
+
+- S3 bytes written per byte received: the stacks reach S3 through ``bench/s3_meter.py``,
+  a proxy that counts the bytes of every PutObject, UploadPart, CopyObject and
+  UploadPartCopy (shared tail copies included) per rindle run; the bench's own clients
+  (the raw runs, the checks) go through it too, so the ceiling has the same path to S3.
+  ``--no-s3-meter`` for CPU and throughput runs (the proxy takes CPU of its own);
+- Redis commands per second per open upload (fast mode: while every client uploads);
+- peak RSS and peak open descriptors of each server process, and the peak total RSS of
+  the web processes (the highest sum in one sample).
+
+Several ``--tail-store`` values run one after the other on fresh stacks over the same
+Redis and SeaweedFS, and a table puts them side by side with each one's end-to-end rate
+over the first one's ("vs first"). The goal lines of issue #19:
+
+    python bench/bench.py --self-contained --clients 4 --mib-each 64 --chunk-mib 5 \
+        --tail-store local,s3 --raw-in-flight 4 --repeat 3          # also --chunk-mib 1
+    python bench/bench.py --self-contained --client js --clients 4 --mib-each 64 \
+        --chunk-mib 5 --tail-store local,s3 --raw-in-flight 4      # tus-js-client
+    python bench/bench.py --self-contained --mode slow --clients 1000 --size 4MiB \
+        --rate 64KiB --client-procs 4
+    python bench/bench.py --self-contained --no-s3-meter --clients 1 --mib-each 1024 \
+        --raw-in-flight 4 --repeat 3
+
+``--client js`` uploads with tus-js-client under Node.js (``tests/e2e/js/upload.mjs``,
+``npm ci`` there when missing), each client a Node process reading its bytes from a file.
+
 The machine's load average is printed before and after each mode: other work on the
 machine shows in every number here.
 """
@@ -490,7 +517,10 @@ def self_contained_runs(
                         print(stack.logs(30), file=sys.stderr)
                         raise
     finally:
-        shutil.rmtree(root, ignore_errors=True)
+        if args.keep:
+            print(f"kept: the stacks' data and logs in {root}", file=sys.stderr)
+        else:
+            shutil.rmtree(root, ignore_errors=True)
     return results
 
 
@@ -865,7 +895,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="fast: client counts run one after the other (1,4); slow: clients (100)",
     )
     p.add_argument("--timeout", type=float, default=600, help="seconds allowed per phase")
-    p.add_argument("--keep", action="store_true", help="keep the objects the bench made")
+    p.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep the objects the bench made, and the stacks' data and logs (self-contained)",
+    )
     p.add_argument("--json", action="store_true", help="also print the results as JSON")
 
     fast = p.add_argument_group("fast mode")

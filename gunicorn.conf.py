@@ -21,6 +21,8 @@ cannot:
   (``RINDLE_METRICS=1``, ``PROMETHEUS_MULTIPROC_DIR``): the directory where each worker
   counts is emptied when gunicorn starts, and a dead worker's live gauges (PATCHes in
   progress) are dropped; its counters stay counted.
+- ``worker_connections``: ``RINDLE_THREADS`` plus a few idle keep-alive connections (see
+  the end of this file).
 """
 
 from __future__ import annotations
@@ -130,3 +132,15 @@ def child_exit(server: Any, worker: Any) -> None:
         from prometheus_client import multiprocess
 
         multiprocess.mark_process_dead(worker.pid, METRICS_DIR)
+
+
+# gthread accepts up to worker_connections per worker, and a connection accepted while
+# every thread is busy waits for one: a new client (a HEAD, a POST) behind open PATCHes. At
+# 1,000 slow PATCHes on 2 workers one worker held ~540 of them (the split is uneven), and
+# with 512 threads + 32 the probe waited up to 61 s; with 1,024 threads each, no worker can
+# be full below 1,000 open uploads (README, "Many slow clients"). Connections beyond the
+# threads are the idle keep-alive ones gunicorn keeps (worker_connections - threads): with
+# gunicorn's default of 1000 and more threads than that, it would keep none. Read from the
+# environment like the Procfile's --threads (the default is rindle.config.DEFAULT_THREADS).
+KEEPALIVE_SLOTS = 64
+worker_connections = int(os.environ.get("RINDLE_THREADS") or 1024) + KEEPALIVE_SLOTS

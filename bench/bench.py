@@ -46,6 +46,33 @@ down at the end. Server settings for that stack: ``--web-workers``, ``--threads`
 last of a repeated option wins), ``--part-mib`` (RINDLE_TUS_PART_SIZE),
 ``--parts-in-flight`` (RINDLE_PARTS_IN_FLIGHT), ``--tail-store`` and ``--env NAME=VALUE``.
 
+Every run also prints (issue #19), self-contained:
+
+- S3 bytes written per byte received: the stacks reach S3 through ``bench/s3_meter.py``,
+  a proxy that counts the bytes of every PutObject, UploadPart, CopyObject and
+  UploadPartCopy (shared tail copies included) per rindle run; the bench's own clients
+  (the raw runs, the checks) go through it too, so the ceiling has the same path to S3.
+  ``--no-s3-meter`` for CPU and throughput runs (the proxy takes CPU of its own);
+- Redis commands per second per open upload (fast mode: while every client uploads);
+- peak RSS and peak open descriptors of each server process, and the peak total RSS of
+  the web processes (the highest sum in one sample).
+
+Several ``--tail-store`` values run one after the other on fresh stacks over the same
+Redis and SeaweedFS, and a table puts them side by side with each one's end-to-end rate
+over the first one's ("vs first"). The goal lines of issue #19:
+
+    python bench/bench.py --self-contained --clients 4 --mib-each 64 --chunk-mib 5 \
+        --tail-store local,s3 --raw-in-flight 4 --repeat 3          # also --chunk-mib 1
+    python bench/bench.py --self-contained --client js --clients 4 --mib-each 64 \
+        --chunk-mib 5 --tail-store local,s3 --raw-in-flight 4      # tus-js-client
+    python bench/bench.py --self-contained --mode slow --clients 1000 --size 4MiB \
+        --rate 64KiB --client-procs 4
+    python bench/bench.py --self-contained --no-s3-meter --clients 1 --mib-each 1024 \
+        --raw-in-flight 4 --repeat 3
+
+``--client js`` uploads with tus-js-client under Node.js (``tests/e2e/js/upload.mjs``,
+``npm ci`` there when missing), each client a Node process reading its bytes from a file.
+
 The machine's load average is printed before and after each mode: other work on the
 machine shows in every number here.
 """
@@ -66,6 +93,7 @@ import secrets
 import shlex
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -86,6 +114,7 @@ for _path in (REPO_ROOT, BENCH_DIR):  # rindle and devstack; this dir's modules
 
 import procstat  # noqa: E402
 import redis_stats  # noqa: E402
+import s3_meter  # noqa: E402
 import slow_clients  # noqa: E402
 
 KIB = 1024
@@ -102,10 +131,11 @@ SERVER_TREES = ["web", "jobs"]  # the roots whose CPU counts as the server's
 
 
 def _s3_client(connections: int = 4) -> Any:
-    """The same boto3 client settings as the app (checksums only when required, ...)."""
-    from rindle.storage import make_s3_client
+    """The same boto3 client settings as the app for the same endpoint (checksums only
+    when required, payloads signed only over plain HTTP to another host, ...)."""
+    from rindle.storage.s3 import s3_client_for
 
-    return make_s3_client(max_pool_connections=connections)
+    return s3_client_for(os.environ.get("AWS_ENDPOINT_URL_S3", ""), connections)
 
 
 def _payload(index: int, size: int, seed: bytes) -> bytes:
@@ -236,6 +266,61 @@ def _raw_client(
     results.put(result)
 
 
+JS_DIR = REPO_ROOT / "tests" / "e2e" / "js"  # tus-js-client, as the e2e tests use it
+
+
+def ensure_tus_js() -> None:
+    """tus-js-client in tests/e2e/js/node_modules (npm ci unless there already)."""
+    from demo import assets
+
+    node = shutil.which("node")
+    if node is None or shutil.which("npm") is None:
+        raise RuntimeError("--client js needs node and npm (Node.js >= 18)")
+    version = subprocess.run([node, "--version"], capture_output=True, text=True, check=True)
+    major = version.stdout.strip().lstrip("v").split(".")[0]
+    assets.npm_ci(JS_DIR, stamp_suffix=f" node{major}")  # the e2e tests' stamp too
+
+
+def _js_client(
+    index: int,
+    url: str,
+    size: int,
+    chunk_size: int | None,
+    seed: bytes,
+    bucket: str,
+    prefix: str,
+    timeout: float,
+    barrier: Barrier,
+    results: Any,
+) -> None:
+    """tus-js-client under Node.js (tests/e2e/js/upload.mjs) sends the bytes from a file."""
+    result: dict[str, Any] = {"index": index, "size": size}
+    try:
+        s3 = _s3_client()
+        with tempfile.NamedTemporaryFile(prefix="rindle-bench-", suffix=".bin") as f:
+            f.write(_payload(index, size, seed))
+            f.flush()
+            argv = ["node", str(JS_DIR / "upload.mjs"), "--endpoint", url, "--file", f.name]
+            argv += ["--chunk-size", str(chunk_size) if chunk_size else "Infinity"]
+            barrier.wait(timeout=timeout)
+            result["started"] = time.monotonic()
+            out = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+        if out.returncode != 0:
+            raise RuntimeError(f"tus-js-client failed: {out.stderr.strip()[-500:]}")
+        result["uploaded"] = time.monotonic()
+        upload_url = json.loads(out.stdout.strip().splitlines()[-1])["uploadUrl"]
+        upload_id = urlsplit(upload_url).path.rstrip("/").rsplit("/", 1)[1]
+        result["key"] = key = prefix + upload_id
+        _wait_for_object(s3, bucket, key, size, result["started"] + timeout)
+        result["completed"] = time.monotonic()
+    except BaseException:
+        result["error"] = traceback.format_exc()
+    results.put(result)
+
+
+CLIENTS = {"tuspy": _tus_client, "js": _js_client}
+
+
 @dataclass
 class Phase:
     name: str
@@ -334,7 +419,8 @@ class Target:
     url: str
     roots: dict[str, procstat.Root]
     config: dict[str, Any]
-    redis_url: str | None = None  # the app's Redis, for slow mode's Redis figures
+    redis_url: str | None = None  # the app's Redis, for the Redis figures
+    meter: s3_meter.S3Meter | None = None  # counts what the app writes to S3
 
     def watch(self) -> procstat.Watch:
         return procstat.Watch(dict(self.roots))
@@ -393,12 +479,20 @@ def self_contained_runs(
     root = Path(tempfile.mkdtemp(prefix="rindle-bench-"))
     results = []
     try:
-        with private_services(root, bucket="rindle-bench") as (redis_server, s3):
+        with contextlib.ExitStack() as running:
+            redis_server, s3 = running.enter_context(private_services(root, bucket="rindle-bench"))
             os.environ.update({**s3.env(), "RINDLE_S3_PREFIX": "bench/"})
+            meter = None
+            if args.s3_meter:
+                # Everything goes through it, the bench's own clients too (the raw runs
+                # then have the same path to S3 as the app); it counts per phase.
+                meter = running.enter_context(s3_meter.S3Meter(s3.env()["AWS_ENDPOINT_URL_S3"]))
+                os.environ["AWS_ENDPOINT_URL_S3"] = meter.endpoint
             for n, tail_store in enumerate(args.tail_store.split(",")):
                 settings = {
                     "REDIS_URL": redis_server.url,
                     **s3.env(),
+                    **({"AWS_ENDPOINT_URL_S3": meter.endpoint} if meter else {}),
                     "RINDLE_S3_PREFIX": "bench/",
                     "RINDLE_TMP_DIR": str(root / f"node{n}"),
                     "RINDLE_TAIL_STORE": tail_store,
@@ -417,13 +511,16 @@ def self_contained_runs(
                         flush=True,
                     )
                     try:
-                        target = Target(stack.files_url, roots, config, redis_server.url)
+                        target = Target(stack.files_url, roots, config, redis_server.url, meter)
                         results.append(run_one(target))
                     except BaseException:
                         print(stack.logs(30), file=sys.stderr)
                         raise
     finally:
-        shutil.rmtree(root, ignore_errors=True)
+        if args.keep:
+            print(f"kept: the stacks' data and logs in {root}", file=sys.stderr)
+        else:
+            shutil.rmtree(root, ignore_errors=True)
     return results
 
 
@@ -487,8 +584,10 @@ def fast_round(args: argparse.Namespace, target: Target, clients: int) -> dict[s
     raw_phases: dict[int, list[Phase]] = {n: [] for n in args.raw_in_flight}
     part_size = args.part_mib and int(args.part_mib * MIB)
     load_before = load_average()
+    written: list[float] = []  # S3 bytes written per byte received, per rindle run
+    commands: list[float] = []  # Redis commands per second per open upload, per run
     print(
-        f"fast: {total / MIB:g} MiB over {clients} tuspy client(s) "
+        f"fast: {total / MIB:g} MiB over {clients} {args.client} client(s) "
         f"({sizes[0] / MIB:.2f} MiB each), "
         + (f"PATCHes of {args.chunk_mib:g} MiB" if chunk else "one PATCH per upload")
         + (f", {args.repeat} times" if args.repeat > 1 else ""),
@@ -498,19 +597,42 @@ def fast_round(args: argparse.Namespace, target: Target, clients: int) -> dict[s
     keys = warm_up(target.url, prefix)
     for _ in range(args.repeat):
         seed = secrets.token_bytes(16)
+        sampler = redis_stats.RedisSampler(target.redis_url, 0.25) if target.redis_url else None
+        counted: list[dict[str, Any]] = []
+
+        def before_start(
+            sampler: redis_stats.RedisSampler | None = sampler,
+            counted: list[dict[str, Any]] = counted,
+        ) -> None:
+            watch.start()
+            if target.meter is not None:
+                counted.append(target.meter.counts())
+            if sampler is not None:
+                sampler.start(time.monotonic(), math.inf)  # no in-progress snapshot
+
         try:
             tus_phase = _run_clients(
                 "tus",
-                _tus_client,
+                CLIENTS[args.client],
                 [
                     (i, target.url, size, chunk, seed, bucket, prefix, args.timeout)
                     for i, size in enumerate(sizes)
                 ],
                 args.timeout,
-                before_start=watch.start,
+                before_start=before_start,
             )
             watch.stop()
             tus_phases.append(tus_phase)
+            if target.meter is not None:  # the objects are complete: every write is in
+                phase_written = s3_meter.written_between(counted[0], target.meter.counts())
+                written.append(phase_written["written"] / tus_phase.total)
+                print(f"  S3 writes of this run: {phase_written}", flush=True)
+            if sampler is not None:
+                sampler.close()
+                first_done = min(r["uploaded"] for r in tus_phase.results)
+                rate = sampler.commands_per_upload(tus_phase.started, first_done, clients)
+                if rate is not None:
+                    commands.append(rate)
             keys += [r["key"] for r in tus_phase.results]
             if args.verify and not verify_phase(tus_phase, seed, bucket):
                 raise RuntimeError("an object in S3 does not match the bytes that were uploaded")
@@ -576,7 +698,19 @@ def fast_round(args: argparse.Namespace, target: Target, clients: int) -> dict[s
     client_cpu = sum(p.client_cpu for p in tus_phases)
     print(
         f"server CPU (gunicorn + rq trees) during the rindle runs: {server_cpu:.1f} s for "
-        f"{gib:g} GiB, {server_cpu / gib:.1f} s per GiB; tus client processes {client_cpu:.1f} s"
+        f"{gib:g} GiB, {server_cpu / gib:.2f} s per GiB; tus client processes {client_cpu:.1f} s"
+    )
+    s3_ratio = statistics.median(written) if written else None
+    redis_rate = statistics.median(commands) if commands else None
+    print(
+        "S3 bytes written per byte received (PutObject, UploadPart, copies; at the S3 "
+        "meter): "
+        + (f"{s3_ratio:.3f}" if s3_ratio is not None else "not measured")
+        + (f" (runs: {', '.join(f'{x:.3f}' for x in written)})" if len(written) > 1 else "")
+    )
+    print(
+        "Redis commands per second per open upload (while every client uploads): "
+        + (f"{redis_rate:.2f}" if redis_rate is not None else "not measured")
     )
     print("server processes during the rindle runs:")
     for line in watch.report():
@@ -600,6 +734,9 @@ def fast_round(args: argparse.Namespace, target: Target, clients: int) -> dict[s
         "ratio_end_to_end": round(ratios[ceiling], 3),
         "server_cpu_s": round(server_cpu, 2),
         "server_cpu_s_per_gib": round(server_cpu / gib, 2),
+        "s3_written_per_byte": round(s3_ratio, 4) if s3_ratio is not None else None,
+        "s3_written_per_byte_each": [round(x, 4) for x in written],
+        "redis_commands_per_s_per_upload": round(redis_rate, 2) if redis_rate else None,
         "load_average_before": load_before,
         "load_average_after": load_average(),
         "server": watch.summary(),
@@ -624,14 +761,25 @@ def run_fast(args: argparse.Namespace, target: Target) -> dict[str, Any]:
 
 
 def print_tail_stores(runs: list[dict[str, Any]]) -> None:
-    """The fast runs of several --tail-store values side by side."""
-    print("tail store  clients   upload MB/s   end to end MB/s   ceiling MB/s   ratio e2e")
+    """The fast runs of several --tail-store values side by side; "vs first" is the end to
+    end rate over the first tail store's with as many clients (e.g. s3 over local)."""
+    print(
+        "tail store  clients   upload MB/s   end to end MB/s   ceiling MB/s   ratio e2e"
+        "   vs first   S3 written/received   redis cmd/s/upload   CPU s/GiB"
+    )
+    first = {r["clients"]: r["tus_end_to_end_mb_s"] for r in runs[0]["rounds"]}
     for run in runs:
         for r in run["rounds"]:
             ceiling = r["raw_mb_s_by_in_flight"][max(r["raw_mb_s_by_in_flight"])]
+            written = r["s3_written_per_byte"]
+            redis_rate = r["redis_commands_per_s_per_upload"]
             print(
                 f"{run['tail_store']:10} {r['clients']:8} {r['tus_upload_mb_s']:13.1f}"
                 f" {r['tus_end_to_end_mb_s']:17.1f} {ceiling:14.1f} {r['ratio_end_to_end']:11.2f}"
+                f" {r['tus_end_to_end_mb_s'] / first[r['clients']]:10.2f}"
+                + (f" {written:21.3f}" if written is not None else f" {'-':>21}")
+                + (f" {redis_rate:20.2f}" if redis_rate is not None else f" {'-':>20}")
+                + f" {r['server_cpu_s_per_gib']:11.2f}"
             )
 
 
@@ -657,6 +805,7 @@ def run_slow(args: argparse.Namespace, target: Target) -> dict[str, Any]:
     load_before = load_average()
     watch = target.watch()
     sampler = redis_stats.RedisSampler(target.redis_url) if target.redis_url else None
+    counted = target.meter.counts() if target.meter is not None else None
     try:
         out = slow_clients.run(
             opts,
@@ -672,6 +821,15 @@ def run_slow(args: argparse.Namespace, target: Target) -> dict[str, Any]:
             sampler.close()
     server_cpu = watch.cpu_seconds([t for t in SERVER_TREES if t in target.roots])
     gib = opts.clients * opts.size / GIB
+    if target.meter is not None and counted is not None:
+        phase_written = s3_meter.written_between(counted, target.meter.counts())
+        received = out["objects_exact"] * opts.size
+        out["s3_written"] = phase_written
+        out["s3_written_per_byte"] = round(phase_written["written"] / max(received, 1), 4)
+        print(
+            f"  S3 writes               {out['s3_written_per_byte']:.3f} bytes per byte "
+            f"received (exact objects): {phase_written}"
+        )
     print(
         f"  server CPU              {server_cpu:.1f} s (gunicorn + rq trees), "
         f"{server_cpu / gib:.1f} s per GiB"
@@ -737,7 +895,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="fast: client counts run one after the other (1,4); slow: clients (100)",
     )
     p.add_argument("--timeout", type=float, default=600, help="seconds allowed per phase")
-    p.add_argument("--keep", action="store_true", help="keep the objects the bench made")
+    p.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep the objects the bench made, and the stacks' data and logs (self-contained)",
+    )
     p.add_argument("--json", action="store_true", help="also print the results as JSON")
 
     fast = p.add_argument_group("fast mode")
@@ -756,6 +918,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--repeat", type=int, default=1, help="rindle and raw runs, alternating; medians (1)"
     )
     fast.add_argument("--no-verify", dest="verify", action="store_false", help="skip sha256")
+    fast.add_argument(
+        "--client",
+        choices=sorted(CLIENTS),
+        default="tuspy",
+        help="tuspy, or js: tus-js-client under Node.js (npm ci in tests/e2e/js) (tuspy)",
+    )
 
     slow = p.add_argument_group("slow mode")
     slow.add_argument("--size", type=parse_size, default=16 * MIB, help="per client (16MiB)")
@@ -797,6 +965,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="RINDLE_TAIL_STORE, or several, comma-separated, run one after the other on "
         "fresh stacks (e.g. local,s3)",
     )
+    server.add_argument(
+        "--no-s3-meter",
+        dest="s3_meter",
+        action="store_false",
+        help="no byte-counting proxy in front of S3 (bench/s3_meter.py): for CPU and "
+        "throughput runs, which it slows (it forwards every byte in Python)",
+    )
     server.add_argument("--gunicorn-pid", type=int, default=None, help="(connected)")
     server.add_argument("--worker-pid", type=int, default=None, help="rq worker (connected)")
 
@@ -828,6 +1003,8 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parse_args(argv)
     run_one = run_slow if args.mode == "slow" else run_fast
+    if args.mode == "fast" and args.client == "js":
+        ensure_tus_js()
     try:
         if args.self_contained:
             runs = self_contained_runs(args, lambda target: run_one(args, target))

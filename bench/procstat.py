@@ -31,6 +31,11 @@ def status(pid: int) -> dict[str, int]:
     return values
 
 
+def open_fds(pid: int) -> int:
+    """How many file descriptors ``pid`` has open (sockets, files, pipes...)."""
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
 def cpu(pid: int) -> tuple[float, float]:
     """(own, reaped children's) CPU seconds of ``pid``: utime + stime, cutime + cstime."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -91,6 +96,7 @@ class Seen:
     root: str
     at_start: bool  # there when the watch first started
     peak_rss: int = 0
+    peak_fds: int = 0  # open descriptors, sampled
     first_rss: int = 0
     last_rss: int = 0
     cpu_seconds: float = 0.0  # summed over the segments (own + reaped children)
@@ -108,6 +114,8 @@ class Watch:
     interval: float = 0.2
     seen: dict[int, Seen] = field(default_factory=dict)
     cpu_by_tree: dict[str, float] = field(default_factory=dict)
+    # The highest sum of the RSS of a tree's processes in one sample (not the sum of peaks)
+    peak_tree_rss: dict[str, int] = field(default_factory=dict)
     hwm_reset: bool = False
     _tree_base: dict[str, float] = field(default_factory=dict)
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -158,6 +166,7 @@ class Watch:
 
     def _sample(self, segment_start: bool = False) -> None:
         first = segment_start and not self.seen
+        tree_rss: dict[str, int] = {}
         for pid, label, name in self._members():
             if not self.roots[name].rss and pid != self.roots[name].pid:
                 continue
@@ -180,8 +189,13 @@ class Watch:
             elif member.cpu_base is None:
                 member.cpu_base = 0.0  # born during this segment
             member.peak_rss = max(member.peak_rss, rss)
+            tree_rss[name] = tree_rss.get(name, 0) + rss
+            with contextlib.suppress(OSError):
+                member.peak_fds = max(member.peak_fds, open_fds(pid))
             member.last_rss = rss
             member.cpu_last = own + reaped
+        for name, total in tree_rss.items():
+            self.peak_tree_rss[name] = max(self.peak_tree_rss.get(name, 0), total)
 
     # ------------------------------------------------------------------ reporting
 
@@ -212,6 +226,7 @@ class Watch:
                     "peak_rss_mib": round(m.peak_rss / MIB, 1),
                     "start_rss_mib": round(m.first_rss / MIB, 1),
                     "end_rss_mib": round(m.last_rss / MIB, 1),
+                    "peak_fds": m.peak_fds,
                     "cpu_s": round(m.cpu_seconds, 2),
                 }
             )
@@ -225,6 +240,9 @@ class Watch:
                 for label, group in born.items()
             },
             "cpu_s_by_tree": {n: round(v, 2) for n, v in self.cpu_by_tree.items()},
+            "peak_tree_rss_mib": {
+                n: round(v / MIB, 1) for n, v in self.peak_tree_rss.items() if self.roots[n].rss
+            },
         }
 
     def report(self, indent: str = "  ") -> list[str]:
@@ -236,7 +254,7 @@ class Watch:
             lines.append(
                 f"{indent}{m.label:24} pid {m.pid:>7}: peak RSS {m.peak_rss / MIB:7.1f} MiB "
                 f"(start {m.first_rss / MIB:6.1f}, end {m.last_rss / MIB:6.1f}), "
-                f"CPU {m.cpu_seconds:6.1f} s"
+                f"peak fds {m.peak_fds:5}, CPU {m.cpu_seconds:6.1f} s"
             )
         for label, group in born.items():
             peak = max(m.peak_rss for m in group)
@@ -246,4 +264,8 @@ class Watch:
             )
         cpu_parts = ", ".join(f"{n} {v:.1f} s" for n, v in self.cpu_by_tree.items())
         lines.append(f"{indent}CPU seconds by process tree (children included): {cpu_parts}")
+        rss_parts = ", ".join(
+            f"{n} {v / MIB:.0f} MiB" for n, v in self.peak_tree_rss.items() if self.roots[n].rss
+        )
+        lines.append(f"{indent}peak total RSS by process tree (one sample's sum): {rss_parts}")
         return lines

@@ -71,6 +71,17 @@ class RedisSampler:
         if self._thread is not None:
             self._thread.join()
 
+    def commands_per_upload(self, start: float, end: float, uploads: int) -> float | None:
+        """Commands per second per open upload between ``start`` and ``end`` (monotonic),
+        from the first and last samples inside (None with fewer than two), less the
+        sampler's own INFO calls."""
+        inside = [s for s in self.samples if start <= s.at <= end]
+        if len(inside) < 2 or uploads < 1:
+            return None
+        a, b = inside[0], inside[-1]
+        own = b.calls.get("info", 0) - a.calls.get("info", 0)
+        return (b.total - a.total - own) / (b.at - a.at) / uploads
+
     def _sample(self) -> Sample:
         info = self.client.execute_command("INFO", "stats", "clients", "commandstats")
         calls = {

@@ -210,8 +210,9 @@ def _metrics_token(env: Mapping[str, str]) -> str:
 
 
 # gunicorn threads per web process (the Procfile's default for $RINDLE_THREADS): a PATCH
-# from a slow client holds one for its whole length, so they must outnumber them.
-DEFAULT_THREADS = 256
+# from a slow client holds one for its whole length, so they must outnumber them; 1,024
+# so that either of two processes can hold a node's 1,000 open uploads (issue #19).
+DEFAULT_THREADS = 1024
 
 
 @dataclass(frozen=True)

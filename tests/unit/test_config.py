@@ -146,3 +146,19 @@ def test_wait_replicas_is_one_by_default_or_a_count(value, expected):
 def test_a_wait_replicas_that_is_no_count_is_refused(value):
     with pytest.raises(ConfigError, match="RINDLE_REDIS_WAIT_REPLICAS"):
         Settings.from_env({"RINDLE_REDIS_WAIT_REPLICAS": value})
+
+
+def test_one_web_process_of_the_default_deployment_holds_1000_open_uploads(
+    monkeypatch: pytest.MonkeyPatch,
+):
+    """Either gunicorn process may accept most of a node's connections: each has threads
+    for 1,000 open PATCHes, and keep-alive slots beyond them (gunicorn keeps none when
+    worker_connections is not above the threads)."""
+    import runpy
+
+    from rindle.config import DEFAULT_THREADS
+
+    monkeypatch.delenv("RINDLE_THREADS", raising=False)
+    conf = runpy.run_path(str(ROOT / "gunicorn.conf.py"))
+    assert DEFAULT_THREADS >= 1000
+    assert conf["worker_connections"] > DEFAULT_THREADS

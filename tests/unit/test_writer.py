@@ -10,6 +10,7 @@ import base64
 import contextlib
 import hashlib
 import os
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -927,3 +928,37 @@ def test_a_fetched_tail_never_passes_for_older_bytes_after_a_rollback(
     a.write(upload_id, data[1000:], offset=1000)
     assert a.complete(upload_id) == "completed"
     assert a.object(upload_id) == data
+
+
+def test_request_threads_send_at_most_request_sends_bodies_to_s3_at_once(node: Node, monkeypatch):
+    """Many uploads ending together (each one PutObject from its request thread) send at
+    most REQUEST_SENDS bodies to S3 at once; the others wait their turn, none is lost."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from rindle.writer import REQUEST_SENDS
+
+    lock, running, peak = threading.Lock(), [0], [0]
+    real_put = node.s3.put_object
+
+    def slow_put(*args, **kwargs):
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+        try:
+            time.sleep(0.05)  # long enough for the others to pile up
+            return real_put(*args, **kwargs)
+        finally:
+            with lock:
+                running[0] -= 1
+
+    monkeypatch.setattr(node.s3, "put_object", slow_put)
+    uploads = {node.create(1000): os.urandom(1000) for _ in range(REQUEST_SENDS + 16)}
+
+    with ThreadPoolExecutor(len(uploads)) as pool:
+        results = list(pool.map(lambda item: node.write(item[0], item[1]), uploads.items()))
+
+    assert all(r.upload.state == State.ASSEMBLING for r in results)
+    assert peak[0] <= REQUEST_SENDS, f"at most {REQUEST_SENDS} at once, saw {peak[0]}"
+    for upload_id, data in uploads.items():
+        node.complete(upload_id)
+        assert node.object(upload_id) == data

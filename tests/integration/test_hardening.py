@@ -14,7 +14,7 @@ import pytest
 from rindle import tail_path
 from rindle.hooks import Refuse
 from rindle.keys import EXPIRY_INDEX
-from tests.integration.conftest import PART, TUS, Tus, random_bytes, run_jobs
+from tests.integration.conftest import PART, TUS, Tus, random_bytes
 from tests.integration.test_lifecycle import (
     bucket,
     half_upload,
@@ -92,21 +92,14 @@ def test_an_object_that_never_matches_ends_failed_after_the_retries(app, tus, rd
     the completion ran). The completion is retried; after the last try the upload is
     failed (410) and nothing re-enqueues it any more. The object at the key is not the
     one this upload wrote: it stays (issue #21: deletes prove ownership)."""
-    from rq import Retry
+    from tests.integration.test_hardening2_storage import give_up_after_one_try
 
     upload_id = tus.create(5)
     assert tus.patch(upload_id, 0, b"hello").status_code == 204
     key = "uploads/" + upload_id
     s3_client.put_object(Bucket=bucket(app), Key=key, Body=b"abc")
-    queue = app.extensions["rindle"].jobs.queue
-    queue.empty()  # the PATCH's own completion job waits seconds between retries
-    job = queue.enqueue("rindle.jobs.complete_upload", upload_id, retry=Retry(max=1))
 
-    run_jobs(app)
-
-    job.refresh()
-    assert job.retries_left == 0, "the first failure was retried"
-    assert job.return_value() == "failed (object)"
+    assert give_up_after_one_try(app, upload_id) == "failed (object)"
     assert state_of(rdb, upload_id) == "failed"
     assert tus.head(upload_id).status_code == 410
     assert s3_client.get_object(Bucket=bucket(app), Key=key)["Body"].read() == b"abc"

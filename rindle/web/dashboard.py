@@ -11,6 +11,8 @@ itself.
 from __future__ import annotations
 
 import hmac
+import html
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -61,8 +63,28 @@ def mount(app: Flask, url_prefix: str = "/rq", authorize: Callable[[], bool] | N
             )
         return None
 
+    def escape_data(response: Response) -> Response:
+        if request.blueprint == BLUEPRINT and response.is_json:
+            response.set_data(json.dumps(escaped(response.get_json())))
+        return response
+
     app.before_request(guard)
+    app.after_request(escape_data)
     app.register_blueprint(rq_dashboard.blueprint, url_prefix=url_prefix)
+
+
+def escaped(data: Any) -> Any:
+    """Every string in rq-dashboard's JSON, HTML-escaped: its page puts job fields
+    (description, exc_info, result...) into the page with templates that do not escape
+    (``<%= %>``), and an exception message may carry a client's text (a file name, say).
+    Escaped here, it shows as text, never as markup."""
+    if isinstance(data, str):
+        return html.escape(data)
+    if isinstance(data, list):
+        return [escaped(item) for item in data]
+    if isinstance(data, dict):
+        return {key: escaped(value) for key, value in data.items()}
+    return data
 
 
 CONNECTION = "RINDLE_DASHBOARD_CONNECTION"

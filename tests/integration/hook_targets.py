@@ -14,3 +14,8 @@ def record_completion(upload_id: str, key: str, size: int, metadata: dict) -> No
         "test:on-complete",
         json.dumps({"upload_id": upload_id, "key": key, "size": size, "metadata": metadata}),
     )
+
+
+def fail_naming_the_file(upload_id: str, key: str, size: int, metadata: dict) -> None:
+    """A hook whose error message carries the client's file name (as many would)."""
+    raise ValueError(f"cannot process {metadata.get('filename')}")

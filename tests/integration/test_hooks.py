@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import html
 import json
 import secrets
 from collections import defaultdict
@@ -336,3 +337,27 @@ def test_authorize_sees_each_partial_of_a_final_upload_as_concat(app, rq_burst):
     r = tus.client.post("/files/", headers={**TUS, "Upload-Concat": f"final;{urls}"})
     assert r.status_code == 201
     assert seen == [("create", None), ("concat", partials[0]), ("concat", partials[1])]
+
+
+def test_the_dashboard_shows_a_failed_hooks_message_as_text_not_markup(app, monkeypatch):
+    """rq-dashboard's job page puts ``exc_info`` into the page unescaped: a hook whose
+    error names the client's file name must not run that name as script. The dashboard's
+    JSON carries every string HTML-escaped."""
+    monkeypatch.setenv("RINDLE_ON_COMPLETE", "tests.integration.hook_targets.fail_naming_the_file")
+    hooked = create_app(Settings.from_env())
+    dashboard.mount(hooked, "/ops/rq", authorize=lambda: True)
+    client = hooked.test_client()
+    upload_id = Tus(client).create(5, **{"Upload-Metadata": metadata_header(filename=HOSTILE_NAME)})
+    assert Tus(client).patch(upload_id, 0, b"hello").status_code == 204
+    rindle = hooked.extensions["rindle"]
+    with hooked.app_context():
+        assert rindle.assembly.complete(upload_id) == "completed"
+    rq_burst_for(hooked)
+    job = Job.fetch(f"rindle-on-complete-{upload_id}", connection=rindle.jobs.queue.connection)
+    assert job.get_status() == "failed" and "onerror" in job.exc_info  # the raw message
+
+    r = client.get(f"/ops/rq/0/data/job/{job.id}.json")
+
+    assert r.status_code == 200
+    shown = r.get_json()["exc_info"]
+    assert "<img" not in shown and html.escape(HOSTILE_NAME) in shown

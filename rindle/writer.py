@@ -723,7 +723,7 @@ class _Patch:
         self.segments, self.superseded = [], True
         if self.replicated() is False:
             return  # not assembled before the replicas hold it: the next HEAD enqueues it
-        try:
-            self.writer.jobs.complete(upload.id)
+        try:  # a Redis reset is waited out: the client may never ask again (no HEAD)
+            self.call(lambda: self.writer.jobs.complete(upload.id), "enqueue of its completion")
         except Exception:  # the upload is safe in S3; the maintenance sweep re-enqueues
             log.exception("upload %s: could not enqueue completion", upload.id)

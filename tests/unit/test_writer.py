@@ -962,3 +962,23 @@ def test_request_threads_send_at_most_request_sends_bodies_to_s3_at_once(node: N
     for upload_id, data in uploads.items():
         node.complete(upload_id)
         assert node.object(upload_id) == data
+
+
+def test_a_redis_reset_at_the_enqueue_of_the_completion_is_waited_out(node: Node, monkeypatch):
+    """The last commit went through, then the enqueue of the completion met a reset (a
+    campaign saw it): the client is told offset == length and may never ask again, so the
+    writer retries the enqueue while its lease lasts rather than leave it to the sweep."""
+    failures = [redis.ConnectionError("Connection reset by peer")]
+    real_complete = node.jobs.complete
+
+    def flaky_complete(upload_id: str) -> None:
+        if failures:
+            raise failures.pop()
+        real_complete(upload_id)
+
+    monkeypatch.setattr(node.jobs, "complete", flaky_complete)
+    upload_id = node.create(1000)
+
+    node.write(upload_id, os.urandom(1000))
+
+    assert node.jobs.completions == [upload_id]

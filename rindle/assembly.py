@@ -99,6 +99,11 @@ class Assembly:
         size, etag = self.s3.head(upload.key) or (None, "")
         if size != upload.length:
             raise AssemblyError(f"upload {upload.id}: object has {size} bytes, not {upload.length}")
+        if self.settings.tail_store == "s3":
+            # Every byte is in the object: shared copies are leftovers (a completed upload
+            # has none, once it says so). What fails to go, the orphan sweep takes.
+            with contextlib.suppress(*S3_ERRORS):
+                self.shared.delete_all(upload.id)
         done = {"object_etag": etag}
         if not self.store.set_state(upload.id, State.COMPLETED, (State.ASSEMBLING,), None, done):
             current = self.store.get(upload.id)
@@ -110,10 +115,6 @@ class Assembly:
         self.notify(hooks.upload_completed, replace(upload, state=State.COMPLETED))
         if self.settings.on_complete:  # by id: the job loads the metadata (call_on_complete)
             self.jobs.on_complete(self.settings.on_complete, upload.id)
-        if self.settings.tail_store == "s3":
-            # Leftovers of crashed writers, if any; the orphan sweep takes what stays.
-            with contextlib.suppress(*S3_ERRORS):
-                self.shared.delete_all(upload.id)
         return "completed"
 
     def call_on_complete(self, upload_id: str, hook: Callable[..., object]) -> str:

@@ -94,9 +94,10 @@ class Assembly:
                 upload_id, State.ASSEMBLING, (State.ASSEMBLING,), fields={"object_etag": etag}
             )
 
-    def _verify_and_finish(self, upload: Upload) -> str:
-        """HEAD the object, then mark the upload completed (once) and tell the app."""
-        size, etag = self.s3.head(upload.key) or (None, "")
+    def _verify_and_finish(self, upload: Upload, head: tuple[int | None, str] | None = None) -> str:
+        """HEAD the object (unless ``head`` holds its size and ETag already), then mark
+        the upload completed (once) and tell the app."""
+        size, etag = head or self.s3.head(upload.key) or (None, "")
         if size != upload.length:
             raise AssemblyError(f"upload {upload.id}: object has {size} bytes, not {upload.length}")
         if self.settings.tail_store == "s3":
@@ -212,7 +213,7 @@ class Assembly:
         whose multipart upload vanished; retrying for ever would not bring it back."""
         size, etag = self.s3.head(upload.key) or (None, "")
         if size == upload.length and (not upload.object_etag or etag == upload.object_etag):
-            return self._verify_and_finish(upload)
+            return self._verify_and_finish(upload, (size, etag))
         log.error(
             "upload %s: S3 no longer knows its assembly multipart upload %s (aborted "
             "outside rindle, e.g. by a lifecycle rule): the upload failed",

@@ -166,7 +166,13 @@ class Rindle:
     @service
     def maintenance(self) -> Maintenance:
         return Maintenance(
-            self.uploads, self.s3, self.shared_tails, self.settings, self.jobs, self.notify
+            self.uploads,
+            self.s3,
+            self.shared_tails,
+            self.settings,
+            self.jobs,
+            self.lease,
+            self.notify,
         )
 
     @service

@@ -16,7 +16,6 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from functools import cached_property
 
 import redis
 from blinker import NamedSignal
@@ -48,6 +47,7 @@ class Maintenance:
     shared: SharedTails
     settings: Settings
     jobs: JobQueue
+    lease: Lease  # the process's own (rindle.core): only ``held`` is asked of it
     notify: Callable[[NamedSignal, Upload], None] = lambda signal, upload: None
 
     def clean_up(self, upload_id: str) -> str:
@@ -170,10 +170,6 @@ class Maintenance:
             and (upload.expires_at > now or self.lease.held(upload.id))
         )
 
-    @cached_property
-    def lease(self) -> Lease:
-        return Lease(self.store, self.settings.release_wait)
-
     def abort_orphans(
         self, grace: int, now: float | None = None, dry_run: bool = False
     ) -> dict[str, int]:
@@ -216,12 +212,15 @@ class Maintenance:
         now = time.time() if now is None else now
         counts: Counter[str] = Counter(tails_deleted=0, tails_kept=0)  # tails_errors if any
         doomed = []
+        uploads: dict[str, Upload | None] = {}  # asked once per upload, not per copy
         writing: dict[str, bool] = {}  # upload id -> its lease is held (asked once)
         for upload_id, key, modified in self.shared.listing():
             if modified.timestamp() > now - grace:
                 counts["tails_kept"] += 1
                 continue
-            upload = self.store.get(upload_id)
+            if upload_id not in uploads:
+                uploads[upload_id] = self.store.get(upload_id)
+            upload = uploads[upload_id]
             if upload is not None and upload.state in WRITABLE:
                 if key in upload.shared_keys:
                     counts["tails_kept"] += 1

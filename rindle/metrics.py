@@ -127,5 +127,9 @@ class UploadCounters:
             log.warning("metrics: could not count an upload %s: %s", event, exc)
 
     def read(self) -> dict[str, int]:
-        raw = self.redis.hgetall(UPLOAD_COUNTERS)
+        return self.parse(self.redis.hgetall(UPLOAD_COUNTERS))
+
+    @staticmethod
+    def parse(raw: dict[str, str]) -> dict[str, int]:
+        """The counters from the hash as Redis returns it (every event, 0 if absent)."""
         return {event: int(raw.get(event, 0)) for event in EVENTS}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -25,6 +26,11 @@ OPEN = (*WRITABLE, State.ASSEMBLING)  # still needs its multipart upload
 
 
 Segment = tuple[str, str, int]  # a shared copy of buffered bytes: (key, ETag, size)
+
+
+def segments_size(segments: Iterable[Segment]) -> int:
+    """Bytes the segments hold together."""
+    return sum(size for _, _, size in segments)
 
 
 @dataclass(frozen=True)

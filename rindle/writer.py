@@ -45,7 +45,7 @@ from rindle.storage import S3_ERRORS, MultipartGone, S3Storage, SpoolFile, Tail,
 from rindle.storage.shared_tail import Generation, SharedTailMissing, SharedTails
 from rindle.store import UploadStore
 from rindle.transient import is_transient, wait_out
-from rindle.upload import WRITABLE, State, Upload
+from rindle.upload import WRITABLE, State, Upload, segments_size
 
 log = logging.getLogger("rindle")
 T = TypeVar("T")
@@ -268,7 +268,7 @@ class Writer:
         """Fill the (empty) local tail from the shared copy Redis records."""
         assert self.shared is not None
         missing = TailMissing(upload.id, upload.buffered, None, upload.node)
-        if sum(size for _, _, size in upload.tail_segments) != upload.buffered:
+        if segments_size(upload.tail_segments) != upload.buffered:
             raise missing  # e.g. buffered before shared mode was switched on
         try:
             for segment in upload.tail_segments:
@@ -442,7 +442,7 @@ class _Patch:
         tail.sync()
         new_offset = self.committed + tail.size
         generation, segments, superseding = None, self.segments, self.superseded
-        covered = sum(size for _, _, size in segments)
+        covered = segments_size(segments)
         if shared is not None and tail.size > covered:
             if len(segments) >= MAX_SEGMENTS:  # small bodies of unknown length: merge
                 segments, covered, superseding = [], 0, True

@@ -190,25 +190,21 @@ def tails_on_disk(tmp_dir: str) -> tuple[int, int]:
     return count, size
 
 
-QUEUE_STATES = ("started", "scheduled", "deferred", "failed")
-
-
 def read_redis(rindle: Rindle) -> tuple[dict[str, int], dict[str, int]]:
     """The upload counters and rindle's queue jobs by state, in one round trip (read
     only: no registry clean-up on a scrape)."""
     queue = rindle.jobs.queue
-    registries = (
-        queue.started_job_registry,
-        queue.scheduled_job_registry,
-        queue.deferred_job_registry,
-        queue.failed_job_registry,
-    )
+    registries = {
+        "started": queue.started_job_registry,
+        "scheduled": queue.scheduled_job_registry,
+        "deferred": queue.deferred_job_registry,
+        "failed": queue.failed_job_registry,
+    }
     pipe = rindle.redis.pipeline(transaction=False)
     pipe.hgetall(UPLOAD_COUNTERS)
     pipe.llen(queue.key)
-    for registry in registries:
+    for registry in registries.values():
         pipe.zcard(registry.key)
     raw, queued, *sizes = pipe.execute()
-    counts = {event: int(raw.get(event, 0)) for event in metrics.EVENTS}
-    jobs = {"queued": int(queued), **{s: int(n) for s, n in zip(QUEUE_STATES, sizes, strict=True)}}
-    return counts, jobs
+    jobs = {"queued": int(queued), **{s: int(n) for s, n in zip(registries, sizes, strict=True)}}
+    return metrics.UploadCounters.parse(raw), jobs
